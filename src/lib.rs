@@ -1,0 +1,12 @@
+//! yibuild: a declarative build system for language models.
+//!
+//! A recipe names input models and the steps that turn them into release
+//! artifacts (merge, config patch, tokenizer swap, quantize, evaluate, package).
+//! Each step's output is cached under a content hash of everything that
+//! determines it, so a rebuild after a tweak reruns only what the tweak changes.
+
+#![warn(missing_docs)]
+
+pub mod recipe;
+pub mod steps;
+pub mod tensor;

@@ -1,0 +1,5 @@
+//! The `yibuild` command line.
+
+fn main() {
+    println!("yibuild {}", env!("CARGO_PKG_VERSION"));
+}

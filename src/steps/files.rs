@@ -1,0 +1,63 @@
+//! File helpers shared by steps that pass most of a model folder through
+//! unchanged: big files are hardlinked, never copied.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Makes `dst` have the bytes of `src` without copying when the filesystem
+/// allows it (hardlink), copying otherwise.
+pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    if std::fs::hard_link(src, dst).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(src, dst)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    Ok(())
+}
+
+/// Links every file of the model folder `src` (recursively) into `dst`, except
+/// the relative paths for which `skip` returns true.
+pub fn link_tree(src: &Path, dst: &Path, skip: &dyn Fn(&str) -> bool) -> Result<()> {
+    link_tree_at(src, dst, "", skip)
+}
+
+fn link_tree_at(src: &Path, dst: &Path, rel: &str, skip: &dyn Fn(&str) -> bool) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .with_context(|| format!("cannot read {}", src.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel_path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if skip(&rel_path) {
+            continue;
+        }
+        let target = dst.join(&name);
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            link_tree_at(&entry.path(), &target, &rel_path, skip)?;
+        } else {
+            link_or_copy(&entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes JSON the way Hugging Face tools do (two-space indent, trailing newline).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads and parses a JSON file, naming it in errors.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}

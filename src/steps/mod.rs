@@ -1,0 +1,148 @@
+//! Step kinds: one file each, all behind the [`Step`] trait.
+//!
+//! A step is a pure function of its inputs and parameters. It reads the input
+//! artifacts it declared, writes into the fresh output directory it is given, and
+//! says nothing except through that directory and progress messages. The
+//! executor owns the cache; steps never touch it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::recipe::diag::{Diag, RecipeError};
+use crate::recipe::yaml::{Node, Span};
+
+pub mod files;
+mod patch_config;
+mod run;
+
+/// The implementation of one step kind, parsed from its recipe entry.
+pub trait Step: Send + Sync + std::fmt::Debug {
+    /// The kind name as written in recipes (`merge`, `patch_config`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// The implementation version; bump it whenever the same inputs and
+    /// parameters would produce different output bytes, so old cache entries
+    /// stop matching.
+    fn version(&self) -> u32;
+
+    /// The sources and steps this step reads, with where the recipe names them.
+    fn inputs(&self) -> Vec<InputRef>;
+
+    /// Normalized parameters: everything besides input contents that determines
+    /// the output. Hashed canonically into the step key, so it must not contain
+    /// paths, times or anything machine-specific.
+    fn params(&self) -> serde_json::Value;
+
+    /// Estimated peak memory in bytes, used by the scheduler's `--mem-budget`.
+    fn memory_estimate(&self, _ctx: &StepContext) -> u64 {
+        256 << 20
+    }
+
+    /// Checks what can be checked cheaply before any step of the build runs
+    /// (configs and tensor indexes of source inputs). Inputs that are other
+    /// steps' outputs are not available yet and are absent from `sources`.
+    fn preflight(&self, _sources: &BTreeMap<String, PathBuf>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Produces the output in `ctx.out_dir`.
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()>;
+}
+
+/// A reference from a step to a source or another step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRef {
+    /// The referenced source or step name.
+    pub name: String,
+    /// Where the reference is written, for "unknown source or step" errors.
+    pub span: Span,
+}
+
+/// Which device a step that can compute on a GPU should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// CUDA when a GPU and its libraries are present, the CPU otherwise.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA; an error without a GPU.
+    Cuda,
+}
+
+/// A finished input: where its bytes are and their content digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// A file or directory.
+    pub path: PathBuf,
+    /// Hex blake3 digest of the artifact's manifest.
+    pub digest: String,
+}
+
+/// What a running step is given.
+pub struct StepContext<'a> {
+    /// The step's name in the recipe.
+    pub name: &'a str,
+    /// The recipe's `name`.
+    pub recipe_name: &'a str,
+    /// Every declared input, by the name the step used for it.
+    pub inputs: &'a BTreeMap<String, Artifact>,
+    /// An empty directory the step writes its output into.
+    pub out_dir: &'a Path,
+    /// Threads the step may use.
+    pub threads: usize,
+    /// The memory budget in bytes the step should stay under.
+    pub mem_budget: u64,
+    /// Device choice from `--device`.
+    pub device: Device,
+    /// Progress and notes for the user (one line each).
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl StepContext<'_> {
+    /// The artifact of a declared input.
+    pub fn input(&self, name: &str) -> anyhow::Result<&Artifact> {
+        self.inputs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("internal: input `{name}` was not provided"))
+    }
+}
+
+/// What a step parser needs besides the YAML node.
+pub struct ParseContext<'a> {
+    /// Diagnostics for the recipe file.
+    pub diag: &'a Diag,
+    /// The step's name.
+    pub step: &'a str,
+}
+
+/// Every step kind a recipe may use, as written.
+pub const KINDS: &[&str] = &[
+    "merge",
+    "patch_config",
+    "tokenizer",
+    "quantize",
+    "eval",
+    "package",
+    "run",
+];
+
+/// Parses the body of a step of kind `kind`.
+pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>, RecipeError> {
+    match kind {
+        "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
+        "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
+        _ => Err(cx.diag.error(
+            node.span,
+            format!("step kind `{kind}` is not implemented yet"),
+        )),
+    }
+}
+
+/// A reference to a source or step written as a plain string value.
+pub fn input_ref(diag: &Diag, node: &Node, key: &str) -> Result<InputRef, RecipeError> {
+    Ok(InputRef {
+        name: crate::recipe::fields::expect_str(diag, node, key)?,
+        span: node.span,
+    })
+}

@@ -1,0 +1,244 @@
+//! `patch_config`: set or remove keys in a model's config.json,
+//! generation_config.json and tokenizer_config.json.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value as Json};
+
+use super::files::{link_tree, read_json, write_json};
+use super::{input_ref, InputRef, ParseContext, Step, StepContext};
+use crate::recipe::fields::{expect_str, Fields};
+use crate::recipe::yaml::Node;
+
+/// Edits to one JSON file of the model folder.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct FileEdits {
+    /// Dotted path → new value.
+    set: BTreeMap<String, Json>,
+    /// Dotted paths to remove.
+    unset: Vec<String>,
+}
+
+/// A `patch_config` step: the model folder with edited JSON configuration files;
+/// the weights pass through as hardlinks.
+#[derive(Debug, Clone)]
+pub struct PatchConfig {
+    model: InputRef,
+    /// File name → edits; `config.json` from top-level `set`/`unset`.
+    files: BTreeMap<&'static str, FileEdits>,
+}
+
+const FILE_KEYS: [(&str, &str); 2] = [
+    ("generation_config", "generation_config.json"),
+    ("tokenizer_config", "tokenizer_config.json"),
+];
+
+fn parse_edits(
+    node: &Node,
+    cx: &ParseContext,
+    what: String,
+) -> Result<FileEdits, crate::recipe::diag::RecipeError> {
+    let f = Fields::new(cx.diag, node, what, &["set", "unset"])?;
+    f.finish()?;
+    parse_edit_fields(&f, cx)
+}
+
+fn parse_edit_fields(
+    f: &Fields,
+    cx: &ParseContext,
+) -> Result<FileEdits, crate::recipe::diag::RecipeError> {
+    let mut edits = FileEdits::default();
+    if let Some(set) = f.opt("set") {
+        let Some(entries) = set.as_map() else {
+            return Err(cx
+                .diag
+                .error(set.span, "`set` must be a mapping of dotted keys to values"));
+        };
+        for (k, v) in entries {
+            edits
+                .set
+                .insert(expect_str(cx.diag, k, "set")?, v.to_json());
+        }
+    }
+    edits.unset = f.opt_str_list("unset")?;
+    Ok(edits)
+}
+
+impl PatchConfig {
+    /// Parses `{model, set, unset, generation_config: {set, unset}, tokenizer_config: {set, unset}}`.
+    pub fn parse(
+        node: &Node,
+        cx: &ParseContext,
+    ) -> Result<PatchConfig, crate::recipe::diag::RecipeError> {
+        let f = Fields::new(
+            cx.diag,
+            node,
+            format!("patch_config step `{}`", cx.step),
+            &[
+                "model",
+                "set",
+                "unset",
+                "generation_config",
+                "tokenizer_config",
+            ],
+        )?;
+        f.finish()?;
+        let model = input_ref(cx.diag, f.req("model")?, "model")?;
+        let mut files = BTreeMap::new();
+        let top = parse_edit_fields(&f, cx)?;
+        if top != FileEdits::default() {
+            files.insert("config.json", top);
+        }
+        for (key, file) in FILE_KEYS {
+            if let Some(n) = f.opt(key) {
+                files.insert(
+                    file,
+                    parse_edits(n, cx, format!("`{key}` of step `{}`", cx.step))?,
+                );
+            }
+        }
+        if files.is_empty() {
+            return Err(cx.diag.error(
+                node.span,
+                format!(
+                    "patch_config step `{}` changes nothing: add `set` or `unset`",
+                    cx.step
+                ),
+            ));
+        }
+        Ok(PatchConfig { model, files })
+    }
+}
+
+/// Sets `path` (dotted) in `doc`, requiring the new value to have the type of the
+/// value it replaces (an integer may replace a float, not the reverse).
+fn set_path(doc: &mut Json, path: &str, value: &Json) -> Result<()> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = doc;
+    for part in parts {
+        let obj = cur.as_object_mut().ok_or_else(|| {
+            anyhow::anyhow!("`{path}`: `{part}` is inside a value that is not an object")
+        })?;
+        cur = obj.entry(part).or_insert_with(|| json!({}));
+    }
+    let Some(obj) = cur.as_object_mut() else {
+        bail!("`{path}`: the parent of `{last}` is not an object");
+    };
+    if let Some(old) = obj.get(last) {
+        let compatible = match (old, value) {
+            (Json::Null, _) | (_, Json::Null) => true,
+            (Json::Number(o), Json::Number(n)) => {
+                !(o.is_i64() || o.is_u64()) || n.is_i64() || n.is_u64()
+            }
+            (Json::Bool(_), Json::Bool(_)) | (Json::String(_), Json::String(_)) => true,
+            (Json::Array(_), Json::Array(_)) | (Json::Object(_), Json::Object(_)) => true,
+            _ => false,
+        };
+        if !compatible {
+            bail!(
+                "`{path}` is {old} ({}), cannot set it to {value} ({})",
+                json_type(old),
+                json_type(value)
+            );
+        }
+    }
+    obj.insert(last.to_owned(), value.clone());
+    Ok(())
+}
+
+fn unset_path(doc: &mut Json, path: &str) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = doc;
+    for part in parts {
+        match cur.get_mut(part) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.shift_remove(last);
+    }
+}
+
+fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+impl Step for PatchConfig {
+    fn kind(&self) -> &'static str {
+        "patch_config"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<InputRef> {
+        vec![self.model.clone()]
+    }
+
+    fn params(&self) -> Json {
+        let files: serde_json::Map<String, Json> = self
+            .files
+            .iter()
+            .map(|(file, e)| (file.to_string(), json!({"set": e.set, "unset": e.unset})))
+            .collect();
+        json!({ "files": files })
+    }
+
+    fn run(&self, ctx: &StepContext) -> Result<()> {
+        let src = &ctx.input(&self.model.name)?.path;
+        link_tree(src, ctx.out_dir, &|rel| self.files.contains_key(rel))?;
+        for (file, edits) in &self.files {
+            let path = src.join(file);
+            if !path.is_file() {
+                bail!("model `{}` has no {file} to patch", self.model.name);
+            }
+            let mut doc = read_json(&path)?;
+            for (key, value) in &edits.set {
+                set_path(&mut doc, key, value).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            }
+            for key in &edits.unset {
+                unset_path(&mut doc, key);
+            }
+            write_json(&ctx.out_dir.join(file), &doc)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_checks_types() {
+        let mut doc =
+            json!({"max_position_embeddings": 200000, "rope_theta": 5000000.0, "name": "x"});
+        set_path(&mut doc, "max_position_embeddings", &json!(32768)).unwrap();
+        assert_eq!(doc["max_position_embeddings"], 32768);
+        set_path(&mut doc, "rope_theta", &json!(10000)).unwrap();
+        let err = set_path(&mut doc, "max_position_embeddings", &json!("big")).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot set it to \"big\""),
+            "{err}"
+        );
+        let err = set_path(&mut doc, "max_position_embeddings", &json!(1.5)).unwrap_err();
+        assert!(err.to_string().contains("an integer"), "{err}");
+        set_path(&mut doc, "rope_scaling.factor", &json!(2.0)).unwrap();
+        assert_eq!(doc["rope_scaling"]["factor"], 2.0);
+        unset_path(&mut doc, "rope_scaling.factor");
+        assert_eq!(doc["rope_scaling"], json!({}));
+    }
+}

@@ -1,0 +1,145 @@
+//! `run`: any external command (a converter, an evaluation script) as a cached
+//! step with declared inputs and outputs.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::{input_ref, InputRef, ParseContext, Step, StepContext};
+use crate::recipe::diag::RecipeError;
+use crate::recipe::fields::Fields;
+use crate::recipe::yaml::Node;
+
+/// A `run` step: `sh -c COMMAND` with `YIBUILD_IN_<NAME>` pointing at each input
+/// and `YIBUILD_OUT` at the directory it must fill.
+#[derive(Debug, Clone)]
+pub struct Run {
+    command: String,
+    inputs: Vec<InputRef>,
+    outputs: Vec<String>,
+    /// Free text that names the external tool's version, so upgrading the tool
+    /// can invalidate the cache (`tool: exllamav2-0.2.8`).
+    tool: Option<String>,
+    memory: Option<u64>,
+}
+
+impl Run {
+    /// Parses `{command, inputs: [names], outputs: [relative paths], tool, memory_mb}`.
+    pub fn parse(node: &Node, cx: &ParseContext) -> Result<Run, RecipeError> {
+        let f = Fields::new(
+            cx.diag,
+            node,
+            format!("run step `{}`", cx.step),
+            &["command", "inputs", "outputs", "tool", "memory_mb"],
+        )?;
+        f.finish()?;
+        let inputs = match f.opt("inputs") {
+            None => Vec::new(),
+            Some(n) => match n.as_seq() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| input_ref(cx.diag, i, "inputs"))
+                    .collect::<Result<_, _>>()?,
+                None => vec![input_ref(cx.diag, n, "inputs")?],
+            },
+        };
+        let outputs = f.opt_str_list("outputs")?;
+        for (i, out) in outputs.iter().enumerate() {
+            if out.starts_with('/') || out.split('/').any(|p| p == "..") {
+                let span = f
+                    .opt("outputs")
+                    .and_then(|n| n.as_seq())
+                    .map_or(node.span, |s| s[i].span);
+                return Err(cx.diag.error(
+                    span,
+                    format!("output `{out}` must be a path inside the step's output directory"),
+                ));
+            }
+        }
+        Ok(Run {
+            command: f.req_str("command")?,
+            inputs,
+            outputs,
+            tool: f.opt_str("tool")?,
+            memory: f.opt_u64("memory_mb")?.map(|mb| mb << 20),
+        })
+    }
+}
+
+/// The environment variable name for input `name`: upper case, non-alphanumerics as `_`.
+pub fn input_env_var(name: &str) -> String {
+    let mut var = String::from("YIBUILD_IN_");
+    var.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    var
+}
+
+impl Step for Run {
+    fn kind(&self) -> &'static str {
+        "run"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<InputRef> {
+        self.inputs.clone()
+    }
+
+    fn params(&self) -> serde_json::Value {
+        let inputs: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+        json!({"command": self.command, "inputs": inputs, "outputs": self.outputs, "tool": self.tool})
+    }
+
+    fn memory_estimate(&self, _ctx: &StepContext) -> u64 {
+        self.memory.unwrap_or(256 << 20)
+    }
+
+    fn run(&self, ctx: &StepContext) -> Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.command)
+            .current_dir(ctx.out_dir)
+            .env("YIBUILD_OUT", ctx.out_dir)
+            .env("YIBUILD_THREADS", ctx.threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for input in &self.inputs {
+            cmd.env(input_env_var(&input.name), &ctx.input(&input.name)?.path);
+        }
+        let mut child = cmd.spawn().context("cannot start `sh`")?;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            pipe.read_to_string(&mut stderr).ok();
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "command exited with {status}\n  command: {}\n  stderr (last {} lines):\n{}",
+                self.command,
+                tail.len(),
+                tail.iter()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        for out in &self.outputs {
+            if !ctx.out_dir.join(out).exists() {
+                bail!("command succeeded but did not write its declared output `{out}` in $YIBUILD_OUT");
+            }
+        }
+        Ok(())
+    }
+}

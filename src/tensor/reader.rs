@@ -1,0 +1,237 @@
+//! Memory-mapped, read-only access to the safetensors shards of a model folder.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+
+use super::DType;
+
+/// Where one tensor lives: its type, shape and byte range inside a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Storage type.
+    pub dtype: DType,
+    /// Shape, outermost dimension first (PyTorch order).
+    pub shape: Vec<usize>,
+    /// Index into [`ModelTensors::shards`].
+    pub shard: usize,
+    /// Absolute byte range of the data inside the shard file.
+    pub range: Range<usize>,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Number of rows when the tensor is seen as a matrix (first dimension; 1 for scalars).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+
+    /// Elements per row (product of all dimensions but the first).
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+}
+
+/// The tensors of one model folder (single file or sharded with an index), mapped
+/// into memory so that reading a tensor costs page faults, not allocations.
+///
+/// Opening validates every shard header against its file size, so a truncated
+/// download is reported here, before any step starts its heavy work.
+pub struct ModelTensors {
+    dir: PathBuf,
+    shards: Vec<(PathBuf, Mmap)>,
+    tensors: BTreeMap<String, TensorInfo>,
+    order: Vec<String>,
+}
+
+impl std::fmt::Debug for ModelTensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTensors")
+            .field("dir", &self.dir)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// The safetensors files of a model folder, in load order.
+pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+            bail!("{}: missing `weight_map` object", index.display());
+        };
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        for p in &paths {
+            if !p.is_file() {
+                bail!(
+                    "{}: shard `{}` listed in model.safetensors.index.json is missing",
+                    dir.display(),
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                );
+            }
+        }
+        return Ok(paths);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read model folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        let has_bin = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(".bin"));
+        if has_bin {
+            bail!(
+                "{}: only pickled PyTorch `.bin` weights found; yibuild reads safetensors only, \
+                 because unpickling runs arbitrary code. Convert once with \
+                 `python -c \"from transformers import AutoModelForCausalLM as M; \
+                 M.from_pretrained('DIR').save_pretrained('DIR', safe_serialization=True)\"`",
+                dir.display()
+            );
+        }
+        bail!("{}: no .safetensors files found", dir.display());
+    }
+    Ok(files)
+}
+
+impl ModelTensors {
+    /// Maps every shard of the model in `dir` and reads their headers.
+    pub fn open(dir: &Path) -> Result<ModelTensors> {
+        let mut shards = Vec::new();
+        let mut tensors = BTreeMap::new();
+        let mut order = Vec::new();
+        for (shard, path) in shard_files(dir)?.into_iter().enumerate() {
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: the mapping is read-only; cache objects and inputs are never
+            // modified in place by yibuild (they are replaced by rename).
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
+            let parsed = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not a valid safetensors file ({e}); is it truncated?",
+                    path.display()
+                )
+            })?;
+            let (header_len, _) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let data_start = 8 + header_len;
+            let mut in_shard: Vec<(usize, String, TensorInfo)> = Vec::new();
+            for (name, view) in parsed.tensors() {
+                let dtype = DType::from_safetensors(view.dtype())
+                    .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+                let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+                debug_assert!(start >= data_start);
+                let info = TensorInfo {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    shard,
+                    range: start..start + view.data().len(),
+                };
+                in_shard.push((start, name, info));
+            }
+            in_shard.sort_by_key(|(start, _, _)| *start);
+            for (_, name, info) in in_shard {
+                if tensors.contains_key(&name) {
+                    bail!("{}: tensor `{name}` appears in two shards", dir.display());
+                }
+                order.push(name.clone());
+                tensors.insert(name, info);
+            }
+            shards.push((path, mmap));
+        }
+        Ok(ModelTensors {
+            dir: dir.to_path_buf(),
+            shards,
+            tensors,
+            order,
+        })
+    }
+
+    /// The model folder these tensors came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Tensor names in file order (shard by shard, by offset).
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+
+    /// Type, shape and location of `name`, if the model has it.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// Type, shape and location of `name`, or an error naming the model and tensor.
+    pub fn require(&self, name: &str) -> Result<&TensorInfo> {
+        self.info(name)
+            .with_context(|| format!("{}: has no tensor `{name}`", self.dir.display()))
+    }
+
+    /// The shard file paths, in index order.
+    pub fn shard_paths(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// The raw little-endian bytes of a tensor, straight from the mapping.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        let info = self.require(name)?;
+        Ok(&self.shards[info.shard].1[info.range.clone()])
+    }
+
+    /// The whole tensor converted to `f32`.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let rows = self.require(name)?.rows();
+        self.read_rows_f32(name, 0..rows)
+    }
+
+    /// Rows `rows` of a tensor (first dimension) converted to `f32`: the unit of
+    /// chunked, bounded-memory processing.
+    pub fn read_rows_f32(&self, name: &str, rows: Range<usize>) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; rows.len() * self.require(name)?.row_len()];
+        self.read_rows_into(name, rows, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`read_rows_f32`](Self::read_rows_f32), into a caller-owned buffer of
+    /// exactly `rows.len() * row_len` elements.
+    pub fn read_rows_into(&self, name: &str, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        let info = self.require(name)?;
+        if rows.end > info.rows() {
+            bail!(
+                "{}: rows {}..{} of `{name}` requested but it has {} rows",
+                self.dir.display(),
+                rows.start,
+                rows.end,
+                info.rows()
+            );
+        }
+        let row_bytes = info.row_len() * info.dtype.size();
+        let start = info.range.start + rows.start * row_bytes;
+        let end = info.range.start + rows.end * row_bytes;
+        info.dtype
+            .decode_into(&self.shards[info.shard].1[start..end], out);
+        Ok(())
+    }
+}
