@@ -7,7 +7,13 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
+pub mod commands;
+pub mod exec;
 pub mod fixtures;
+pub mod freshness;
+pub mod graph;
 pub mod recipe;
+pub mod report;
 pub mod steps;
 pub mod tensor;

@@ -1,5 +1,201 @@
-//! The `yibuild` command line.
+//! The `yibuild` command line: parses arguments, calls the library, prints.
+//!
+//! Exit codes: 0 success, 1 a step failed (or another runtime error), 2 a bad
+//! recipe, bad input or bad usage.
 
-fn main() {
-    println!("yibuild {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use yibuild::commands;
+use yibuild::exec::{BuildOptions, InputError};
+use yibuild::recipe::diag::RecipeError;
+use yibuild::recipe::Recipe;
+use yibuild::steps::Device;
+
+/// A declarative build system for language models.
+#[derive(Parser)]
+#[command(
+    name = "yibuild",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The recipe to build.
+    #[arg(required = true)]
+    recipe: Option<PathBuf>,
+    /// Steps to build (with their dependencies); the recipe's defaults when omitted.
+    steps: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// JSON Lines events on stdout instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Steps that may run at once.
+    #[arg(short = 'j', long, global = true)]
+    jobs: Option<usize>,
+    /// Threads each step may use (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Memory budget for running steps, e.g. 2GiB.
+    #[arg(long, global = true, default_value = "2GiB", value_parser = commands::parse_size)]
+    mem_budget: u64,
+    /// The cache directory.
+    #[arg(
+        long,
+        global = true,
+        env = "YIBUILD_CACHE_DIR",
+        default_value = "cache"
+    )]
+    cache_dir: PathBuf,
+    /// Where outputs are materialized.
+    #[arg(
+        long,
+        global = true,
+        env = "YIBUILD_BUILD_DIR",
+        default_value = "build"
+    )]
+    build_dir: PathBuf,
+    /// Device for GPU-capable steps: cpu, cuda or auto.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Only errors and the summary.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Rebuild reasons and step notes.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what would run and why, without running it.
+    Plan { recipe: PathBuf, steps: Vec<String> },
+    /// Fresh, stale or missing, per step.
+    Status { recipe: PathBuf },
+    /// Which input or parameter changed since a step last built.
+    Explain { recipe: PathBuf, step: String },
+    /// The DAG as DOT or mermaid.
+    Graph {
+        recipe: PathBuf,
+        /// dot or mermaid.
+        #[arg(long, default_value = "dot")]
+        format: String,
+    },
+    /// Re-hash every cache object and check every action.
+    Verify,
+    /// Remove cache entries no build references (dry run unless --yes).
+    Gc {
+        /// Actually delete.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove materialized outputs under the build directory.
+    Clean { recipe: Option<PathBuf> },
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::Auto),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda),
+        _ => Err(format!("`{s}` is not a device (cpu, cuda or auto)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(e) = err.downcast_ref::<RecipeError>() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Recipe> {
+    Ok(Recipe::load(path)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let c = cli.common;
+    let print = |s: String| {
+        print!("{s}");
+        Ok(ExitCode::SUCCESS)
+    };
+    match cli.command {
+        Some(Command::Plan { recipe, steps }) => print(commands::plan(
+            &load(&recipe)?,
+            &c.cache_dir,
+            &steps,
+            c.json,
+        )?),
+        Some(Command::Status { recipe }) => print(commands::status(&load(&recipe)?, &c.cache_dir)?),
+        Some(Command::Explain { recipe, step }) => {
+            print(commands::explain(&load(&recipe)?, &c.cache_dir, &step)?)
+        }
+        Some(Command::Graph { recipe, format }) => {
+            print(commands::graph(&load(&recipe)?, &format)?)
+        }
+        Some(Command::Verify) => {
+            let problems = commands::verify(&c.cache_dir)?;
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            if problems.is_empty() {
+                eprintln!(
+                    "{:>12} cache {} is sound",
+                    "Verified",
+                    c.cache_dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        Some(Command::Gc { yes }) => print(format!("{}\n", commands::gc(&c.cache_dir, yes)?)),
+        Some(Command::Clean { recipe }) => {
+            let recipe = recipe.as_ref().map(load).transpose()?;
+            let removed = commands::clean(&c.build_dir, recipe.as_ref())?;
+            eprintln!("{:>12} {}", "Removed", removed.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
+            let threads = c
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let opts = BuildOptions {
+                cache_dir: c.cache_dir,
+                build_dir: c.build_dir,
+                jobs: c.jobs.unwrap_or(threads),
+                threads,
+                mem_budget: c.mem_budget,
+                device: c.device,
+                targets: cli.steps,
+            };
+            let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
+            Ok(if summary.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }

@@ -114,6 +114,8 @@ pub struct ParseContext<'a> {
     pub diag: &'a Diag,
     /// The step's name.
     pub step: &'a str,
+    /// The step's `seed:` (for randomized methods), if written.
+    pub seed: Option<u64>,
 }
 
 /// Every step kind a recipe may use, as written.

@@ -1,0 +1,213 @@
+//! The subcommands behind the CLI: each takes parsed options, does its work
+//! through the library, and returns the text to print or the exit status.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::cache::Cache;
+use crate::exec::{self, BuildOptions};
+use crate::freshness::{self, State};
+use crate::graph::BuildGraph;
+use crate::recipe::Recipe;
+use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
+
+/// Builds the targets and reports through JSON or human output.
+pub fn build(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    json: bool,
+    verbose: bool,
+    quiet: bool,
+) -> Result<Summary> {
+    let reporter: Box<dyn Reporter> = if json {
+        Box::new(JsonReporter::default())
+    } else {
+        Box::new(HumanReporter::new(verbose, quiet))
+    };
+    exec::build(recipe, opts, reporter.as_ref())
+}
+
+fn plan_states(
+    recipe: &Recipe,
+    cache_dir: &Path,
+    targets: &[String],
+) -> Result<Vec<(String, State)>> {
+    let graph = BuildGraph::new(recipe);
+    let targets = exec::select_targets(recipe, &graph, targets)?;
+    let plan = graph.plan(recipe, &targets);
+    let cache = Cache::open_unlocked(cache_dir)?;
+    Ok(freshness::analyze(recipe, &plan, &cache))
+}
+
+/// `yibuild plan`: what would run and why, without running it.
+pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -> Result<String> {
+    let graph = BuildGraph::new(recipe);
+    let selected = exec::select_targets(recipe, &graph, targets)?;
+    let order = graph.plan(recipe, &selected);
+    let states = plan_states(recipe, cache_dir, targets)?;
+    let mut out = String::new();
+    if json {
+        for (name, state) in &states {
+            let step = recipe.step(name).expect("planned step");
+            let v = match state {
+                State::Fresh { key } => {
+                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "cached", "key": key})
+                }
+                State::Stale { key, reasons, .. } => {
+                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons})
+                }
+            };
+            out.push_str(&format!("{v}\n"));
+        }
+        return Ok(out);
+    }
+    for name in order.iter().filter(|n| recipe.source(n).is_some()) {
+        let src = recipe.source(name).expect("source");
+        let avail = match src.locate() {
+            Ok(_) => "present".to_owned(),
+            Err(crate::recipe::source::Unavailable::NotFetched { .. }) => "to fetch".to_owned(),
+            Err(e) => format!("MISSING: {e}"),
+        };
+        out.push_str(&format!(
+            "{:>12} {name} = {} ({avail})\n",
+            "source",
+            src.describe()
+        ));
+    }
+    let (mut fresh, mut build) = (0, 0);
+    for (name, state) in &states {
+        let kind = recipe.step(name).expect("planned step").step.kind();
+        match state {
+            State::Fresh { .. } => {
+                fresh += 1;
+                out.push_str(&format!("{:>12} {name} ({kind})\n", "cached"));
+            }
+            State::Stale { reasons, .. } => {
+                build += 1;
+                out.push_str(&format!(
+                    "{:>12} {name} ({kind}): {}\n",
+                    "build",
+                    reasons.join("; ")
+                ));
+            }
+        }
+    }
+    out.push_str(&format!("{build} to build, {fresh} cached\n"));
+    Ok(out)
+}
+
+/// `yibuild status`: fresh / stale / missing for every step.
+pub fn status(recipe: &Recipe, cache_dir: &Path) -> Result<String> {
+    let all: Vec<String> = recipe.steps.iter().map(|s| s.name.clone()).collect();
+    let states = plan_states(recipe, cache_dir, &all)?;
+    let mut out = String::new();
+    for (name, state) in states {
+        let word = match state {
+            State::Fresh { .. } => "fresh",
+            State::Stale {
+                built_before: true, ..
+            } => "stale",
+            State::Stale { .. } => "missing",
+        };
+        out.push_str(&format!("{word:>8} {name}\n"));
+    }
+    Ok(out)
+}
+
+/// `yibuild explain STEP`: which input or parameter changed since it last built.
+pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str) -> Result<String> {
+    if recipe.step(step).is_none() {
+        return Err(exec::InputError(format!(
+            "recipe {} has no step `{step}`",
+            recipe.file.display()
+        ))
+        .into());
+    }
+    let states = plan_states(recipe, cache_dir, &[step.to_owned()])?;
+    let (_, state) = states
+        .into_iter()
+        .find(|(n, _)| n == step)
+        .expect("target is planned");
+    Ok(match state {
+        State::Fresh { key } => format!("`{step}` is fresh (key {})\n", &key[..16]),
+        State::Stale { reasons, .. } => {
+            let mut s = format!("`{step}` must be rebuilt:\n");
+            for r in reasons {
+                s.push_str(&format!("  - {r}\n"));
+            }
+            s
+        }
+    })
+}
+
+/// `yibuild graph`: the DAG as DOT or mermaid.
+pub fn graph(recipe: &Recipe, format: &str) -> Result<String> {
+    let g = BuildGraph::new(recipe);
+    match format {
+        "dot" => Ok(g.to_dot(recipe)),
+        "mermaid" => Ok(g.to_mermaid(recipe)),
+        other => bail!("unknown graph format `{other}` (expected dot or mermaid)"),
+    }
+}
+
+/// `yibuild verify`: re-hash every object; returns the problems found.
+pub fn verify(cache_dir: &Path) -> Result<Vec<String>> {
+    Cache::open_locked(cache_dir, &|| {
+        eprintln!("    Blocking waiting for the cache lock")
+    })?
+    .verify()
+}
+
+/// `yibuild gc`: drop what no build record references.
+pub fn gc(cache_dir: &Path, yes: bool) -> Result<String> {
+    let cache = Cache::open_locked(cache_dir, &|| {
+        eprintln!("    Blocking waiting for the cache lock")
+    })?;
+    let (actions, objects, bytes) = cache.gc(!yes)?;
+    let verb = if yes { "removed" } else { "would remove" };
+    let mut s = format!(
+        "{verb} {actions} actions and {objects} objects ({:.1} MiB)",
+        bytes as f64 / (1 << 20) as f64
+    );
+    if !yes && (actions > 0 || objects > 0) {
+        s.push_str("; run `yibuild gc --yes` to do it");
+    }
+    Ok(s)
+}
+
+/// `yibuild clean`: remove a recipe's materialized outputs (the cache keeps them).
+pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
+    let target = match recipe {
+        Some(r) => build_dir.join(&r.name),
+        None => build_dir.to_path_buf(),
+    };
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    Ok(target)
+}
+
+/// Parses a byte size such as `2GiB`, `512MiB`, `1.5G` or `1000000`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 2GiB or 512MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit in `{text}` (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    Ok((value * mult as f64) as u64)
+}

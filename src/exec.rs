@@ -1,0 +1,387 @@
+//! The executor: runs a recipe's plan with the cache, in parallel up to
+//! `--jobs`, within `--mem-budget`.
+//!
+//! For each step, in dependency order: compute its key from its parameters and
+//! the content digests of its inputs; if the action table has the key, take the
+//! output from the cache; otherwise run the step into a fresh directory, move
+//! the output into the cache, and record the action. Outputs are materialized
+//! into `build/<recipe>/<step>/` by hardlink. A failed step stops its
+//! dependents; unrelated branches finish.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
+use crate::graph::BuildGraph;
+use crate::recipe::{suggest, Recipe, StepDef};
+use crate::report::{Reporter, StepStatus, Summary};
+use crate::steps::{Artifact, Device, StepContext};
+
+/// How to run a build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The cache directory.
+    pub cache_dir: PathBuf,
+    /// Where outputs are materialized (`build/` by default).
+    pub build_dir: PathBuf,
+    /// Steps that may run at once.
+    pub jobs: usize,
+    /// Threads each step may use.
+    pub threads: usize,
+    /// Memory the running steps together should stay under, in bytes.
+    pub mem_budget: u64,
+    /// `--device`.
+    pub device: Device,
+    /// Steps to build (with their dependencies); empty means the defaults.
+    pub targets: Vec<String>,
+}
+
+/// An error in what the user asked for (unknown target, missing source, a
+/// pre-flight failure): reported before anything runs, exit code 2.
+#[derive(Debug)]
+pub struct InputError(pub String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// The targets to build: those named, or the recipe's defaults, or all leaves.
+pub fn select_targets(
+    recipe: &Recipe,
+    graph: &BuildGraph,
+    named: &[String],
+) -> Result<Vec<String>> {
+    if named.is_empty() {
+        return Ok(if recipe.default.is_empty() {
+            graph.leaves(recipe)
+        } else {
+            recipe.default.clone()
+        });
+    }
+    for t in named {
+        if recipe.step(t).is_none() {
+            let names = recipe.steps.iter().map(|s| s.name.as_str());
+            let hint = suggest(
+                crate::recipe::diag::RecipeError::file(&recipe.file, ""),
+                t,
+                names,
+            )
+            .help
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+            return Err(InputError(format!(
+                "recipe {} has no step `{t}`{hint}",
+                recipe.file.display()
+            ))
+            .into());
+        }
+    }
+    Ok(named.to_vec())
+}
+
+/// The paths of a step's source inputs (step inputs are not built yet).
+fn source_inputs(step: &StepDef, sources: &BTreeMap<String, PathBuf>) -> BTreeMap<String, PathBuf> {
+    step.step
+        .inputs()
+        .into_iter()
+        .filter_map(|i| sources.get(&i.name).map(|p| (i.name, p.clone())))
+        .collect()
+}
+
+/// Locates and hashes the sources among `plan`, and runs every planned step's
+/// pre-flight check. Errors here are [`InputError`]s.
+pub fn prepare_sources(
+    recipe: &Recipe,
+    plan: &[String],
+    cache: &Cache,
+) -> Result<BTreeMap<String, Artifact>> {
+    let mut paths = BTreeMap::new();
+    for name in plan {
+        if let Some(src) = recipe.source(name) {
+            let path = src
+                .locate()
+                .map_err(|e| InputError(format!("source `{name}`: {e}")))?;
+            paths.insert(name.clone(), path);
+        }
+    }
+    for name in plan {
+        if let Some(step) = recipe.step(name) {
+            step.step
+                .preflight(&source_inputs(step, &paths))
+                .map_err(|e| InputError(format!("step `{name}`: {e:#}")))?;
+        }
+    }
+    let mut artifacts = BTreeMap::new();
+    for (name, path) in paths {
+        let manifest = cache
+            .memo()
+            .manifest(&path)
+            .with_context(|| format!("cannot hash source `{name}`"))?;
+        artifacts.insert(
+            name,
+            Artifact {
+                path,
+                digest: manifest.digest(),
+            },
+        );
+    }
+    cache.memo().save()?;
+    Ok(artifacts)
+}
+
+/// The key components of `step` given its inputs' artifacts.
+pub fn key_inputs(step: &StepDef, artifacts: &BTreeMap<String, Artifact>) -> Option<KeyInputs> {
+    let mut inputs = BTreeMap::new();
+    for i in step.step.inputs() {
+        inputs.insert(i.name.clone(), artifacts.get(&i.name)?.digest.clone());
+    }
+    Some(KeyInputs {
+        format: CACHE_FORMAT,
+        kind: step.step.kind().to_owned(),
+        version: step.step.version(),
+        params: step.step.params(),
+        inputs,
+    })
+}
+
+/// Where a step's output is materialized.
+pub fn output_dir(opts_build_dir: &Path, recipe: &Recipe, step: &str) -> PathBuf {
+    opts_build_dir.join(&recipe.name).join(step)
+}
+
+/// Builds the selected targets of `recipe`.
+pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<Summary> {
+    let start = Instant::now();
+    let graph = BuildGraph::new(recipe);
+    let targets = select_targets(recipe, &graph, &opts.targets)?;
+    let plan = graph.plan(recipe, &targets);
+    let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
+    let mut artifacts = prepare_sources(recipe, &plan, &cache)?;
+    let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
+    remove_staging_debris(&recipe_build_dir);
+
+    let mut pending: Vec<&StepDef> = plan.iter().filter_map(|n| recipe.step(n)).collect();
+    reporter.planned(pending.len());
+    let mut summary = Summary::default();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut running: BTreeMap<String, u64> = BTreeMap::new();
+    let (tx, rx) = mpsc::channel::<Finished>();
+
+    std::thread::scope(|scope| -> Result<()> {
+        loop {
+            let mut i = 0;
+            while i < pending.len() {
+                let step = pending[i];
+                let inputs = graph.inputs(&step.name);
+                if let Some(bad) = inputs.iter().find(|n| failed.contains(*n)) {
+                    pending.remove(i);
+                    let why = format!("not built because its input `{bad}` failed");
+                    reporter.finished(&step.name, StepStatus::Failed, "", 0.0, Some(&why));
+                    failed.insert(step.name.clone());
+                    summary.failed.push(step.name.clone());
+                    continue;
+                }
+                let Some(key_inputs) = key_inputs(step, &artifacts) else {
+                    i += 1;
+                    continue;
+                };
+                let key = key_inputs.key();
+                if let Some(manifest) = cache.lookup(&key) {
+                    pending.remove(i);
+                    let dest = recipe_build_dir.join(&step.name);
+                    publish(&cache, recipe, step, &dest, &key, key_inputs, &manifest)?;
+                    artifacts.insert(
+                        step.name.clone(),
+                        Artifact {
+                            path: dest,
+                            digest: manifest.digest(),
+                        },
+                    );
+                    reporter.finished(&step.name, StepStatus::Cached, &key, 0.0, None);
+                    summary.cached.push(step.name.clone());
+                    continue;
+                }
+                let step_inputs: BTreeMap<String, Artifact> = step
+                    .step
+                    .inputs()
+                    .into_iter()
+                    .map(|i| (i.name.clone(), artifacts[&i.name].clone()))
+                    .collect();
+                let mem = {
+                    let probe = StepContext {
+                        name: &step.name,
+                        recipe_name: &recipe.name,
+                        inputs: &step_inputs,
+                        out_dir: Path::new(""),
+                        threads: opts.threads,
+                        mem_budget: opts.mem_budget,
+                        device: opts.device,
+                        log: &|_: &str| {},
+                    };
+                    step.step.memory_estimate(&probe)
+                };
+                let used: u64 = running.values().sum();
+                let fits = running.is_empty() || used + mem <= opts.mem_budget;
+                if running.len() >= opts.jobs.max(1) || !fits {
+                    i += 1;
+                    continue;
+                }
+                pending.remove(i);
+                running.insert(step.name.clone(), mem);
+                reporter.started(&step.name);
+                let tx = tx.clone();
+                let cache = &cache;
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        run_step(cache, recipe, step, &key, &step_inputs, opts, reporter)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let msg = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Err(anyhow::anyhow!("internal error (panic): {msg}"))
+                    });
+                    tx.send(Finished {
+                        name: step.name.clone(),
+                        key,
+                        key_inputs,
+                        result,
+                        seconds: started.elapsed().as_secs_f64(),
+                    })
+                    .ok();
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            let done = rx.recv().expect("a running step reports back");
+            running.remove(&done.name);
+            let step = recipe.step(&done.name).expect("planned step exists");
+            match done.result {
+                Ok(manifest) => {
+                    let dest = recipe_build_dir.join(&step.name);
+                    publish(
+                        &cache,
+                        recipe,
+                        step,
+                        &dest,
+                        &done.key,
+                        done.key_inputs,
+                        &manifest,
+                    )?;
+                    artifacts.insert(
+                        step.name.clone(),
+                        Artifact {
+                            path: dest,
+                            digest: manifest.digest(),
+                        },
+                    );
+                    reporter.finished(&step.name, StepStatus::Built, &done.key, done.seconds, None);
+                    summary.built.push(step.name.clone());
+                }
+                Err(e) => {
+                    reporter.finished(
+                        &step.name,
+                        StepStatus::Failed,
+                        &done.key,
+                        done.seconds,
+                        Some(&format!("{e:#}")),
+                    );
+                    failed.insert(step.name.clone());
+                    summary.failed.push(step.name.clone());
+                }
+            }
+        }
+        Ok(())
+    })?;
+    cache.memo().save()?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    reporter.done(&summary);
+    Ok(summary)
+}
+
+struct Finished {
+    name: String,
+    key: String,
+    key_inputs: KeyInputs,
+    result: Result<Manifest>,
+    seconds: f64,
+}
+
+/// Runs one step into a fresh temporary directory and stores its output.
+fn run_step(
+    cache: &Cache,
+    recipe: &Recipe,
+    step: &StepDef,
+    key: &str,
+    inputs: &BTreeMap<String, Artifact>,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Manifest> {
+    let tmp = cache.temp_dir(&step.name)?;
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out)?;
+    let log = |line: &str| reporter.note(&step.name, line);
+    let ctx = StepContext {
+        name: &step.name,
+        recipe_name: &recipe.name,
+        inputs,
+        out_dir: &out,
+        threads: opts.threads,
+        mem_budget: opts.mem_budget,
+        device: opts.device,
+        log: &log,
+    };
+    let result = step.step.run(&ctx).and_then(|()| cache.ingest(key, &out));
+    std::fs::remove_dir_all(&tmp).ok();
+    result
+}
+
+/// Materializes a finished step and records what it was built from.
+fn publish(
+    cache: &Cache,
+    recipe: &Recipe,
+    step: &StepDef,
+    dest: &Path,
+    key: &str,
+    inputs: KeyInputs,
+    manifest: &Manifest,
+) -> Result<()> {
+    cache.materialize(manifest, dest)?;
+    cache.write_record(
+        &recipe.name,
+        &step.name,
+        &BuildRecord {
+            key: key.to_owned(),
+            inputs,
+            output: manifest.digest(),
+        },
+    )
+}
+
+/// Removes staging folders a killed build left in `build/<recipe>/`.
+fn remove_staging_debris(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-")) {
+            std::fs::remove_dir_all(e.path())
+                .or_else(|_| std::fs::remove_file(e.path()))
+                .ok();
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! What a build tells the user: cargo-style status lines (with a progress bar
+//! on a terminal) on stderr, or JSON Lines events on stdout for machines.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Ran and stored its output.
+    Built,
+    /// Taken from the cache.
+    Cached,
+    /// Failed (or was skipped because an input failed).
+    Failed,
+}
+
+impl StepStatus {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Built => "built",
+            StepStatus::Cached => "cached",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome of a whole build.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Steps that ran.
+    pub built: Vec<String>,
+    /// Steps taken from the cache.
+    pub cached: Vec<String>,
+    /// Steps that failed or could not run because an input failed.
+    pub failed: Vec<String>,
+    /// Wall time of the build.
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// True when nothing failed.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Receives build events. Implementations must be cheap and thread-safe.
+pub trait Reporter: Sync {
+    /// The cache is locked by another build; this one waits.
+    fn waiting_for_lock(&self);
+    /// The build is about to run `total` steps.
+    fn planned(&self, total: usize);
+    /// A step started running.
+    fn started(&self, step: &str);
+    /// A step produced a line of progress or a note.
+    fn note(&self, step: &str, line: &str);
+    /// A step finished. `detail` is the failure cause for failed steps.
+    fn finished(
+        &self,
+        step: &str,
+        status: StepStatus,
+        key: &str,
+        seconds: f64,
+        detail: Option<&str>,
+    );
+    /// The build ended.
+    fn done(&self, summary: &Summary);
+}
+
+/// JSON Lines on stdout: the contract in DESIGN.md.
+#[derive(Debug, Default)]
+pub struct JsonReporter {
+    out: Mutex<()>,
+}
+
+impl JsonReporter {
+    fn emit(&self, value: serde_json::Value) {
+        let _guard = self.out.lock().unwrap();
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{value}").ok();
+        stdout.flush().ok();
+    }
+}
+
+impl Reporter for JsonReporter {
+    fn waiting_for_lock(&self) {
+        self.emit(json!({"event": "waiting", "reason": "cache locked by another build"}));
+    }
+    fn planned(&self, total: usize) {
+        self.emit(json!({"event": "plan", "steps": total}));
+    }
+    fn started(&self, step: &str) {
+        self.emit(json!({"event": "started", "step": step}));
+    }
+    fn note(&self, step: &str, line: &str) {
+        self.emit(json!({"event": "note", "step": step, "message": line}));
+    }
+    fn finished(
+        &self,
+        step: &str,
+        status: StepStatus,
+        key: &str,
+        seconds: f64,
+        detail: Option<&str>,
+    ) {
+        let mut v = json!({"event": "step", "step": step, "status": status.as_str(), "key": key, "seconds": seconds});
+        if let Some(d) = detail {
+            v["error"] = json!(d);
+        }
+        self.emit(v);
+    }
+    fn done(&self, s: &Summary) {
+        self.emit(json!({"event": "finished", "ok": s.ok(), "built": s.built, "cached": s.cached, "failed": s.failed, "seconds": s.seconds}));
+    }
+}
+
+/// Human output on stderr: right-aligned verbs like cargo's, a progress bar on
+/// a terminal, plain lines otherwise. `NO_COLOR` disables colour.
+pub struct HumanReporter {
+    color: bool,
+    verbose: bool,
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl HumanReporter {
+    /// A reporter writing to stderr; `quiet` keeps only errors and the summary.
+    pub fn new(verbose: bool, quiet: bool) -> HumanReporter {
+        let tty = std::io::stderr().is_terminal();
+        let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        HumanReporter {
+            color,
+            verbose,
+            quiet,
+            bar: None,
+        }
+        .with_bar(tty && !quiet)
+    }
+
+    fn with_bar(mut self, on: bool) -> Self {
+        if on {
+            let bar = ProgressBar::hidden();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>12.cyan.bold} [{bar:27}] {pos}/{len}: {wide_msg}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            bar.set_prefix("Building");
+            self.bar = Some(bar);
+        }
+        self
+    }
+
+    /// Prints a status line: a 12-column right-aligned verb and a message.
+    pub fn status(&self, verb: &str, message: &str, colour: &str) {
+        let line = if self.color {
+            format!("\x1b[1;{colour}m{verb:>12}\x1b[0m {message}")
+        } else {
+            format!("{verb:>12} {message}")
+        };
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Reporter for HumanReporter {
+    fn waiting_for_lock(&self) {
+        self.status(
+            "Blocking",
+            "waiting for the cache lock held by another build",
+            "36",
+        );
+    }
+    fn planned(&self, total: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total as u64);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+    }
+    fn started(&self, step: &str) {
+        if !self.quiet {
+            self.status("Building", step, "32");
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(step.to_owned());
+        }
+    }
+    fn note(&self, step: &str, line: &str) {
+        if self.verbose {
+            self.status("Note", &format!("{step}: {line}"), "36");
+        } else if let Some(bar) = &self.bar {
+            bar.set_message(format!("{step}: {line}"));
+        }
+    }
+    fn finished(
+        &self,
+        step: &str,
+        status: StepStatus,
+        _key: &str,
+        seconds: f64,
+        detail: Option<&str>,
+    ) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        match status {
+            StepStatus::Cached if !self.quiet => self.status("Cached", step, "32"),
+            StepStatus::Built if !self.quiet => {
+                self.status("Built", &format!("{step} in {seconds:.1}s"), "32")
+            }
+            StepStatus::Failed => {
+                let msg = detail.unwrap_or("failed");
+                let head = if self.color {
+                    "\x1b[1;31merror\x1b[0m"
+                } else {
+                    "error"
+                };
+                let line = format!("{head}: step `{step}` failed: {msg}");
+                match &self.bar {
+                    Some(bar) if !bar.is_hidden() => bar.println(line),
+                    _ => eprintln!("{line}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    fn done(&self, s: &Summary) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let mut parts = vec![
+            format!("{} built", s.built.len()),
+            format!("{} cached", s.cached.len()),
+        ];
+        if !s.failed.is_empty() {
+            parts.push(format!("{} failed", s.failed.len()));
+        }
+        let verb = if s.ok() { "Finished" } else { "Failed" };
+        self.status(
+            verb,
+            &format!("in {:.1}s: {}", s.seconds, parts.join(", ")),
+            if s.ok() { "32" } else { "31" },
+        );
+    }
+}
