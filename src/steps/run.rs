@@ -2,6 +2,7 @@
 //! step with declared inputs and outputs.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -115,6 +116,14 @@ impl Step for Run {
             .stderr(Stdio::piped());
         for input in &self.inputs {
             cmd.env(input_env_var(&input.name), &ctx.input(&input.name)?.path);
+        }
+        // SAFETY: prctl is async-signal-safe; the command dies with yibuild, so
+        // a killed build leaves no orphan writing into the cache.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().context("cannot start `sh`")?;
         let mut stderr = String::new();
