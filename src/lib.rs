@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod card;
 pub mod commands;
 pub mod exec;
 pub mod fixtures;

@@ -35,6 +35,24 @@ pub struct StepDef {
     pub step: Box<dyn Step>,
 }
 
+/// What a step may know about the whole recipe (see [`Step::bind`]): the
+/// facts a model card is written from. Formatting and comments are not facts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecipeFacts {
+    /// The recipe's `name`.
+    pub name: String,
+    /// [`Recipe::digest`].
+    pub digest: String,
+    /// The `card:` section.
+    pub card: serde_json::Map<String, serde_json::Value>,
+    /// Sources: name and where they come from (`hf://…` or the path as written).
+    pub sources: Vec<(String, String)>,
+    /// Steps: name, kind, and parameters.
+    pub steps: Vec<(String, String, serde_json::Value)>,
+    /// The DAG as a mermaid flowchart.
+    pub mermaid: String,
+}
+
 /// A parsed and validated recipe.
 #[derive(Debug)]
 pub struct Recipe {
@@ -98,7 +116,17 @@ impl Recipe {
         let mut recipe = if first.get("merge_method").is_some()
             || first.get("slices").is_some() && first.get("yibuild").is_none()
         {
-            mergekit_recipe(&docs, &diag, &dir)?
+            let mut r = mergekit_recipe(&docs, &diag, &dir)?;
+            r.name = file
+                .file_stem()
+                .map(|s| {
+                    s.to_string_lossy().replace(
+                        |c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                        "_",
+                    )
+                })
+                .unwrap_or_else(|| "merged".to_owned());
+            r
         } else {
             if docs.len() > 1 {
                 return Err(
@@ -110,7 +138,31 @@ impl Recipe {
         recipe.file = file.to_path_buf();
         recipe.text = text.to_owned();
         crate::graph::check_references(&recipe, &diag)?;
+        let facts = recipe.facts();
+        for s in &mut recipe.steps {
+            s.step.bind(&facts);
+        }
         Ok(recipe)
+    }
+
+    /// The facts steps are bound to (see [`RecipeFacts`]).
+    pub fn facts(&self) -> RecipeFacts {
+        RecipeFacts {
+            name: self.name.clone(),
+            digest: self.digest(),
+            card: self.card.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.describe()))
+                .collect(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), s.step.kind().to_owned(), s.step.params()))
+                .collect(),
+            mermaid: crate::graph::BuildGraph::new(self).to_mermaid(self),
+        }
     }
 
     /// The step named `name`.

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span};
+use crate::recipe::RecipeFacts;
 
 pub mod files;
+mod package;
 mod patch_config;
 mod run;
 
@@ -44,6 +46,11 @@ pub trait Step: Send + Sync + std::fmt::Debug {
     fn preflight(&self, _sources: &BTreeMap<String, PathBuf>) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Receives facts about the whole recipe once it is parsed, for steps whose
+    /// output describes the build (the package's model card). Whatever a step
+    /// keeps from it must appear in [`params`](Step::params).
+    fn bind(&mut self, _recipe: &RecipeFacts) {}
 
     /// Produces the output in `ctx.out_dir`.
     fn run(&self, ctx: &StepContext) -> anyhow::Result<()>;
@@ -134,6 +141,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
     match kind {
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
+        "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),

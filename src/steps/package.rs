@@ -1,0 +1,229 @@
+//! `package`: a release folder with the model, its quantizations, a generated
+//! model card, `SHA256SUMS` and `build-report.json`, optionally as one archive.
+//!
+//! Every byte of the release is a function of the inputs and the recipe facts,
+//! so two builds anywhere give identical folders and archives.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde_json::{json, Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use super::files::{link_or_copy, link_tree};
+use super::{input_ref, InputRef, ParseContext, Step, StepContext};
+use crate::cache::memo::list_files;
+use crate::card::{self, CardInput, EvalSummary, QuantFile};
+use crate::recipe::diag::RecipeError;
+use crate::recipe::fields::Fields;
+use crate::recipe::yaml::Node;
+use crate::recipe::RecipeFacts;
+
+/// A `package` step.
+#[derive(Debug, Clone)]
+pub struct Package {
+    model: InputRef,
+    quantized: Vec<InputRef>,
+    evals: Vec<InputRef>,
+    card: Map<String, Json>,
+    archive: bool,
+    facts: Option<RecipeFacts>,
+}
+
+fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> {
+    match f.opt(key) {
+        None => Ok(Vec::new()),
+        Some(n) => match n.as_seq() {
+            Some(items) => items.iter().map(|i| input_ref(f.diag(), i, key)).collect(),
+            None => Ok(vec![input_ref(f.diag(), n, key)?]),
+        },
+    }
+}
+
+impl Package {
+    /// Parses `{model, quantized: [steps], evals: [steps], card: {...}, archive: tar|none}`.
+    pub fn parse(node: &Node, cx: &ParseContext) -> Result<Package, RecipeError> {
+        let f = Fields::new(
+            cx.diag,
+            node,
+            format!("package step `{}`", cx.step),
+            &["model", "quantized", "evals", "card", "archive"],
+        )?;
+        f.finish()?;
+        let archive = match f.opt_str("archive")?.as_deref() {
+            None | Some("none") => false,
+            Some("tar") => true,
+            Some(other) => {
+                return Err(cx.diag.error(
+                    f.req("archive")?.span,
+                    format!("`archive` must be `tar` or `none`, found `{other}`"),
+                ))
+            }
+        };
+        let card = match f.opt("card") {
+            Some(n) if n.as_map().is_some() => n.to_json().as_object().cloned().unwrap_or_default(),
+            Some(n) => {
+                return Err(cx
+                    .diag
+                    .error(n.span, "`card` must be a mapping of card fields"))
+            }
+            None => Map::new(),
+        };
+        Ok(Package {
+            model: input_ref(cx.diag, f.req("model")?, "model")?,
+            quantized: refs(&f, "quantized")?,
+            evals: refs(&f, "evals")?,
+            card,
+            archive,
+            facts: None,
+        })
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Writes a tar of `dir` with sorted entries, zero times and fixed modes.
+fn write_archive(dir: &Path, files: &[String], dest: &Path, prefix: &str) -> Result<()> {
+    let mut builder = tar::Builder::new(std::fs::File::create(dest)?);
+    builder.mode(tar::HeaderMode::Deterministic);
+    for rel in files {
+        let mut header = tar::Header::new_gnu();
+        let meta = std::fs::metadata(dir.join(rel))?;
+        header.set_size(meta.len());
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        builder.append_data(
+            &mut header,
+            format!("{prefix}/{rel}"),
+            std::fs::File::open(dir.join(rel))?,
+        )?;
+    }
+    builder.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+impl Step for Package {
+    fn kind(&self) -> &'static str {
+        "package"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<InputRef> {
+        let mut v = vec![self.model.clone()];
+        v.extend(self.quantized.iter().cloned());
+        v.extend(self.evals.iter().cloned());
+        v
+    }
+
+    fn params(&self) -> Json {
+        let names = |v: &[InputRef]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        json!({
+            "model": self.model.name,
+            "quantized": names(&self.quantized),
+            "evals": names(&self.evals),
+            "card": self.card,
+            "archive": self.archive,
+            "recipe": self.facts,
+        })
+    }
+
+    fn bind(&mut self, recipe: &RecipeFacts) {
+        self.facts = Some(recipe.clone());
+    }
+
+    fn run(&self, ctx: &StepContext) -> Result<()> {
+        let facts = self
+            .facts
+            .as_ref()
+            .context("internal: package step not bound to its recipe")?;
+        let out = ctx.out_dir;
+        let model = &ctx.input(&self.model.name)?.path;
+        link_tree(model, out, &|rel| rel == "README.md")?;
+        let mut quants = Vec::new();
+        for q in &self.quantized {
+            let dir = &ctx.input(&q.name)?.path;
+            for rel in list_files(dir)? {
+                let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
+                if out.join(&name).exists() {
+                    bail!(
+                        "quantized file `{name}` from `{}` collides with another release file",
+                        q.name
+                    );
+                }
+                link_or_copy(&dir.join(&rel), &out.join(&name))?;
+                quants.push(QuantFile {
+                    size: std::fs::metadata(out.join(&name))?.len(),
+                    file: name,
+                });
+            }
+        }
+        let mut evals = Vec::new();
+        for e in &self.evals {
+            let path = ctx.input(&e.name)?.path.join("results.json");
+            let mut results = super::files::read_json(&path)
+                .with_context(|| format!("eval step `{}` has no results.json", e.name))?;
+            if let Some(obj) = results.as_object_mut() {
+                obj.remove("timing");
+            }
+            evals.push(EvalSummary {
+                step: e.name.clone(),
+                results,
+            });
+        }
+        let input = CardInput {
+            facts,
+            model_step: &self.model.name,
+            overrides: &self.card,
+            quants,
+            evals,
+        };
+        std::fs::write(out.join("README.md"), card::render(&input))?;
+        let digests: BTreeMap<&String, &String> =
+            ctx.inputs.iter().map(|(k, a)| (k, &a.digest)).collect();
+        let report = json!({
+            "yibuild": env!("CARGO_PKG_VERSION"),
+            "recipe": facts.name,
+            "recipe_digest": facts.digest,
+            "sources": facts.sources.iter().map(|(n, d)| json!({"name": n, "from": d})).collect::<Vec<_>>(),
+            "steps": facts.steps.iter().map(|(n, k, _)| json!({"name": n, "kind": k})).collect::<Vec<_>>(),
+            "inputs": digests,
+        });
+        super::files::write_json(&out.join("build-report.json"), &report)?;
+        let files = list_files(out)?;
+        let sums: Vec<String> = files
+            .par_iter()
+            .map(|rel| Ok(format!("{}  {rel}\n", sha256_file(&out.join(rel))?)))
+            .collect::<Result<_>>()?;
+        std::fs::write(out.join("SHA256SUMS"), sums.concat())?;
+        if self.archive {
+            let mut all = list_files(out)?;
+            all.sort();
+            let archive = out.join(format!("{}.tar", facts.name));
+            write_archive(out, &all, &archive, &facts.name)?;
+        }
+        Ok(())
+    }
+}
