@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod fixtures;
+pub mod merge;
 pub mod recipe;
 pub mod steps;
 pub mod tensor;
