@@ -12,6 +12,7 @@ use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span};
 
 pub mod files;
+mod merge;
 mod patch_config;
 mod run;
 
@@ -130,6 +131,9 @@ pub const KINDS: &[&str] = &[
 /// Parses the body of a step of kind `kind`.
 pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>, RecipeError> {
     match kind {
+        // The step's `seed` key is not visible here yet; the executor's parser
+        // should pass it (see `merge::Merge::parse`).
+        "merge" => Ok(Box::new(merge::Merge::parse(node, cx, None)?)),
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         _ => Err(cx.diag.error(
