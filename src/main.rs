@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Recipe> {
+fn load(path: &std::path::Path) -> anyhow::Result<Recipe> {
     Ok(Recipe::load(path)?)
 }
 
@@ -171,7 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Gc { yes }) => print(format!("{}\n", commands::gc(&c.cache_dir, yes)?)),
         Some(Command::Clean { recipe }) => {
-            let recipe = recipe.as_ref().map(load).transpose()?;
+            let recipe = recipe.as_deref().map(load).transpose()?;
             let removed = commands::clean(&c.build_dir, recipe.as_ref())?;
             eprintln!("{:>12} {}", "Removed", removed.display());
             Ok(ExitCode::SUCCESS)

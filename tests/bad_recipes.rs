@@ -45,7 +45,7 @@ fn unknown_key_suggests_the_right_one() {
 #[test]
 fn unknown_top_level_key() {
     let err = assert_located(
-        &format!("yibuild: 1\nname: t\nsteps: {{}}\ndefualt: [x]\n"),
+        "yibuild: 1\nname: t\nsteps: {}\ndefualt: [x]\n",
         "unknown key `defualt` in the recipe",
         "4:1",
     );

@@ -13,6 +13,7 @@ use crate::recipe::yaml::{Node, Span};
 use crate::recipe::RecipeFacts;
 
 pub mod files;
+mod merge;
 mod package;
 mod patch_config;
 mod run;
@@ -139,6 +140,7 @@ pub const KINDS: &[&str] = &[
 /// Parses the body of a step of kind `kind`.
 pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>, RecipeError> {
     match kind {
+        "merge" => Ok(Box::new(merge::Merge::parse(node, cx, cx.seed)?)),
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),

@@ -119,6 +119,29 @@ impl DType {
             }
         }
     }
+
+    /// Encodes `values` into `out`, which must hold exactly
+    /// `values.len() * self.size()` bytes (the form parallel writers need).
+    pub fn encode_to_slice(self, values: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(out.len(), values.len() * self.size());
+        match self {
+            DType::BF16 => {
+                for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                    o.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
+                }
+            }
+            DType::F16 => {
+                for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                    o.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+                }
+            }
+            DType::F32 => {
+                for (o, v) in out.chunks_exact_mut(4).zip(values) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for DType {

@@ -3,6 +3,8 @@
 
 mod dtype;
 mod reader;
+mod writer;
 
 pub use dtype::DType;
 pub use reader::{shard_files, ModelTensors, TensorInfo};
+pub use writer::{PlannedTensor, ShardedWriter, DEFAULT_MAX_SHARD_SIZE};

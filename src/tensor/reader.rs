@@ -214,6 +214,47 @@ impl ModelTensors {
         Ok(out)
     }
 
+    /// Byte range of rows `rows` of tensor `name` inside its shard mapping.
+    fn row_bytes(&self, name: &str, rows: &Range<usize>) -> Result<(usize, Range<usize>)> {
+        let info = self.require(name)?;
+        let row_bytes = info.row_len() * info.dtype.size();
+        let start = info.range.start + rows.start * row_bytes;
+        let end = (info.range.start + rows.end * row_bytes).min(info.range.end);
+        Ok((info.shard, start..end))
+    }
+
+    /// Asks the kernel to start reading rows `rows` of `name` from disk now, so
+    /// that I/O overlaps with work on the rows before them.
+    pub fn prefetch(&self, name: &str, rows: Range<usize>) {
+        if let Ok((shard, range)) = self.row_bytes(name, &rows) {
+            // Advice only; a failure changes speed, not results.
+            let _ = self.shards[shard].1.advise_range(
+                memmap2::Advice::WillNeed,
+                range.start,
+                range.len(),
+            );
+        }
+    }
+
+    /// Drops this process's mapping of rows `rows` of `name` once they have been
+    /// consumed: the pages stay in the page cache but stop counting towards the
+    /// process's resident memory, which is what keeps a merge of many large
+    /// models within its memory budget.
+    pub fn release(&self, name: &str, rows: Range<usize>) {
+        if let Ok((shard, range)) = self.row_bytes(name, &rows) {
+            // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED
+            // only drops page-table entries, and a later read faults the same
+            // bytes back in from the file.
+            let _ = unsafe {
+                self.shards[shard].1.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+    }
+
     /// Like [`read_rows_f32`](Self::read_rows_f32), into a caller-owned buffer of
     /// exactly `rows.len() * row_len` elements.
     pub fn read_rows_into(&self, name: &str, rows: Range<usize>, out: &mut [f32]) -> Result<()> {

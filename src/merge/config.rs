@@ -1,0 +1,483 @@
+//! A mergekit configuration, parsed with positions for errors.
+//!
+//! The schema is mergekit's `MergeConfiguration` (see the reference in
+//! `spec/reference/mergekit.md` §2): `merge_method`, exactly one of `models` and
+//! `slices`, `base_model`, `parameters` at every level, `dtype`, `out_dtype`,
+//! `tokenizer_source` or `tokenizer`, `chat_template`. Unknown keys, unknown
+//! methods and misspelt parameter names are errors with a "did you mean" hint
+//! (mergekit silently ignores misspelt parameters).
+
+use crate::recipe::diag::{did_you_mean, Diag, RecipeError};
+use crate::recipe::fields::{expect_str, Fields};
+use crate::recipe::yaml::{Node, Span, Value};
+use crate::tensor::DType;
+
+use super::method::{Method, LEGACY_PARAMS};
+use super::params::{parse_parameters, Parameters};
+
+/// A reference to an input model: `path[@revision]`, or in a recipe the name of
+/// a source or step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    /// The reference as written (`org/name@rev`, `./models/x`, `tess`): the key
+    /// under which the caller provides the model's folder.
+    pub name: String,
+    /// Where it was written.
+    pub span: Span,
+}
+
+/// One input of an output slice.
+#[derive(Debug, Clone)]
+pub struct SliceSource {
+    /// The model.
+    pub model: ModelRef,
+    /// Layers `[start, end)` taken from it; `None` means all of them.
+    pub layer_range: Option<(usize, usize)>,
+    /// Per-source parameters (where `models[].parameters` land).
+    pub parameters: Parameters,
+}
+
+/// A run of output layers made from the same layers of several models.
+#[derive(Debug, Clone)]
+pub struct OutputSlice {
+    /// The inputs, in config order.
+    pub sources: Vec<SliceSource>,
+    /// A slice-level base model overriding the top-level one.
+    pub base_model: Option<ModelRef>,
+    /// Slice-level parameters.
+    pub parameters: Parameters,
+}
+
+/// Where the output tokenizer comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// The base model's (or the first model's) tokenizer; mergekit's default.
+    Base,
+    /// The union of every model's vocabulary.
+    Union,
+    /// One model's tokenizer.
+    Model(ModelRef),
+}
+
+/// A parsed mergekit configuration.
+#[derive(Debug, Clone)]
+pub struct MergeConfig {
+    /// The method.
+    pub method: Method,
+    /// The output slices; a `models:` config is one slice of whole models.
+    pub slices: Vec<OutputSlice>,
+    /// True when written with `models:` (whole models, base appended).
+    pub whole_models: bool,
+    /// The top-level base model.
+    pub base_model: Option<ModelRef>,
+    /// Top-level parameters.
+    pub parameters: Parameters,
+    /// `dtype`: the storage type mergekit would do the math in; here it only
+    /// sets the output type when `out_dtype` is absent (math is always f32).
+    pub dtype: Option<DType>,
+    /// `out_dtype`: the output storage type.
+    pub out_dtype: Option<DType>,
+    /// Output tokenizer.
+    pub tokenizer: TokenizerSource,
+    /// Span of the tokenizer setting, for errors.
+    pub tokenizer_span: Span,
+    /// `chat_template`: a built-in name or literal Jinja.
+    pub chat_template: Option<String>,
+    /// The config text, written verbatim to `mergekit_config.yml`.
+    pub text: String,
+    /// The config as JSON (for step keys).
+    pub json: serde_json::Value,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "merge_method",
+    "models",
+    "slices",
+    "base_model",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "name",
+];
+
+fn parse_model_ref(diag: &Diag, node: &Node, key: &str) -> Result<ModelRef, RecipeError> {
+    let name = match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Map(_) => {
+            let f = Fields::new(
+                diag,
+                node,
+                format!("`{key}`"),
+                &["model", "lora", "override_architecture"],
+            )?;
+            f.finish()?;
+            if let Some(lora) = f.opt("lora") {
+                return Err(diag.error(lora.span, "LoRA model references are not supported"));
+            }
+            let inner = f.req("model")?;
+            match &inner.value {
+                Value::Str(s) => s.clone(),
+                _ => {
+                    let m = Fields::new(diag, inner, "`model`", &["path", "revision"])?;
+                    m.finish()?;
+                    let path = m.req_str("path")?;
+                    match m.opt_str("revision")? {
+                        Some(rev) => format!("{path}@{rev}"),
+                        None => path,
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(diag.error(
+                node.span,
+                format!(
+                    "`{key}` must be a model path or name, found {}",
+                    node.type_name()
+                ),
+            ))
+        }
+    };
+    if name.contains('+') {
+        return Err(diag
+            .error(
+                node.span,
+                format!("`{name}`: LoRA model references (`model+lora`) are not supported"),
+            )
+            .with_help("merge the adapter into its model first"));
+    }
+    if name.matches('@').count() > 1 || name.starts_with('@') || name.is_empty() {
+        return Err(diag.error(
+            node.span,
+            format!("`{name}` is not a valid model reference"),
+        ));
+    }
+    Ok(ModelRef {
+        name,
+        span: node.span,
+    })
+}
+
+fn parse_dtype(diag: &Diag, f: &Fields, key: &str) -> Result<Option<DType>, RecipeError> {
+    let Some(node) = f.opt(key) else {
+        return Ok(None);
+    };
+    let text = expect_str(diag, node, key)?;
+    DType::parse(text.strip_prefix("torch.").unwrap_or(&text))
+        .map(Some)
+        .ok_or_else(|| {
+            diag.error(
+                node.span,
+                format!("`{key}`: unknown dtype `{text}` (expected bfloat16, float16 or float32)"),
+            )
+        })
+}
+
+fn parse_layer_range(diag: &Diag, node: &Node) -> Result<(usize, usize), RecipeError> {
+    let bad = || {
+        diag.error(
+            node.span,
+            "`layer_range` must be two integers [start, end] with start < end",
+        )
+    };
+    let items = node.as_seq().ok_or_else(bad)?;
+    let nums: Vec<usize> = items
+        .iter()
+        .map(|n| match n.value {
+            Value::Int(i) if i >= 0 => Ok(i as usize),
+            _ => Err(bad()),
+        })
+        .collect::<Result<_, _>>()?;
+    match nums[..] {
+        [a, b] if a < b => Ok((a, b)),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_source(diag: &Diag, node: &Node, slices: bool) -> Result<SliceSource, RecipeError> {
+    let keys: &'static [&'static str] = if slices {
+        &["model", "layer_range", "parameters"]
+    } else {
+        &["model", "parameters"]
+    };
+    let f = Fields::new(
+        diag,
+        node,
+        if slices {
+            "a slice source"
+        } else {
+            "a `models` entry"
+        },
+        keys,
+    )?;
+    f.finish()?;
+    let layer_range = if slices {
+        Some(parse_layer_range(diag, f.req("layer_range")?)?)
+    } else {
+        None
+    };
+    Ok(SliceSource {
+        model: parse_model_ref(diag, f.req("model")?, "model")?,
+        layer_range,
+        parameters: parse_parameters(diag, f.opt("parameters"))?,
+    })
+}
+
+fn parse_slice(diag: &Diag, node: &Node) -> Result<OutputSlice, RecipeError> {
+    let f = Fields::new(
+        diag,
+        node,
+        "a slice",
+        &["sources", "base_model", "parameters", "residual_weight"],
+    )?;
+    f.finish()?;
+    let sources_node = f.req("sources")?;
+    let sources = sources_node
+        .as_seq()
+        .ok_or_else(|| diag.error(sources_node.span, "`sources` must be a list"))?
+        .iter()
+        .map(|n| parse_source(diag, n, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    if sources.is_empty() {
+        return Err(diag.error(sources_node.span, "a slice needs at least one source"));
+    }
+    Ok(OutputSlice {
+        sources,
+        base_model: f
+            .opt("base_model")
+            .map(|n| parse_model_ref(diag, n, "base_model"))
+            .transpose()?,
+        parameters: parse_parameters(diag, f.opt("parameters"))?,
+    })
+}
+
+fn parse_tokenizer(diag: &Diag, f: &Fields) -> Result<(TokenizerSource, Span), RecipeError> {
+    let from_value = |node: &Node, key: &str| -> Result<TokenizerSource, RecipeError> {
+        Ok(match node.as_str() {
+            Some("union") => TokenizerSource::Union,
+            Some("base") => TokenizerSource::Base,
+            _ => TokenizerSource::Model(parse_model_ref(diag, node, key)?),
+        })
+    };
+    match (f.opt("tokenizer_source"), f.opt("tokenizer")) {
+        (Some(a), Some(_)) => Err(diag.error(
+            a.span,
+            "`tokenizer_source` and `tokenizer` are mutually exclusive",
+        )),
+        (Some(n), None) => Ok((from_value(n, "tokenizer_source")?, n.span)),
+        (None, Some(n)) => {
+            let t = Fields::new(
+                diag,
+                n,
+                "`tokenizer`",
+                &["source", "tokens", "pad_to_multiple_of"],
+            )?;
+            t.finish()?;
+            for key in ["tokens", "pad_to_multiple_of"] {
+                if let Some(extra) = t.opt(key) {
+                    return Err(diag.error(
+                        extra.span,
+                        format!("`tokenizer.{key}` is not supported yet"),
+                    ));
+                }
+            }
+            // mergekit's `tokenizer:` section defaults to the union vocabulary.
+            match t.opt("source") {
+                Some(s) => Ok((from_value(s, "source")?, s.span)),
+                None => Ok((TokenizerSource::Union, n.span)),
+            }
+        }
+        (None, None) => Ok((TokenizerSource::Base, Span::default())),
+    }
+}
+
+impl MergeConfig {
+    /// Parses a mergekit config mapping; `text` is the file's text, kept for
+    /// `mergekit_config.yml`.
+    pub fn parse(diag: &Diag, node: &Node, text: &str) -> Result<MergeConfig, RecipeError> {
+        let f = Fields::new(diag, node, "the merge configuration", TOP_KEYS)?;
+        f.finish()?;
+        let method_node = f.req("merge_method")?;
+        let method_name = expect_str(diag, method_node, "merge_method")?;
+        let method = Method::parse(&method_name).ok_or_else(|| {
+            let names = Method::ALL.iter().map(|(n, _)| *n);
+            let err = diag.error(
+                method_node.span,
+                format!("unknown merge method `{method_name}`"),
+            );
+            let normalized = method_name.replace('-', "_").to_ascii_lowercase();
+            match did_you_mean(&normalized, names.clone()) {
+                Some(s) => err.with_help(format!("did you mean `{s}`?")),
+                None => err.with_help(format!(
+                    "expected one of: {}",
+                    names.collect::<Vec<_>>().join(", ")
+                )),
+            }
+        })?;
+        let base_model = f
+            .opt("base_model")
+            .map(|n| parse_model_ref(diag, n, "base_model"))
+            .transpose()?;
+        let (slices, whole_models) = match (f.opt("models"), f.opt("slices")) {
+            (Some(m), None) => {
+                let items = m
+                    .as_seq()
+                    .ok_or_else(|| diag.error(m.span, "`models` must be a list"))?;
+                let sources = items
+                    .iter()
+                    .map(|n| {
+                        if n.as_str().is_some() {
+                            // `- model_name` without parameters.
+                            Ok(SliceSource {
+                                model: parse_model_ref(diag, n, "model")?,
+                                layer_range: None,
+                                parameters: Vec::new(),
+                            })
+                        } else {
+                            parse_source(diag, n, false)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if sources.is_empty() && base_model.is_none() {
+                    return Err(diag.error(m.span, "`models` is empty"));
+                }
+                let slice = OutputSlice {
+                    sources,
+                    base_model: None,
+                    parameters: Vec::new(),
+                };
+                (vec![slice], true)
+            }
+            (None, Some(s)) => {
+                let items = s
+                    .as_seq()
+                    .ok_or_else(|| diag.error(s.span, "`slices` must be a list"))?;
+                let slices = items
+                    .iter()
+                    .map(|n| parse_slice(diag, n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if slices.is_empty() {
+                    return Err(diag.error(s.span, "`slices` is empty"));
+                }
+                (slices, false)
+            }
+            (Some(m), Some(_)) => {
+                return Err(diag.error(m.span, "give either `models` or `slices`, not both"))
+            }
+            (None, None) => {
+                return Err(diag.error(
+                    node.span,
+                    "the merge configuration needs `models` or `slices`",
+                ))
+            }
+        };
+        let (tokenizer, tokenizer_span) = parse_tokenizer(diag, &f)?;
+        let config = MergeConfig {
+            method,
+            slices,
+            whole_models,
+            base_model,
+            parameters: parse_parameters(diag, f.opt("parameters"))?,
+            dtype: parse_dtype(diag, &f, "dtype")?,
+            out_dtype: parse_dtype(diag, &f, "out_dtype")?,
+            tokenizer,
+            tokenizer_span,
+            chat_template: f.opt_str("chat_template")?,
+            text: text.to_owned(),
+            json: node.to_json(),
+        };
+        config.check_parameter_names(diag)?;
+        Ok(config)
+    }
+
+    /// Every distinct model the config references, in first-mention order
+    /// (base model first), so donors and card lists are deterministic.
+    pub fn referenced_models(&self) -> Vec<&ModelRef> {
+        fn push<'a>(m: &'a ModelRef, out: &mut Vec<&'a ModelRef>) {
+            if !out.iter().any(|o| o.name == m.name) {
+                out.push(m);
+            }
+        }
+        let mut out: Vec<&ModelRef> = Vec::new();
+        if let Some(b) = &self.base_model {
+            push(b, &mut out);
+        }
+        for s in &self.slices {
+            if let Some(b) = &s.base_model {
+                push(b, &mut out);
+            }
+            for src in &s.sources {
+                push(&src.model, &mut out);
+            }
+        }
+        if let TokenizerSource::Model(m) = &self.tokenizer {
+            push(m, &mut out);
+        }
+        out
+    }
+
+    /// Rejects parameter names the method does not read, and per-model
+    /// settings of parameters that are only read globally.
+    fn check_parameter_names(&self, diag: &Diag) -> Result<(), RecipeError> {
+        let model_names: Vec<&str> = self.method.model_params().iter().map(|p| p.name).collect();
+        let global_names: Vec<&str> = self.method.global_params().iter().map(|p| p.name).collect();
+        let known = |name: &str| {
+            model_names.contains(&name)
+                || global_names.contains(&name)
+                || LEGACY_PARAMS.contains(&name)
+        };
+        let unknown = |p: &super::params::NamedSetting| {
+            let all = model_names.iter().chain(&global_names).copied();
+            let err = diag.error(
+                p.span,
+                format!(
+                    "merge method `{}` has no parameter `{}`",
+                    self.method.name(),
+                    p.name
+                ),
+            );
+            match did_you_mean(&p.name, all) {
+                Some(s) => err.with_help(format!("did you mean `{s}`?")),
+                None => err.with_help(format!(
+                    "its parameters are: {}",
+                    model_names
+                        .iter()
+                        .chain(&global_names)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        };
+        let levels =
+            std::iter::once(&self.parameters).chain(self.slices.iter().map(|s| &s.parameters));
+        for params in levels {
+            if let Some(p) = params.iter().find(|p| !known(&p.name)) {
+                return Err(unknown(p));
+            }
+        }
+        for source in self.slices.iter().flat_map(|s| &s.sources) {
+            for p in &source.parameters {
+                if !known(&p.name) {
+                    return Err(unknown(p));
+                }
+                if global_names.contains(&p.name.as_str()) {
+                    return Err(diag
+                        .error(
+                            p.span,
+                            format!(
+                                "`{}` is a global parameter of `{}`: a per-model value has no effect",
+                                p.name,
+                                self.method.name()
+                            ),
+                        )
+                        .with_help("move it to the top-level or slice `parameters`"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! Running a merge plan: tensor by tensor, in row chunks sized from the memory
+//! budget, on a thread pool of a fixed size, with the output streamed to a
+//! writer thread.
+//!
+//! Determinism: every per-element operation is independent of how rows are
+//! grouped, and every reduction over a tensor is computed per row in `f64` and
+//! then summed over rows in order, so the bytes written do not depend on the
+//! thread count or the chunk size.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use super::plan::{InputModel, MergePlan, TensorJob};
+use crate::tensor::{PlannedTensor, ShardedWriter};
+
+/// Elements decoded or encoded per parallel task.
+const BLOCK: usize = 1 << 16;
+
+/// How a merge runs (nothing here changes the output bytes).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Peak memory the merge should stay under, in bytes.
+    pub mem_budget: u64,
+    /// Elements per chunk; `None` derives it from the budget (tests set it to
+    /// show the output does not depend on it).
+    pub chunk_elements: Option<usize>,
+    /// Largest output shard in bytes.
+    pub max_shard_size: u64,
+}
+
+/// Bytes held per chunk element, per input model: the decoded `f32` copy,
+/// the mapped storage pages (until released) and a mask byte.
+const BYTES_PER_INPUT: usize = 4 + 2 + 1;
+/// Bytes per chunk element besides the inputs: output `f32`, encoded chunks in
+/// flight to the writer, and method scratch.
+const BYTES_FIXED: usize = 4 + 3 * 4 + 8;
+
+/// Elements per chunk for `inputs` models within `budget` bytes: half the
+/// budget goes to chunk buffers, the rest is headroom for the process itself.
+pub fn chunk_elements(budget: u64, inputs: usize) -> usize {
+    let per_element = BYTES_PER_INPUT * inputs + BYTES_FIXED;
+    ((budget / 2) as usize / per_element).max(4096)
+}
+
+/// Reads one tensor job's inputs chunk by chunk.
+pub struct Chunks<'a> {
+    /// The job.
+    pub job: &'a TensorJob,
+    models: &'a [InputModel],
+    chunk_rows: usize,
+}
+
+impl Chunks<'_> {
+    /// Output rows (1 for a vector).
+    pub fn rows(&self) -> usize {
+        self.job.rows()
+    }
+
+    /// Elements per row.
+    pub fn row_len(&self) -> usize {
+        self.job.row_len()
+    }
+
+    /// The storage rows of input `i` that hold output rows `rows`.
+    fn storage_rows(&self, i: usize, rows: &Range<usize>) -> Range<usize> {
+        let input = &self.job.inputs[i];
+        let info = self.models[input.model]
+            .tensors
+            .info(&input.tensor)
+            .expect("the plan checked every input tensor exists");
+        if self.job.shape.len() <= 1 {
+            0..info.rows()
+        } else {
+            rows.clone()
+        }
+    }
+
+    /// Calls `f` with each chunk of rows, in order, and every input's values
+    /// for those rows as `f32`. Inputs are checked for NaN and infinity.
+    pub fn pass(&self, mut f: impl FnMut(Range<usize>, &[Vec<f32>]) -> Result<()>) -> Result<()> {
+        let rows = self.rows();
+        let row_len = self.row_len();
+        let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.job.inputs.len()];
+        let mut start = 0;
+        while start < rows {
+            let end = (start + self.chunk_rows).min(rows);
+            if end < rows {
+                let next = end..(end + self.chunk_rows).min(rows);
+                for (i, input) in self.job.inputs.iter().enumerate() {
+                    self.models[input.model]
+                        .tensors
+                        .prefetch(&input.tensor, self.storage_rows(i, &next));
+                }
+            }
+            let elems = (start * row_len)..(end * row_len);
+            bufs.par_iter_mut().zip(&self.job.inputs).try_for_each(
+                |(buf, input)| -> Result<()> {
+                    let model = &self.models[input.model];
+                    let info = model.tensors.require(&input.tensor)?;
+                    let size = info.dtype.size();
+                    let bytes =
+                        &model.tensors.bytes(&input.tensor)?[elems.start * size..elems.end * size];
+                    buf.resize(elems.len(), 0.0);
+                    let bad = buf
+                        .par_chunks_mut(BLOCK)
+                        .zip(bytes.par_chunks(BLOCK * size))
+                        .enumerate()
+                        .find_map_first(|(b, (out, raw))| {
+                            info.dtype.decode_into(raw, out);
+                            out.iter()
+                                .position(|v| !v.is_finite())
+                                .map(|p| b * BLOCK + p)
+                        });
+                    if let Some(p) = bad {
+                        bail!(
+                            "model `{}`: tensor `{}` contains NaN or infinity (element {})",
+                            model.name,
+                            input.tensor,
+                            elems.start + p
+                        );
+                    }
+                    Ok(())
+                },
+            )?;
+            f(start..end, &bufs)?;
+            for (i, input) in self.job.inputs.iter().enumerate() {
+                let storage = self.storage_rows(i, &(start..end));
+                self.models[input.model]
+                    .tensors
+                    .release(&input.tensor, storage);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Where a method sends its output, chunk by chunk, in row order.
+pub struct Output<'a> {
+    job: &'a TensorJob,
+    tx: &'a SyncSender<Vec<u8>>,
+    written: usize,
+}
+
+impl Output<'_> {
+    /// Encodes the next rows of output to the job's dtype and queues them for
+    /// writing.
+    pub fn emit(&mut self, values: &[f32]) -> Result<()> {
+        let dtype = self.job.dtype;
+        let mut bytes = vec![0u8; values.len() * dtype.size()];
+        bytes
+            .par_chunks_mut(BLOCK * dtype.size())
+            .zip(values.par_chunks(BLOCK))
+            .for_each(|(out, v)| dtype.encode_to_slice(v, out));
+        self.written += values.len();
+        self.tx
+            .send(bytes)
+            .map_err(|_| anyhow::anyhow!("the output writer stopped"))
+    }
+}
+
+/// Runs every job of `plan` and writes the tensors into `out_dir`. Returns the
+/// tensor files written.
+pub fn run(
+    plan: &MergePlan,
+    out_dir: &Path,
+    opts: &EngineOptions,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<PathBuf>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+        .context("cannot start the merge thread pool")?;
+    let planned: Vec<PlannedTensor> = plan
+        .jobs
+        .iter()
+        .map(|j| PlannedTensor {
+            name: j.name.clone(),
+            dtype: j.dtype,
+            shape: j.shape.clone(),
+        })
+        .collect();
+    let mut writer = ShardedWriter::create(out_dir, planned, opts.max_shard_size)?;
+    let (tx, rx) = sync_channel::<Vec<u8>>(2);
+    std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(move || -> Result<ShardedWriter> {
+            for bytes in rx {
+                writer.write(&bytes)?;
+            }
+            Ok(writer)
+        });
+        let computed = pool.install(|| -> Result<()> {
+            let total = plan.jobs.len();
+            for (n, job) in plan.jobs.iter().enumerate() {
+                let elements = opts
+                    .chunk_elements
+                    .unwrap_or_else(|| chunk_elements(opts.mem_budget, job.inputs.len()));
+                let chunks = Chunks {
+                    job,
+                    models: &plan.models,
+                    chunk_rows: (elements / job.row_len().max(1)).max(1),
+                };
+                let mut output = Output {
+                    job,
+                    tx: &tx,
+                    written: 0,
+                };
+                super::methods::run(plan.method, &chunks, &mut output)
+                    .with_context(|| format!("merging tensor `{}`", job.name))?;
+                let expected: usize = job.shape.iter().product();
+                if output.written != expected {
+                    bail!(
+                        "internal: method `{}` wrote {} of {expected} elements of `{}`",
+                        plan.method.name(),
+                        output.written,
+                        job.name
+                    );
+                }
+                if (n + 1) % 64 == 0 || n + 1 == total {
+                    log(&format!("merged {}/{total} tensors", n + 1));
+                }
+            }
+            Ok(())
+        });
+        drop(tx);
+        let writer = writer_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the output writer panicked"))?;
+        computed?;
+        writer?.finish()
+    })
+}
+
+/// Runs `f` on every row of a chunk in parallel: `f(row_in_chunk, out_row)`.
+pub fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    out.par_chunks_mut(row_len.max(1))
+        .enumerate()
+        .for_each(|(r, row)| f(r, row));
+}
+
+/// Adds a per-row statistic of a chunk to running totals, row by row in order,
+/// so the totals do not depend on threads or chunking: `f(row_in_chunk)`
+/// returns one value per slot of `totals`.
+pub fn sum_rows(totals: &mut [f64], rows: usize, f: impl Fn(usize) -> Vec<f64> + Sync + Send) {
+    let per_row: Vec<Vec<f64>> = (0..rows).into_par_iter().map(f).collect();
+    for row in per_row {
+        for (t, v) in totals.iter_mut().zip(row) {
+            *t += v;
+        }
+    }
+}

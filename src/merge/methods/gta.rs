@@ -1,0 +1,204 @@
+//! The generalized task-arithmetic family (mergekit
+//! `generalized_task_arithmetic.py`): task_arithmetic, ties, dare_ties,
+//! dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear.
+//!
+//! Per element, with base `B` and task vectors `δ_i = x_i − B`:
+//! `wd_i = w_i · rescale_i · mask_i · δ_i`; with sign consensus only the
+//! `wd_i` whose sign matches the sign of `Σ wd_i` count (weights are applied
+//! before the election, as in mergekit); `mixed = Σ wd_i` over those,
+//! divided by `Σ w_i` over those when `normalize`, times `lambda`; output `B + mixed`.
+
+use anyhow::Result;
+
+use super::super::engine::{par_rows, sum_rows, Chunks, Output};
+use super::super::method::Method;
+use super::super::params::ParamValue;
+use super::sparsify::{Kind, Masks};
+
+/// How kept deltas are rescaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rescale {
+    None,
+    /// mergekit ≥ 0.1: match the L1 norm of the unmasked delta, per tensor.
+    L1,
+    /// The DARE paper: divide by the keep probability.
+    InverseDensity,
+}
+
+fn sparsifier(method: Method) -> Option<Kind> {
+    match method {
+        Method::Ties => Some(Kind::Magnitude),
+        Method::DareTies | Method::DareLinear => Some(Kind::Bernoulli),
+        Method::Breadcrumbs | Method::BreadcrumbsTies => Some(Kind::Outliers),
+        Method::Della | Method::DellaLinear => Some(Kind::Della),
+        _ => None,
+    }
+}
+
+fn consensus(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Ties | Method::DareTies | Method::BreadcrumbsTies | Method::Della
+    )
+}
+
+/// Checks the `rescale` value: a boolean, `l1` or `inverse_density`.
+pub fn validate_rescale(value: Option<&ParamValue>) -> Result<(), String> {
+    match value {
+        None | Some(ParamValue::Bool(_)) => Ok(()),
+        Some(ParamValue::Str(s)) if s == "l1" || s == "inverse_density" => Ok(()),
+        Some(other) => Err(format!(
+            "`rescale` must be true, false, `l1` or `inverse_density`, found {other:?}"
+        )),
+    }
+}
+
+fn rescale_mode(value: Option<&ParamValue>) -> Rescale {
+    match value {
+        Some(ParamValue::Bool(true)) => Rescale::L1,
+        Some(ParamValue::Str(s)) if s == "l1" => Rescale::L1,
+        Some(ParamValue::Str(s)) if s == "inverse_density" => Rescale::InverseDensity,
+        _ => Rescale::None,
+    }
+}
+
+/// Runs one tensor of a task-arithmetic-family merge.
+pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
+    let job = chunks.job;
+    let base = job.base.expect("the plan checked the base model");
+    let others = job.others();
+    let row_len = chunks.row_len();
+    let weights: Vec<f32> = others
+        .iter()
+        .map(|&i| job.inputs[i].num("weight").unwrap_or(0.0) as f32)
+        .collect();
+    let mut masks = match sparsifier(method) {
+        Some(kind) => Some(Masks::prepare(kind, chunks, base, &others)?),
+        None => None,
+    };
+    // Per-model factor applied to kept deltas.
+    let mut scale = vec![1.0f64; others.len()];
+    if let Some(masks) = masks.as_mut() {
+        match rescale_mode(job.globals.get("rescale")) {
+            Rescale::None => {}
+            Rescale::InverseDensity => {
+                for (s, &i) in scale.iter_mut().zip(&others) {
+                    let d = job.inputs[i].num("density").unwrap_or(1.0);
+                    if d < 1.0 && d > 0.0 {
+                        *s = 1.0 / d;
+                    }
+                }
+            }
+            Rescale::L1 => {
+                // Σ|δ| and Σ|δ·mask| per model, reduced in row order.
+                let mut totals = vec![0.0f64; 2 * others.len()];
+                chunks.pass(|rows, inputs| {
+                    let ms: Vec<Vec<u8>> = (0..others.len())
+                        .map(|p| {
+                            masks.chunk(p, rows.clone(), row_len, &inputs[others[p]], &inputs[base])
+                        })
+                        .collect();
+                    sum_rows(&mut totals, rows.len(), |r| {
+                        let span = r * row_len..(r + 1) * row_len;
+                        let b = &inputs[base][span.clone()];
+                        let mut v = vec![0.0f64; 2 * others.len()];
+                        for (p, &i) in others.iter().enumerate() {
+                            let x = &inputs[i][span.clone()];
+                            let m = &ms[p][span.clone()];
+                            let (mut all, mut kept) = (0.0f64, 0.0f64);
+                            for ((x, b), m) in x.iter().zip(b).zip(m) {
+                                let d = f64::from((x - b).abs());
+                                all += d;
+                                kept += d * f64::from(*m);
+                            }
+                            v[2 * p] = all;
+                            v[2 * p + 1] = kept;
+                        }
+                        v
+                    });
+                    Ok(())
+                })?;
+                for (p, s) in scale.iter_mut().enumerate() {
+                    let (all, kept) = (totals[2 * p], totals[2 * p + 1]);
+                    if all >= 1e-7 && kept >= 1e-7 {
+                        *s = all / kept;
+                    }
+                }
+                masks.restart();
+            }
+        }
+    }
+    let elect = consensus(method);
+    let normalize = job.flag("normalize");
+    let lambda = job.num("lambda") as f32;
+    let factors: Vec<f32> = weights
+        .iter()
+        .zip(&scale)
+        .map(|(w, s)| (f64::from(*w) * s) as f32)
+        .collect();
+    chunks.pass(|rows, inputs| {
+        let ms: Vec<Option<Vec<u8>>> = (0..others.len())
+            .map(|p| match masks.as_mut() {
+                Some(m) if !m.keeps_all(p) => {
+                    Some(m.chunk(p, rows.clone(), row_len, &inputs[others[p]], &inputs[base]))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut result = vec![0.0f32; rows.len() * row_len];
+        par_rows(&mut result, row_len, |r, row| {
+            let span = r * row_len..(r + 1) * row_len;
+            let b = &inputs[base][span.clone()];
+            // wd_i for this row, model by model.
+            let mut wd = vec![0.0f32; others.len() * row_len];
+            for (p, &i) in others.iter().enumerate() {
+                let x = &inputs[i][span.clone()];
+                let out = &mut wd[p * row_len..(p + 1) * row_len];
+                let f = factors[p];
+                match &ms[p] {
+                    Some(m) => {
+                        let m = &m[span.clone()];
+                        for (((o, x), b), m) in out.iter_mut().zip(x).zip(b).zip(m) {
+                            *o = f * ((x - b) * f32::from(*m));
+                        }
+                    }
+                    None => {
+                        for ((o, x), b) in out.iter_mut().zip(x).zip(b) {
+                            *o = f * (x - b);
+                        }
+                    }
+                }
+            }
+            let total_weight: f32 = weights.iter().sum();
+            for (e, o) in row.iter_mut().enumerate() {
+                let (mut mixed, mut div) = (0.0f32, 0.0f32);
+                if elect {
+                    let sum: f32 = (0..others.len()).map(|p| wd[p * row_len + e]).sum();
+                    let positive = sum >= 0.0;
+                    for (p, w) in weights.iter().enumerate() {
+                        let v = wd[p * row_len + e];
+                        if (positive && v > 0.0) || (!positive && v < 0.0) {
+                            mixed += v;
+                            div += w;
+                        }
+                    }
+                    if div == 0.0 {
+                        div = 1.0;
+                    }
+                } else {
+                    mixed = (0..others.len()).map(|p| wd[p * row_len + e]).sum();
+                    div = if total_weight.abs() < 1e-8 {
+                        1.0
+                    } else {
+                        total_weight
+                    };
+                }
+                if normalize {
+                    mixed /= div;
+                }
+                *o = b[e] + mixed * lambda;
+            }
+        });
+        out.emit(&result)
+    })
+}

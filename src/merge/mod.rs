@@ -1,0 +1,190 @@
+//! The merge engine: mergekit-compatible configurations, every mergekit merge
+//! method, streamed tensor by tensor in bounded memory on all cores, with
+//! bit-reproducible output.
+//!
+//! - [`config`] parses a mergekit YAML configuration (with spans for errors).
+//! - [`plan`] opens the inputs' headers, validates everything and plans one
+//!   job per output tensor, before any tensor data is read.
+//! - [`engine`] runs the jobs in row chunks sized from the memory budget and
+//!   streams the output through [`crate::tensor::ShardedWriter`].
+//! - `methods` holds the math, [`rng`] the counter-based mask randomness and
+//!   [`select`] the exact streaming top-k used by TIES and breadcrumbs.
+//!
+//! Deviations from mergekit (each a fix of a behaviour the reference lists as
+//! a bug) are documented on the functions that make them and summarized in
+//! the README.
+
+pub mod config;
+pub mod engine;
+pub mod method;
+mod methods;
+mod output;
+pub mod params;
+pub mod plan;
+pub mod rng;
+pub mod select;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub use config::{MergeConfig, ModelRef, TokenizerSource};
+pub use method::Method;
+pub use plan::MergePlan;
+
+use crate::recipe::diag::{Diag, RecipeError};
+use crate::tensor::DEFAULT_MAX_SHARD_SIZE;
+
+/// The DARE/DELLA seed when none is given (recorded in the model card).
+pub const DEFAULT_SEED: u64 = 0;
+
+/// The default `--mem-budget`: 2 GiB.
+pub const DEFAULT_MEM_BUDGET: u64 = 2 << 30;
+
+/// How to run a merge. Only `seed` changes the output bytes.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Seed of the DARE/DELLA masks.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Peak memory to stay under, in bytes.
+    pub mem_budget: u64,
+    /// Elements per chunk (derived from the budget when `None`).
+    pub chunk_elements: Option<usize>,
+    /// Largest output shard in bytes.
+    pub max_shard_size: u64,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions {
+            seed: DEFAULT_SEED,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            mem_budget: DEFAULT_MEM_BUDGET,
+            chunk_elements: None,
+            max_shard_size: DEFAULT_MAX_SHARD_SIZE,
+        }
+    }
+}
+
+/// Parses the single mergekit configuration document in `text` (from `file`).
+pub fn parse_config(file: &Path, text: &str) -> Result<MergeConfig, RecipeError> {
+    let diag = Diag::new(file, text);
+    let docs =
+        crate::recipe::yaml::parse_documents(text).map_err(|e| diag.error(e.span, e.message))?;
+    match docs.as_slice() {
+        [doc] => MergeConfig::parse(&diag, doc, text),
+        [] => Err(RecipeError::file(file, "the merge configuration is empty")),
+        _ => Err(RecipeError::file(
+            file,
+            "multi-document (mergekit-multi) configurations are not supported by `yibuild merge` yet",
+        )),
+    }
+}
+
+/// Validates a merge without reading tensor data: every model's config and
+/// tensor index against the configuration. `models` maps each reference as
+/// written to its folder.
+pub fn preflight(
+    config: &MergeConfig,
+    models: &BTreeMap<String, PathBuf>,
+    seed: u64,
+) -> Result<MergePlan> {
+    MergePlan::build(config, models, seed)
+}
+
+/// Merges into `out`, an existing empty directory.
+pub fn merge(
+    config: &MergeConfig,
+    models: &BTreeMap<String, PathBuf>,
+    out: &Path,
+    opts: &MergeOptions,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let plan = preflight(config, models, opts.seed)?;
+    log(&format!(
+        "merging {} tensors ({:.2} GB) from {} models with {}",
+        plan.jobs.len(),
+        plan.output_bytes() as f64 / 1e9,
+        plan.models.len(),
+        config.method.name()
+    ));
+    let engine = engine::EngineOptions {
+        threads: opts.threads,
+        mem_budget: opts.mem_budget,
+        chunk_elements: opts.chunk_elements,
+        max_shard_size: opts.max_shard_size,
+    };
+    engine::run(&plan, out, &engine, log)?;
+    output::write_metadata(config, &plan, out, opts.seed)
+}
+
+/// Resolves a model reference of a plain config file to a local folder:
+/// relative to the working directory, then to the config's directory.
+fn resolve_local(reference: &ModelRef, config_dir: &Path) -> Result<PathBuf> {
+    let name = &reference.name;
+    let candidates = [PathBuf::from(name), config_dir.join(name)];
+    if let Some(found) = candidates.iter().find(|p| p.is_dir()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "model `{name}`: no such local directory; Hugging Face Hub models cannot be fetched by \
+         `yibuild merge` yet: declare them as `hf://` sources in a recipe"
+    )
+}
+
+/// `yibuild merge CONFIG OUT`: the `mergekit-yaml` drop-in. Model references
+/// are local paths. The output appears at `out` only when complete: it is
+/// written into a temporary sibling directory that is renamed at the end and
+/// removed on failure.
+pub fn merge_config_file(
+    config_path: &Path,
+    out: &Path,
+    opts: &MergeOptions,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config = parse_config(config_path, &text)?;
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let mut models = BTreeMap::new();
+    for r in config.referenced_models() {
+        models.insert(r.name.clone(), resolve_local(r, config_dir)?);
+    }
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "output directory {} already exists and is not empty",
+            out.display()
+        );
+    }
+    preflight(&config, &models, opts.seed)?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.yibuild-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = merge(&config, &models, &tmp, opts, log).and_then(|()| {
+        if out.exists() {
+            std::fs::remove_dir(out)?;
+        }
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot move the output to {}", out.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
