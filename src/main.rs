@@ -89,6 +89,14 @@ enum Command {
         #[arg(long, default_value = "dot")]
         format: String,
     },
+    /// Merge models from a mergekit config: a drop-in for `mergekit-yaml CONFIG OUT`.
+    Merge {
+        config: PathBuf,
+        out: PathBuf,
+        /// Seed of the DARE/DELLA masks.
+        #[arg(long, default_value_t = yibuild::merge::DEFAULT_SEED)]
+        random_seed: u64,
+    },
     /// Re-hash every cache object and check every action.
     Verify,
     /// Remove cache entries no build references (dry run unless --yes).
@@ -152,6 +160,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Graph { recipe, format }) => {
             print(commands::graph(&load(&recipe)?, &format)?)
+        }
+        Some(Command::Merge {
+            config,
+            out,
+            random_seed,
+        }) => {
+            let opts = yibuild::merge::MergeOptions {
+                seed: random_seed,
+                threads: c
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                mem_budget: c.mem_budget,
+                ..Default::default()
+            };
+            let verbose = c.verbose;
+            let log = |line: &str| {
+                if verbose {
+                    eprintln!("{:>12} {line}", "Note");
+                }
+            };
+            yibuild::merge::merge_config_file(&config, &out, &opts, &log)?;
+            eprintln!("{:>12} {}", "Merged", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Verify) => {
             let problems = commands::verify(&c.cache_dir)?;
