@@ -237,6 +237,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 }
                 pending.remove(i);
                 running.insert(step.name.clone(), mem);
+                let reasons = match cache.record(&recipe.name, &step.name) {
+                    Some(r) if r.key != key => crate::freshness::changes(&r.inputs, &key_inputs),
+                    Some(_) => vec!["its cached output is gone".to_owned()],
+                    None => vec!["never built".to_owned()],
+                };
+                reporter.dirty(&step.name, &reasons);
                 reporter.started(&step.name);
                 let tx = tx.clone();
                 let cache = &cache;

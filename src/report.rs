@@ -56,6 +56,8 @@ pub trait Reporter: Sync {
     fn waiting_for_lock(&self);
     /// The build is about to run `total` steps.
     fn planned(&self, total: usize);
+    /// A step must run, for `reasons` (never built, or what changed).
+    fn dirty(&self, step: &str, reasons: &[String]);
     /// A step started running.
     fn started(&self, step: &str);
     /// A step produced a line of progress or a note.
@@ -94,6 +96,9 @@ impl Reporter for JsonReporter {
     }
     fn planned(&self, total: usize) {
         self.emit(json!({"event": "plan", "steps": total}));
+    }
+    fn dirty(&self, step: &str, reasons: &[String]) {
+        self.emit(json!({"event": "dirty", "step": step, "reasons": reasons}));
     }
     fn started(&self, step: &str) {
         self.emit(json!({"event": "started", "step": step}));
@@ -186,6 +191,11 @@ impl Reporter for HumanReporter {
             bar.set_length(total as u64);
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.enable_steady_tick(Duration::from_millis(200));
+        }
+    }
+    fn dirty(&self, step: &str, reasons: &[String]) {
+        if self.verbose {
+            self.status("Dirty", &format!("{step}: {}", reasons.join("; ")), "36");
         }
     }
     fn started(&self, step: &str) {
