@@ -11,3 +11,4 @@ pub mod fixtures;
 pub mod recipe;
 pub mod steps;
 pub mod tensor;
+pub mod tokenizer;

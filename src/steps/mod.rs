@@ -14,6 +14,7 @@ use crate::recipe::yaml::{Node, Span};
 pub mod files;
 mod patch_config;
 mod run;
+mod tokenizer;
 
 /// The implementation of one step kind, parsed from its recipe entry.
 pub trait Step: Send + Sync + std::fmt::Debug {
@@ -132,6 +133,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
     match kind {
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
+        "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),

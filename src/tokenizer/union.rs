@@ -1,0 +1,1 @@
+//! Union vocabularies for merges (in progress).
