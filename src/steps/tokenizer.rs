@@ -13,10 +13,10 @@ use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::recipe::diag::RecipeError;
 use crate::recipe::fields::Fields;
 use crate::recipe::yaml::Node;
+use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
 use crate::tokenizer::templates::resolve_template;
 use crate::tokenizer::vocab::{check_special_tokens, ModelRows, Vocab, TOKENIZER_FILES};
-use crate::tokenizer::prove_loads;
 
 /// A `tokenizer` step: the model folder with the tokenizer files of `from`
 /// (or its own), an optional chat template and extra end-of-sequence tokens;
@@ -58,10 +58,7 @@ impl TokenizerStep {
             None => None,
             Some(n) => {
                 let text = crate::recipe::fields::expect_str(cx.diag, n, "chat_template")?;
-                Some(
-                    resolve_template(&text)
-                        .map_err(|e| cx.diag.error(n.span, format!("{e:#}")))?,
-                )
+                Some(resolve_template(&text).map_err(|e| cx.diag.error(n.span, format!("{e:#}")))?)
             }
         };
         let resize = match f.opt("resize") {
@@ -78,7 +75,9 @@ impl TokenizerStep {
         let pad_to_multiple_of = f.opt_u64("pad_to_multiple_of")?.map(|m| m as usize);
         if let Some(n) = f.opt("pad_to_multiple_of") {
             if pad_to_multiple_of == Some(0) {
-                return Err(cx.diag.error(n.span, "`pad_to_multiple_of` must be at least 1"));
+                return Err(cx
+                    .diag
+                    .error(n.span, "`pad_to_multiple_of` must be at least 1"));
             }
             if resize.is_none() {
                 return Err(cx
@@ -259,7 +258,14 @@ impl Step for TokenizerStep {
             std::fs::remove_file(ctx.out_dir.join("chat_template.jinja")).ok();
             std::fs::remove_file(ctx.out_dir.join("chat_template.json")).ok();
             replace_json(&path, &config)?;
-            written.extend(["tokenizer_config.json", "chat_template.jinja", "chat_template.json"].map(String::from));
+            written.extend(
+                [
+                    "tokenizer_config.json",
+                    "chat_template.jinja",
+                    "chat_template.json",
+                ]
+                .map(String::from),
+            );
         }
         if !self.extra_eos.is_empty() {
             let out = ctx.out_dir.join("generation_config.json");
@@ -278,5 +284,424 @@ impl Step for TokenizerStep {
             written.contains(rel) || (replaced_tokenizer && TOKENIZER_FILES.contains(&rel))
         })?;
         prove_loads(ctx.out_dir).with_context(|| format!("tokenizer of `{tok_name}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::fixtures::{SpmTokenizer, TinyLlama};
+    use crate::recipe::diag::Diag;
+    use crate::recipe::yaml::parse_documents;
+    use crate::steps::Artifact;
+    use crate::tensor::ModelTensors;
+    use crate::tokenizer::templates::builtin;
+
+    fn parse(yaml: &str) -> Result<TokenizerStep, RecipeError> {
+        let diag = Diag::new(Path::new("recipe.yaml"), yaml);
+        let node = parse_documents(yaml).unwrap().remove(0);
+        TokenizerStep::parse(
+            &node,
+            &ParseContext {
+                diag: &diag,
+                step: "final",
+            },
+        )
+    }
+
+    /// Runs `step` with inputs `model` and `donor` (when named) into a fresh
+    /// directory under `root`.
+    fn run(step: &TokenizerStep, root: &Path, inputs: &[(&str, &Path)]) -> Result<PathBuf> {
+        let inputs: BTreeMap<String, Artifact> = inputs
+            .iter()
+            .map(|(n, p)| {
+                let artifact = Artifact {
+                    path: p.to_path_buf(),
+                    digest: String::new(),
+                };
+                (n.to_string(), artifact)
+            })
+            .collect();
+        let out = root.join("out");
+        std::fs::create_dir_all(&out)?;
+        let log = |_: &str| {};
+        step.run(&StepContext {
+            name: "final",
+            recipe_name: "test",
+            inputs: &inputs,
+            out_dir: &out,
+            threads: 1,
+            mem_budget: 1 << 30,
+            device: crate::steps::Device::Cpu,
+            log: &log,
+        })?;
+        Ok(out)
+    }
+
+    /// A byte-level BPE model of `rows` embedding rows and a folder holding
+    /// only a SentencePiece tokenizer (plus a config, as a model repo has).
+    fn setup(root: &Path, model: TinyLlama, spm: SpmTokenizer) -> (PathBuf, PathBuf) {
+        let model_dir = root.join("model");
+        model.write(&model_dir).unwrap();
+        let donor = root.join("donor");
+        std::fs::create_dir_all(&donor).unwrap();
+        spm.write(&donor).unwrap();
+        (model_dir, donor)
+    }
+
+    fn same_file(a: &Path, b: &Path) -> bool {
+        let (a, b) = (a.metadata().unwrap(), b.metadata().unwrap());
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+
+    const SWAP: &str = "model: merged\nfrom: yi-llama\n";
+
+    #[test]
+    fn swap_between_compatible_tokenizers_links_weights() {
+        let root = tempfile::tempdir().unwrap();
+        let (model, donor) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        let step = parse(SWAP).unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        for file in ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"] {
+            assert_eq!(
+                std::fs::read(out.join(file)).unwrap(),
+                std::fs::read(donor.join(file)).unwrap(),
+                "{file}"
+            );
+        }
+        assert!(same_file(
+            &out.join("model.safetensors"),
+            &model.join("model.safetensors")
+        ));
+        assert_eq!(
+            std::fs::read(out.join("config.json")).unwrap(),
+            std::fs::read(model.join("config.json")).unwrap()
+        );
+        let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.token_to_id("<0x0A>"), Some(13));
+    }
+
+    #[test]
+    fn too_many_tokens_is_refused_naming_both_sizes() {
+        let root = tempfile::tempdir().unwrap();
+        let spm = SpmTokenizer {
+            extra: vec!["<|im_start|>".into(), "<|im_end|>".into()],
+            ..Default::default()
+        };
+        let (model, donor) = setup(root.path(), TinyLlama::default(), spm);
+        let step = parse(SWAP).unwrap();
+        let err = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("does not fit model `merged`"), "{msg}");
+        assert!(msg.contains("322 tokens"), "{msg}");
+        assert!(
+            msg.contains("320 rows in `model.embed_tokens.weight` and `lm_head.weight`"),
+            "{msg}"
+        );
+        assert!(msg.contains("resize: pad"), "{msg}");
+        assert_eq!(
+            std::fs::read_dir(root.path().join("out")).unwrap().count(),
+            0
+        );
+        // preflight reports the same before any step runs.
+        let sources = BTreeMap::from([
+            ("merged".to_owned(), model.clone()),
+            ("yi-llama".to_owned(), donor.clone()),
+        ]);
+        let err = step.preflight(&sources).unwrap_err();
+        assert!(format!("{err:#}").contains("322 tokens"));
+    }
+
+    #[test]
+    fn resize_pad_adds_mean_rows_to_a_multiple() {
+        let root = tempfile::tempdir().unwrap();
+        let spm = SpmTokenizer {
+            extra: vec!["<|im_start|>".into(), "<|im_end|>".into()],
+            ..Default::default()
+        };
+        let base = TinyLlama {
+            shards: 3,
+            ..Default::default()
+        };
+        let (model, donor) = setup(root.path(), base, spm);
+        let step =
+            parse("model: merged\nfrom: yi-llama\nresize: pad\npad_to_multiple_of: 64\n").unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        let before = ModelTensors::open(&model).unwrap();
+        let after = ModelTensors::open(&out).unwrap();
+        assert_eq!(
+            read_json(&out.join("config.json")).unwrap()["vocab_size"],
+            384
+        );
+        for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+            let info = after.require(name).unwrap();
+            assert_eq!(info.shape, vec![384, 64]);
+            let old = before.bytes(name).unwrap();
+            let new = after.bytes(name).unwrap();
+            assert_eq!(&new[..old.len()], old, "{name}: existing rows changed");
+            let old_f32 = before.read_f32(name).unwrap();
+            let mean: Vec<f32> = (0..64)
+                .map(|c| (0..320).map(|r| old_f32[r * 64 + c] as f64).sum::<f64>() / 320.0)
+                .map(|m| m as f32)
+                .collect();
+            let mut expected = Vec::new();
+            crate::tensor::DType::BF16.encode_into(&mean, &mut expected);
+            for row in 320..384 {
+                assert_eq!(
+                    &new[row * 128..(row + 1) * 128],
+                    &expected[..],
+                    "{name} row {row}"
+                );
+            }
+        }
+        for name in before.names() {
+            if !name.contains("embed_tokens") && !name.contains("lm_head") {
+                assert_eq!(
+                    before.bytes(name).unwrap(),
+                    after.bytes(name).unwrap(),
+                    "{name}"
+                );
+                assert_eq!(
+                    before.require(name).unwrap().shard,
+                    after.require(name).unwrap().shard
+                );
+            }
+        }
+        // Shards without embedding rows are hardlinked, the others rewritten.
+        let linked: Vec<bool> = after
+            .shard_paths()
+            .zip(before.shard_paths())
+            .map(|(a, b)| same_file(a, b))
+            .collect();
+        assert_eq!(linked, [false, true, false]);
+        let index = read_json(&out.join("model.safetensors.index.json")).unwrap();
+        let on_disk: u64 = after
+            .names()
+            .iter()
+            .map(|n| after.bytes(n).unwrap().len() as u64)
+            .sum();
+        assert_eq!(index["metadata"]["total_size"], on_disk);
+    }
+
+    #[test]
+    fn padded_vocabulary_is_preserved() {
+        let root = tempfile::tempdir().unwrap();
+        let padded = TinyLlama {
+            vocab: 384,
+            ..Default::default()
+        };
+        let (model, donor) = setup(root.path(), padded, SpmTokenizer::default());
+        let out = run(
+            &parse(SWAP).unwrap(),
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        assert_eq!(
+            ModelTensors::open(&out)
+                .unwrap()
+                .require("lm_head.weight")
+                .unwrap()
+                .shape,
+            vec![384, 64]
+        );
+        // pad never shrinks either.
+        let root = tempfile::tempdir().unwrap();
+        let (model, donor) = setup(
+            root.path(),
+            TinyLlama {
+                vocab: 384,
+                ..Default::default()
+            },
+            SpmTokenizer::default(),
+        );
+        let step =
+            parse("model: merged\nfrom: yi-llama\nresize: pad\npad_to_multiple_of: 128\n").unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        assert!(same_file(
+            &out.join("model.safetensors"),
+            &model.join("model.safetensors")
+        ));
+    }
+
+    #[test]
+    fn truncate_drops_only_unused_rows() {
+        let root = tempfile::tempdir().unwrap();
+        let spm = SpmTokenizer {
+            extra: vec!["<|a|>".into(), "<|b|>".into(), "<|c|>".into()],
+            ..Default::default()
+        };
+        let padded = TinyLlama {
+            vocab: 384,
+            tie_embeddings: true,
+            ..Default::default()
+        };
+        let (model, donor) = setup(root.path(), padded, spm);
+        let step =
+            parse("model: merged\nfrom: yi-llama\nresize: truncate\npad_to_multiple_of: 8\n")
+                .unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        let before = ModelTensors::open(&model).unwrap();
+        let after = ModelTensors::open(&out).unwrap();
+        let name = "model.embed_tokens.weight";
+        assert_eq!(after.require(name).unwrap().shape, vec![328, 64]);
+        assert_eq!(
+            after.bytes(name).unwrap(),
+            &before.bytes(name).unwrap()[..328 * 128]
+        );
+        assert_eq!(
+            read_json(&out.join("config.json")).unwrap()["vocab_size"],
+            328
+        );
+    }
+
+    #[test]
+    fn template_and_extra_eos_without_touching_inputs() {
+        let root = tempfile::tempdir().unwrap();
+        let spm = SpmTokenizer {
+            extra: vec!["<|im_end|>".into()],
+            ..Default::default()
+        };
+        let model = TinyLlama {
+            vocab: 384,
+            ..Default::default()
+        };
+        let (model, donor) = setup(root.path(), model, spm);
+        let donor_config = std::fs::read(donor.join("tokenizer_config.json")).unwrap();
+        let model_generation = std::fs::read(model.join("generation_config.json")).unwrap();
+        let step = parse(
+            "model: merged\nfrom: yi-llama\nchat_template: orca-vicuna\nextra_eos: [\"<|im_end|>\", \"</s>\", \"\\n###\"]\n",
+        )
+        .unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        let config = read_json(&out.join("tokenizer_config.json")).unwrap();
+        assert_eq!(config["chat_template"], builtin("orca-vicuna").unwrap());
+        assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
+        let generation = read_json(&out.join("generation_config.json")).unwrap();
+        assert_eq!(generation["eos_token_id"], json!([2, 320]));
+        assert_eq!(generation["stop_strings"], json!(["\n###"]));
+        assert_eq!(generation["bos_token_id"], 1);
+        assert_eq!(
+            std::fs::read(donor.join("tokenizer_config.json")).unwrap(),
+            donor_config
+        );
+        assert_eq!(
+            std::fs::read(model.join("generation_config.json")).unwrap(),
+            model_generation
+        );
+    }
+
+    #[test]
+    fn byte_level_tokenizer_into_a_sentencepiece_model() {
+        let root = tempfile::tempdir().unwrap();
+        let (spm_model, _) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        SpmTokenizer::default().write(&spm_model).unwrap();
+        let donor = root.path().join("bpe");
+        TinyLlama::default().write(&donor).unwrap();
+        let step = parse("model: merged\nfrom: bpe\nchat_template: chatml\n").unwrap();
+        let out = run(
+            &step,
+            root.path(),
+            &[("merged", &spm_model), ("bpe", &donor)],
+        )
+        .unwrap();
+        assert!(
+            !out.join("tokenizer.model").exists(),
+            "stale SentencePiece model kept"
+        );
+        let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.get_vocab_size(true), 320);
+        assert_eq!(tok.token_to_id("\u{2581}t"), None);
+    }
+
+    #[test]
+    fn tokenizer_that_does_not_load_fails_the_step() {
+        let root = tempfile::tempdir().unwrap();
+        let (model, donor) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        let mut json = read_json(&donor.join("tokenizer.json")).unwrap();
+        json["model"]["merges"] = json!(["\u{2581} nonexistent"]);
+        write_json(&donor.join("tokenizer.json"), &json).unwrap();
+        let err = run(
+            &parse(SWAP).unwrap(),
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("does not load"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_special_token_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (model, donor) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        let mut config = read_json(&donor.join("tokenizer_config.json")).unwrap();
+        config["eos_token"] = json!("<|endoftext|>");
+        write_json(&donor.join("tokenizer_config.json"), &config).unwrap();
+        let err = run(
+            &parse(SWAP).unwrap(),
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("eos_token `<|endoftext|>` is not a token"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn recipe_errors_point_at_the_value() {
+        let err = parse("model: m\nchat_template: orca_vicuna\n").unwrap_err();
+        assert_eq!(err.span.line, 2);
+        assert!(
+            err.message.contains("did you mean `orca-vicuna`"),
+            "{}",
+            err.message
+        );
+        let err = parse("model: m\nfrom: t\npad_to_multiple_of: 64\n").unwrap_err();
+        assert!(
+            err.message.contains("changes the embedding rows"),
+            "{}",
+            err.message
+        );
+        let err = parse("model: m\nresize: grow\n").unwrap_err();
+        assert!(err.message.contains("unknown resize policy `grow`"));
+        let err = parse("model: m\n").unwrap_err();
+        assert!(err.message.contains("changes nothing"));
+        let err = parse("model: m\nform: t\n").unwrap_err();
+        assert_eq!(err.help.as_deref(), Some("did you mean `from`?"));
     }
 }

@@ -72,7 +72,11 @@ pub fn inspect_model(dir: &Path) -> Result<String> {
     let spm = dir.join("tokenizer.model");
     if spm.is_file() {
         let pieces = read_spm_pieces(&std::fs::read(&spm)?)?;
-        writeln!(out, "tokenizer.model: {} SentencePiece pieces", pieces.len())?;
+        writeln!(
+            out,
+            "tokenizer.model: {} SentencePiece pieces",
+            pieces.len()
+        )?;
     }
     if let Some(vocab) = &vocab {
         let specials: Vec<String> = vocab
@@ -108,7 +112,12 @@ pub fn inspect_model(dir: &Path) -> Result<String> {
             None => format!(
                 "custom, {} chars: {}",
                 t.len(),
-                t.lines().next().unwrap_or_default().chars().take(60).collect::<String>()
+                t.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect::<String>()
             ),
         },
     };
@@ -124,10 +133,14 @@ fn warnings(tokens: Option<usize>, rows: &ModelRows) -> Vec<String> {
     let mut out = Vec::new();
     let embed = rows.embed.1;
     if let Some(t) = tokens.filter(|t| *t > embed) {
-        out.push(format!("tokenizer has {t} tokens but the embedding only {embed} rows"));
+        out.push(format!(
+            "tokenizer has {t} tokens but the embedding only {embed} rows"
+        ));
     }
     if let Some(c) = rows.config_vocab.filter(|c| *c != embed) {
-        out.push(format!("config vocab_size {c} differs from the {embed} embedding rows"));
+        out.push(format!(
+            "config vocab_size {c} differs from the {embed} embedding rows"
+        ));
     }
     if let Some((name, n)) = rows.head.as_ref().filter(|(_, n)| *n != embed) {
         out.push(format!("`{name}` has {n} rows, the embedding {embed}"));

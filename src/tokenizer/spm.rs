@@ -66,7 +66,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.0.len() {
-            bail!("tokenizer.model field needs {n} bytes, only {} remain", self.0.len());
+            bail!(
+                "tokenizer.model field needs {n} bytes, only {} remain",
+                self.0.len()
+            );
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;

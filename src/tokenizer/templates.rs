@@ -102,7 +102,10 @@ pub fn builtin(name: &str) -> Option<&'static str> {
 
 /// The builtin name of a template text, if it is exactly a builtin.
 pub fn builtin_name(template: &str) -> Option<&'static str> {
-    BUILTINS.iter().find(|(_, t)| *t == template).map(|(n, _)| *n)
+    BUILTINS
+        .iter()
+        .find(|(_, t)| *t == template)
+        .map(|(n, _)| *n)
 }
 
 /// Turns a recipe's `chat_template:` value into Jinja text: a builtin name, or
@@ -325,9 +328,15 @@ mod tests {
     fn unknown_name_and_broken_jinja_are_refused() {
         let err = resolve_template("chatlm").unwrap_err().to_string();
         assert!(err.contains("did you mean `chatml`"), "{err}");
-        let err = format!("{:#}", resolve_template("{% for m in messages %}").unwrap_err());
+        let err = format!(
+            "{:#}",
+            resolve_template("{% for m in messages %}").unwrap_err()
+        );
         assert!(err.contains("does not compile"), "{err}");
-        let err = format!("{:#}", resolve_template("{{ messages[0].nope() }}").unwrap_err());
+        let err = format!(
+            "{:#}",
+            resolve_template("{{ messages[0].nope() }}").unwrap_err()
+        );
         assert!(err.contains("failed to render"), "{err}");
     }
 }
