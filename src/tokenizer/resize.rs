@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -189,7 +190,7 @@ fn resized_bytes(
     let mut out = Vec::with_capacity(new_rows * row_bytes);
     out.extend_from_slice(&old[..keep * row_bytes]);
     if new_rows > keep {
-        let mean = mean_row(tensors, name, info)?;
+        let mean = mean_rows(tensors, name, 0..info.rows())?;
         let mut encoded = Vec::with_capacity(row_bytes);
         info.dtype.encode_into(&mean, &mut encoded);
         for _ in keep..new_rows {
@@ -199,15 +200,16 @@ fn resized_bytes(
     Ok(out)
 }
 
-/// The mean of every row of `name`, read in bounded chunks.
-pub fn mean_row(tensors: &ModelTensors, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
+/// The mean of rows `rows` of tensor `name`, read in bounded chunks and
+/// summed in f64 so the result does not depend on chunking.
+pub fn mean_rows(tensors: &ModelTensors, name: &str, rows: Range<usize>) -> Result<Vec<f32>> {
     const CHUNK_ROWS: usize = 1024;
-    let width = info.row_len();
+    let width = tensors.require(name)?.row_len();
     let mut sum = vec![0f64; width];
     let mut buf = Vec::new();
-    let mut start = 0;
-    while start < info.rows() {
-        let end = (start + CHUNK_ROWS).min(info.rows());
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = (start + CHUNK_ROWS).min(rows.end);
         buf.resize((end - start) * width, 0.0);
         tensors.read_rows_into(name, start..end, &mut buf)?;
         for row in buf.chunks_exact(width) {
@@ -217,7 +219,7 @@ pub fn mean_row(tensors: &ModelTensors, name: &str, info: &TensorInfo) -> Result
         }
         start = end;
     }
-    let n = info.rows().max(1) as f64;
+    let n = rows.len().max(1) as f64;
     Ok(sum.iter().map(|s| (s / n) as f32).collect())
 }
 
