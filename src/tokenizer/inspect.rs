@@ -158,3 +158,72 @@ fn human_count(n: usize) -> String {
         _ => format!("{n}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{SpmTokenizer, TinyLlama};
+    use crate::steps::files::write_json;
+
+    #[test]
+    fn reports_sizes_specials_and_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = TinyLlama {
+            vocab: 384,
+            ..Default::default()
+        };
+        model.write(dir.path()).unwrap();
+        let spm = SpmTokenizer {
+            extra: vec!["<|im_end|>".to_owned()],
+            ..Default::default()
+        };
+        spm.write(dir.path()).unwrap();
+        let mut config = read_json(&dir.path().join("tokenizer_config.json")).unwrap();
+        config["chat_template"] = super::super::templates::builtin("orca-vicuna")
+            .unwrap()
+            .into();
+        write_json(&dir.path().join("tokenizer_config.json"), &config).unwrap();
+        let report = inspect_model(dir.path()).unwrap();
+        let body: Vec<&str> = report.lines().skip(1).collect();
+        assert_eq!(
+            body,
+            [
+                "architecture:   LlamaForCausalLM (llama)",
+                "dtype:          bfloat16 (21 tensors) (config torch_dtype: bfloat16)",
+                // 2 × 384×64 embeddings + 2 × 36992 per layer + 64 final norm.
+                "parameters:     123200 (123.2K) in 21 tensors",
+                "vocab:          tokenizer 321 | config vocab_size 384 | embedding rows 384 (model.embed_tokens.weight) | lm_head rows 384 (lm_head.weight)",
+                "tokenizer.model: 321 SentencePiece pieces",
+                "special tokens: bos_token \"<s>\"=1, eos_token \"</s>\"=2, pad_token \"<unk>\"=0, unk_token \"<unk>\"=0",
+                "added tokens:   4 (3 special)",
+                "generation:     eos_token_id 2",
+                "chat template:  orca-vicuna (builtin)",
+            ]
+        );
+    }
+
+    #[test]
+    fn warns_when_sizes_disagree() {
+        let dir = tempfile::tempdir().unwrap();
+        TinyLlama::default().write(dir.path()).unwrap();
+        let mut config = read_json(&dir.path().join("config.json")).unwrap();
+        config["vocab_size"] = 32000.into();
+        crate::steps::files::write_json(&dir.path().join("config.json"), &config).unwrap();
+        SpmTokenizer {
+            vocab: 330,
+            extra: vec![],
+        }
+        .write(dir.path())
+        .unwrap();
+        let report = inspect_model(dir.path()).unwrap();
+        assert!(
+            report.contains("warning: tokenizer has 330 tokens but the embedding only 320 rows\n"),
+            "{report}"
+        );
+        assert!(
+            report
+                .contains("warning: config vocab_size 32000 differs from the 320 embedding rows\n"),
+            "{report}"
+        );
+    }
+}
