@@ -13,6 +13,7 @@ use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::recipe::diag::RecipeError;
 use crate::recipe::fields::Fields;
 use crate::recipe::yaml::Node;
+use crate::tokenizer::convert::load_tokenizer_json;
 use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
 use crate::tokenizer::templates::resolve_template;
@@ -245,6 +246,16 @@ impl Step for TokenizerStep {
                     written.insert(file.to_string());
                 }
             }
+        }
+        if !tok_dir.join("tokenizer.json").is_file() {
+            // Slow-tokenizer-only repos (older Llama and Yi): every consumer
+            // downstream reads tokenizer.json, so write the converted one.
+            let (json, _) = load_tokenizer_json(tok_dir)?;
+            write_json(&ctx.out_dir.join("tokenizer.json"), &json)?;
+            written.insert("tokenizer.json".to_owned());
+            (ctx.log)(&format!(
+                "wrote tokenizer.json converted from the tokenizer.model of `{tok_name}`"
+            ));
         }
         if let Some(template) = &self.chat_template {
             let path = ctx.out_dir.join("tokenizer_config.json");
@@ -645,6 +656,27 @@ mod tests {
         let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
         assert_eq!(tok.get_vocab_size(true), 320);
         assert_eq!(tok.token_to_id("\u{2581}t"), None);
+    }
+
+    #[test]
+    fn sentencepiece_only_donor_gets_a_converted_tokenizer_json() {
+        let root = tempfile::tempdir().unwrap();
+        let (model, donor) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        let reference = tokenizers::Tokenizer::from_file(donor.join("tokenizer.json")).unwrap();
+        std::fs::remove_file(donor.join("tokenizer.json")).unwrap();
+        let out = run(
+            &parse(SWAP).unwrap(),
+            root.path(),
+            &[("merged", &model), ("yi-llama", &donor)],
+        )
+        .unwrap();
+        let converted = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        let text = "the merged model reads this";
+        assert_eq!(
+            converted.encode(text, true).unwrap().get_ids(),
+            reference.encode(text, true).unwrap().get_ids()
+        );
+        assert!(out.join("tokenizer.model").is_file());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::spm::read_spm_pieces;
+use super::spm::read_spm_model;
 use super::templates::builtin_name;
 use super::vocab::{ModelRows, Vocab};
 use crate::steps::files::read_json;
@@ -71,11 +71,11 @@ pub fn inspect_model(dir: &Path) -> Result<String> {
     )?;
     let spm = dir.join("tokenizer.model");
     if spm.is_file() {
-        let pieces = read_spm_pieces(&std::fs::read(&spm)?)?;
+        let model = read_spm_model(&std::fs::read(&spm)?)?;
         writeln!(
             out,
             "tokenizer.model: {} SentencePiece pieces",
-            pieces.len()
+            model.pieces.len()
         )?;
     }
     if let Some(vocab) = &vocab {

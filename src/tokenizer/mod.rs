@@ -5,6 +5,7 @@
 //! This module owns everything a tokenizer swap needs; the `tokenizer` step
 //! (`steps/tokenizer.rs`) only wires it to a recipe.
 
+pub mod convert;
 pub mod inspect;
 pub mod resize;
 pub mod spm;

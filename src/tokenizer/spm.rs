@@ -1,6 +1,7 @@
 //! Reading SentencePiece `tokenizer.model` files (a protobuf `ModelProto`)
-//! without a protobuf library: only the pieces are decoded, which is what the
-//! vocabulary checks and `inspect` need.
+//! without a protobuf library: the pieces and the few settings that decide
+//! how the model tokenizes, which is what `inspect` and the conversion to
+//! `tokenizer.json` need.
 
 use anyhow::{bail, Result};
 
@@ -16,28 +17,71 @@ pub struct SpmPiece {
     pub kind: u64,
 }
 
-/// Reads the pieces of a `tokenizer.model`, in id order.
-/// Other fields are skipped; malformed bytes are an error, never a panic.
-pub fn read_spm_pieces(bytes: &[u8]) -> Result<Vec<SpmPiece>> {
-    let mut pieces = Vec::new();
+/// The parts of a SentencePiece `ModelProto` that decide how it tokenizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpmModel {
+    /// The pieces, in id order.
+    pub pieces: Vec<SpmPiece>,
+    /// `TrainerSpec.model_type`: 1 unigram (the default), 2 BPE, 3 word, 4 char.
+    pub model_type: u64,
+    /// `TrainerSpec.byte_fallback`: unknown characters become `<0xNN>` pieces.
+    pub byte_fallback: bool,
+    /// `NormalizerSpec.add_dummy_prefix`: a `▁` is prepended to the input.
+    pub add_dummy_prefix: bool,
+}
+
+/// The `model_type` of SentencePiece BPE models (Llama, Yi, Mistral).
+pub const MODEL_TYPE_BPE: u64 = 2;
+
+/// Reads a `tokenizer.model`. Fields other than those of [`SpmModel`] are
+/// skipped; malformed bytes are an error, never a panic.
+pub fn read_spm_model(bytes: &[u8]) -> Result<SpmModel> {
+    let mut model = SpmModel {
+        pieces: Vec::new(),
+        model_type: 1,
+        byte_fallback: false,
+        add_dummy_prefix: true,
+    };
     let mut r = Reader(bytes);
     while !r.0.is_empty() {
-        let (field, payload) = r.field()?;
-        if let (1, Payload::Bytes(msg)) = (field, payload) {
-            let mut p = Reader(msg);
-            let (mut piece, mut score, mut kind) = (String::new(), 0.0, 1);
-            while !p.0.is_empty() {
-                match p.field()? {
-                    (1, Payload::Bytes(b)) => piece = String::from_utf8_lossy(b).into_owned(),
-                    (2, Payload::Fixed32(v)) => score = f32::from_le_bytes(v),
-                    (3, Payload::Varint(v)) => kind = v,
-                    _ => {}
+        match r.field()? {
+            (1, Payload::Bytes(msg)) => model.pieces.push(read_piece(msg)?),
+            (2, Payload::Bytes(msg)) => {
+                let mut t = Reader(msg);
+                while !t.0.is_empty() {
+                    match t.field()? {
+                        (3, Payload::Varint(v)) => model.model_type = v,
+                        (35, Payload::Varint(v)) => model.byte_fallback = v != 0,
+                        _ => {}
+                    }
                 }
             }
-            pieces.push(SpmPiece { piece, score, kind });
+            (3, Payload::Bytes(msg)) => {
+                let mut n = Reader(msg);
+                while !n.0.is_empty() {
+                    if let (3, Payload::Varint(v)) = n.field()? {
+                        model.add_dummy_prefix = v != 0;
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    Ok(pieces)
+    Ok(model)
+}
+
+fn read_piece(msg: &[u8]) -> Result<SpmPiece> {
+    let mut p = Reader(msg);
+    let (mut piece, mut score, mut kind) = (String::new(), 0.0, 1);
+    while !p.0.is_empty() {
+        match p.field()? {
+            (1, Payload::Bytes(b)) => piece = String::from_utf8_lossy(b).into_owned(),
+            (2, Payload::Fixed32(v)) => score = f32::from_le_bytes(v),
+            (3, Payload::Varint(v)) => kind = v,
+            _ => {}
+        }
+    }
+    Ok(SpmPiece { piece, score, kind })
 }
 
 enum Payload<'a> {

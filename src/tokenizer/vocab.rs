@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
+use super::convert::load_tokenizer_json;
 use crate::steps::files::read_json;
 use crate::tensor::ModelTensors;
 
@@ -59,21 +60,11 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// Reads the tokenizer in `dir`; `tokenizer.json` is required because it
-    /// is what every consumer (transformers' fast tokenizers, llama.cpp's
-    /// converter, this tool) reads.
+    /// Reads the tokenizer in `dir`: its `tokenizer.json`, or one converted
+    /// from a SentencePiece BPE `tokenizer.model` when that is all there is.
     pub fn read(dir: &Path) -> Result<Vocab> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            let hint = if dir.join("tokenizer.model").is_file() {
-                " (only a SentencePiece tokenizer.model is there; convert it once with \
-                 transformers' `AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`)"
-            } else {
-                ""
-            };
-            bail!("{}: no tokenizer.json{hint}", dir.display());
-        }
-        let json = read_json(&path)?;
+        let (json, _) = load_tokenizer_json(dir)?;
         let mut ids = BTreeMap::new();
         match json.pointer("/model/vocab") {
             Some(Json::Object(map)) => {
