@@ -16,8 +16,10 @@ use crate::recipe::yaml::Node;
 use crate::tokenizer::convert::load_tokenizer_json;
 use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
-use crate::tokenizer::templates::resolve_template;
-use crate::tokenizer::vocab::{check_special_tokens, ModelRows, Vocab, TOKENIZER_FILES};
+use crate::tokenizer::templates::{literal_markers, resolve_template};
+use crate::tokenizer::vocab::{
+    check_special_tokens, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES, TOKENIZER_FILES,
+};
 
 /// A `tokenizer` step: the model folder with the tokenizer files of `from`
 /// (or its own), an optional chat template and extra end-of-sequence tokens;
@@ -208,6 +210,30 @@ impl Step for TokenizerStep {
         })
     }
 
+    /// A resize holds the resized embedding and head of one shard in memory
+    /// (until the streaming writer lands); a plain swap only links files.
+    fn memory_estimate(&self, ctx: &StepContext) -> u64 {
+        const BASE: u64 = 256 << 20;
+        let Some(model) = ctx.inputs.get(&self.model.name) else {
+            return BASE;
+        };
+        let Ok(tensors) = crate::tensor::ModelTensors::open(&model.path) else {
+            return BASE;
+        };
+        let vocab_tensors: u64 = EMBED_NAMES
+            .iter()
+            .chain(HEAD_NAMES)
+            .filter_map(|n| tensors.info(n))
+            .map(|i| i.range.len() as u64)
+            .sum();
+        // Resized copies plus a margin for growth.
+        BASE + if self.resize.is_some() {
+            2 * vocab_tensors
+        } else {
+            0
+        }
+    }
+
     fn preflight(&self, sources: &BTreeMap<String, PathBuf>) -> Result<()> {
         let Some(model_dir) = sources.get(&self.model.name) else {
             return Ok(());
@@ -258,6 +284,14 @@ impl Step for TokenizerStep {
             ));
         }
         if let Some(template) = &self.chat_template {
+            for marker in literal_markers(template) {
+                if vocab.id(&marker).is_none() {
+                    (ctx.log)(&format!(
+                        "note: the chat template writes `{marker}`, which is not a single token \
+                         of the tokenizer of `{tok_name}`; the model will see it as plain text"
+                    ));
+                }
+            }
             let path = ctx.out_dir.join("tokenizer_config.json");
             let mut config = if path.is_file() {
                 read_json(&path)?
@@ -326,6 +360,15 @@ mod tests {
     /// Runs `step` with inputs `model` and `donor` (when named) into a fresh
     /// directory under `root`.
     fn run(step: &TokenizerStep, root: &Path, inputs: &[(&str, &Path)]) -> Result<PathBuf> {
+        run_logged(step, root, inputs).map(|(out, _)| out)
+    }
+
+    /// [`run`], also returning the lines the step logged.
+    fn run_logged(
+        step: &TokenizerStep,
+        root: &Path,
+        inputs: &[(&str, &Path)],
+    ) -> Result<(PathBuf, Vec<String>)> {
         let inputs: BTreeMap<String, Artifact> = inputs
             .iter()
             .map(|(n, p)| {
@@ -338,7 +381,8 @@ mod tests {
             .collect();
         let out = root.join("out");
         std::fs::create_dir_all(&out)?;
-        let log = |_: &str| {};
+        let lines = std::sync::Mutex::new(Vec::new());
+        let log = |line: &str| lines.lock().unwrap().push(line.to_owned());
         step.run(&StepContext {
             name: "final",
             recipe_name: "test",
@@ -349,7 +393,7 @@ mod tests {
             device: crate::steps::Device::Cpu,
             log: &log,
         })?;
-        Ok(out)
+        Ok((out, lines.into_inner().unwrap()))
     }
 
     /// A byte-level BPE model of `rows` embedding rows and a folder holding

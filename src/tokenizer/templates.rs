@@ -169,6 +169,25 @@ pub fn render(template: &str, messages: &[Message], opts: &RenderOptions) -> Res
     .map_err(|e| anyhow!("chat template failed to render: {e:#}"))
 }
 
+/// The `<|...|>` markers a template writes literally (`<|im_start|>`,
+/// `<|eot_id|>`), in order of first use: each should be a single token of
+/// the tokenizer the template ships with, or the model sees it as plain text.
+pub fn literal_markers(template: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("<|") {
+        let Some(len) = rest[start..].find("|>") else {
+            break;
+        };
+        let marker = &rest[start..start + len + 2];
+        if !out.iter().any(|m| m == marker) {
+            out.push(marker.to_owned());
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out
+}
+
 /// The Python `str` methods that Hugging Face templates commonly call
 /// (`.strip()`, `.startswith(...)`, ...), which Jinja2 provides and minijinja
 /// does not.
@@ -292,6 +311,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(one_turn, "SYSTEM: {system}\nUSER: {prompt}\nASSISTANT:");
+    }
+
+    #[test]
+    fn literal_markers_are_listed_once_in_order() {
+        assert_eq!(literal_markers(CHATML), ["<|im_start|>", "<|im_end|>"]);
+        assert_eq!(
+            literal_markers(LLAMA3),
+            [
+                "<|begin_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>"
+            ]
+        );
+        assert!(literal_markers(ORCA_VICUNA).is_empty());
     }
 
     #[test]
