@@ -18,7 +18,7 @@ use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
 use crate::tokenizer::templates::{literal_markers, resolve_template};
 use crate::tokenizer::vocab::{
-    check_special_tokens, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES, TOKENIZER_FILES,
+    check_special_tokens, id_drift, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES, TOKENIZER_FILES,
 };
 
 /// A `tokenizer` step: the model folder with the tokenizer files of `from`
@@ -172,6 +172,34 @@ impl TokenizerStep {
     }
 }
 
+impl TokenizerStep {
+    /// Logs a warning when tokens of the model's own tokenizer get other ids
+    /// in the new one: sizes agree, yet the model would read garbage.
+    fn warn_on_id_drift(&self, ctx: &StepContext, model_dir: &Path, new: &Vocab) {
+        let Ok(old) = Vocab::read(model_dir) else {
+            return;
+        };
+        let drift = id_drift(&old, new);
+        if drift.moved == 0 {
+            return;
+        }
+        let examples: Vec<String> = drift
+            .examples
+            .iter()
+            .map(|(t, a, b)| format!("{t:?} {a}→{b}"))
+            .collect();
+        (ctx.log)(&format!(
+            "warning: {} of the {} tokens the tokenizers of `{}` and `{}` share have \
+             different ids ({}); the embedding rows were trained for the old ids",
+            drift.moved,
+            drift.shared,
+            self.model.name,
+            self.tokenizer_input(),
+            examples.join(", ")
+        ));
+    }
+}
+
 /// Writes `value` to `path`, first unlinking whatever is there: the file may
 /// be a hardlink into an input, which must never change.
 fn replace_json(path: &Path, value: &Json) -> Result<()> {
@@ -255,6 +283,9 @@ impl Step for TokenizerStep {
         // Every check before the first byte is written.
         let (vocab, rows, new_rows) = self.check(model_dir, tok_dir)?;
 
+        if self.from.is_some() {
+            self.warn_on_id_drift(ctx, model_dir, &vocab);
+        }
         let mut written: BTreeSet<String> = BTreeSet::new();
         if new_rows != rows.rows()? || rows.config_vocab != Some(new_rows) {
             (ctx.log)(&format!(
@@ -418,13 +449,21 @@ mod tests {
     fn swap_between_compatible_tokenizers_links_weights() {
         let root = tempfile::tempdir().unwrap();
         let (model, donor) = setup(root.path(), TinyLlama::default(), SpmTokenizer::default());
+        // The model already has this vocabulary; the donor's files differ in
+        // their settings (a 200K context, as in Yi-34B-200K-Llama).
+        SpmTokenizer::default().write(&model).unwrap();
+        let mut config = read_json(&donor.join("tokenizer_config.json")).unwrap();
+        config["model_max_length"] = json!(200000);
+        write_json(&donor.join("tokenizer_config.json"), &config).unwrap();
+        std::fs::remove_file(model.join("tokenizer.model")).unwrap();
         let step = parse(SWAP).unwrap();
-        let out = run(
+        let (out, log) = run_logged(
             &step,
             root.path(),
             &[("merged", &model), ("yi-llama", &donor)],
         )
         .unwrap();
+        assert!(log.is_empty(), "{log:?}");
         for file in ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"] {
             assert_eq!(
                 std::fs::read(out.join(file)).unwrap(),
@@ -687,12 +726,24 @@ mod tests {
         let donor = root.path().join("bpe");
         TinyLlama::default().write(&donor).unwrap();
         let step = parse("model: merged\nfrom: bpe\nchat_template: chatml\n").unwrap();
-        let out = run(
+        let (out, log) = run_logged(
             &step,
             root.path(),
             &[("merged", &spm_model), ("bpe", &donor)],
         )
         .unwrap();
+        assert_eq!(
+            log,
+            [
+                "warning: 38 of the 41 tokens the tokenizers of `merged` and `bpe` share have \
+                 different ids (\"a\" 300→100, \"b\" 317→101, \"c\" 310→102); the embedding rows \
+                 were trained for the old ids",
+                "note: the chat template writes `<|im_start|>`, which is not a single token of \
+                 the tokenizer of `bpe`; the model will see it as plain text",
+                "note: the chat template writes `<|im_end|>`, which is not a single token of \
+                 the tokenizer of `bpe`; the model will see it as plain text",
+            ]
+        );
         assert!(
             !out.join("tokenizer.model").exists(),
             "stale SentencePiece model kept"

@@ -280,3 +280,39 @@ pub fn check_special_tokens(vocab: &Vocab, rows: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// How a tokenizer swap re-labels the rows: of the tokens both vocabularies
+/// have, how many keep their id, and the first few that move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdDrift {
+    /// Tokens in both vocabularies.
+    pub shared: usize,
+    /// Shared tokens whose id differs.
+    pub moved: usize,
+    /// Up to three examples: (token, old id, new id), in token order.
+    pub examples: Vec<(String, u32, u32)>,
+}
+
+/// Compares the ids of `old` (the model's own tokenizer) and `new`. The
+/// embedding rows were trained for the old ids, so any moved token means the
+/// model will read the new tokenizer's ids as other tokens.
+pub fn id_drift(old: &Vocab, new: &Vocab) -> IdDrift {
+    let mut drift = IdDrift {
+        shared: 0,
+        moved: 0,
+        examples: Vec::new(),
+    };
+    for (token, old_id) in &old.ids {
+        let Some(new_id) = new.id(token) else {
+            continue;
+        };
+        drift.shared += 1;
+        if new_id != *old_id {
+            drift.moved += 1;
+            if drift.examples.len() < 3 {
+                drift.examples.push((token.clone(), *old_id, new_id));
+            }
+        }
+    }
+    drift
+}
