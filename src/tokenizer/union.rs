@@ -65,6 +65,43 @@ pub struct UnionVocab {
     pub appended: Vec<(u32, String, bool, bool)>,
 }
 
+/// A token the recipe lists under `tokenizer.tokens`: added if missing, with
+/// an optional rule for its embedding row (mergekit's per-token overrides).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSpec {
+    /// The token text.
+    pub token: String,
+    /// Where its row comes from; `None` keeps the default rules.
+    pub source: Option<TokenSource>,
+    /// Apply `source` to every model, even those that have the token.
+    pub force: bool,
+}
+
+impl TokenSpec {
+    /// A token to add with the default row rules.
+    pub fn plain(token: &str) -> TokenSpec {
+        TokenSpec {
+            token: token.to_owned(),
+            source: None,
+            force: false,
+        }
+    }
+}
+
+/// An override for a token's embedding row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// That model's row of the same token (`source: MODEL`).
+    Model(usize),
+    /// That model's row of another token, by text
+    /// (`{kind: model_token, model, token}`).
+    ModelToken(usize, String),
+    /// That model's row `id` (`{kind: model_token, model, token_id}`).
+    ModelTokenId(usize, u32),
+    /// Zeros (`{kind: zero}`).
+    Zero,
+}
+
 /// A model's tokens below its config `vocab_size`.
 struct ModelVocab {
     ids: BTreeMap<String, u32>,
@@ -88,12 +125,13 @@ fn model_vocab(dir: &Path, vocab: &Vocab) -> Result<ModelVocab> {
 }
 
 /// Builds the union of the vocabularies of `base` and `others` (model folders
-/// with tokenizer.json and config.json), plus `extra_tokens`, padded to a
-/// multiple of `pad_to_multiple_of`.
+/// with tokenizer.json and config.json), plus the `tokens` the recipe lists,
+/// padded to a multiple of `pad_to_multiple_of`. Models are numbered base
+/// first, then `others` in order (the numbering [`TokenSource`] uses).
 pub fn union_vocab(
     base: &Path,
     others: &[&Path],
-    extra_tokens: &[String],
+    tokens: &[TokenSpec],
     pad_to_multiple_of: Option<usize>,
 ) -> Result<UnionVocab> {
     let dirs: Vec<&Path> = std::iter::once(base)
@@ -114,6 +152,7 @@ pub fn union_vocab(
             models[0].limit
         );
     }
+    let specs = tokens;
     let mut tokens: Vec<Option<String>> = vocabs[0]
         .by_id()
         .into_iter()
@@ -143,12 +182,12 @@ pub fn union_vocab(
             append(token, added, &mut tokens);
         }
     }
-    for token in extra_tokens {
-        append(token, Some(false), &mut tokens);
+    for spec in specs {
+        append(&spec.token, Some(false), &mut tokens);
     }
     let real = tokens.len();
     let rows = pad_to_multiple_of.map_or(real, |m| real.div_ceil(m.max(1)) * m.max(1));
-    let sources = (0..models.len())
+    let mut sources: Vec<Vec<RowSource>> = (0..models.len())
         .map(|m| {
             (0..rows)
                 .map(|row| match tokens.get(row) {
@@ -163,6 +202,18 @@ pub fn union_vocab(
                 .collect()
         })
         .collect();
+    for spec in specs {
+        let Some(source) = &spec.source else {
+            continue;
+        };
+        let row = index[&spec.token] as usize;
+        let rule = override_row(&models, &dirs, &spec.token, source)?;
+        for (m, model) in models.iter().enumerate() {
+            if spec.force || !model.ids.contains_key(&spec.token) {
+                sources[m][row] = rule.clone();
+            }
+        }
+    }
     Ok(UnionVocab {
         tokens,
         rows,
@@ -170,6 +221,40 @@ pub fn union_vocab(
         real_rows: models.iter().map(|m| m.limit).collect(),
         appended,
     })
+}
+
+/// The row a [`TokenSource`] names, checked against that model's vocabulary.
+fn override_row(
+    models: &[ModelVocab],
+    dirs: &[&Path],
+    token: &str,
+    source: &TokenSource,
+) -> Result<RowSource> {
+    let (model, wanted) = match source {
+        TokenSource::Zero => return Ok(RowSource::Zero),
+        TokenSource::Model(m) => (*m, token),
+        TokenSource::ModelToken(m, other) => (*m, other.as_str()),
+        TokenSource::ModelTokenId(m, id) => {
+            let limit = models.get(*m).map_or(0, |v| v.limit);
+            if *id as usize >= limit {
+                bail!("token {token:?}: source row {id} is outside model {m}'s {limit} rows");
+            }
+            return Ok(RowSource::Model {
+                model: *m,
+                row: *id,
+            });
+        }
+    };
+    let Some(vocab) = models.get(model) else {
+        bail!("token {token:?}: source model {model} is not part of the merge");
+    };
+    match vocab.ids.get(wanted) {
+        Some(row) => Ok(RowSource::Model { model, row: *row }),
+        None => bail!(
+            "token {token:?}: source model {} has no token {wanted:?}",
+            dirs[model].display()
+        ),
+    }
 }
 
 /// mergekit's rule for model `m`'s row of `token`.
@@ -348,7 +433,8 @@ mod tests {
         config["vocab_size"] = json!(331);
         write_json(&b.join("config.json"), &config).unwrap();
 
-        let union = union_vocab(&base, &[&a, &b], &["<|tool|>".to_owned()], Some(16)).unwrap();
+        let union =
+            union_vocab(&base, &[&a, &b], &[TokenSpec::plain("<|tool|>")], Some(16)).unwrap();
         assert_eq!(union.tokens.len(), 333);
         assert_eq!(union.rows, 336);
         assert_eq!(union.tokens[320].as_deref(), Some("<|im_start|>"));
@@ -422,6 +508,66 @@ mod tests {
         // A window gives the same rows as the whole.
         let window = remap_rows(&union, 2, &refs, name, 318..324).unwrap();
         assert_eq!(window, remapped[2][318 * 64..324 * 64].to_vec());
+    }
+
+    #[test]
+    fn token_overrides_follow_source_and_force() {
+        let root = tempfile::tempdir().unwrap();
+        let (base, a) = (root.path().join("base"), root.path().join("a"));
+        model(&base, 320, 1, SpmTokenizer::default());
+        let chat = vec!["<|im_start|>".to_owned(), "<|im_end|>".to_owned()];
+        model(
+            &a,
+            322,
+            2,
+            SpmTokenizer {
+                vocab: 320,
+                extra: chat,
+            },
+        );
+        let specs = [
+            // Base lacks it: take the base's `</s>` row instead of A's.
+            TokenSpec {
+                token: "<|im_end|>".into(),
+                source: Some(TokenSource::ModelToken(0, "</s>".into())),
+                force: false,
+            },
+            // Forced: every model, A included, takes zeros.
+            TokenSpec {
+                token: "<|im_start|>".into(),
+                source: Some(TokenSource::Zero),
+                force: true,
+            },
+            TokenSpec {
+                token: "<|new|>".into(),
+                source: Some(TokenSource::ModelTokenId(1, 321)),
+                force: false,
+            },
+        ];
+        let union = union_vocab(&base, &[&a], &specs, None).unwrap();
+        let end = Vocab::read(&base).unwrap().id("</s>").unwrap();
+        assert_eq!(
+            union.sources[0][321],
+            RowSource::Model { model: 0, row: end }
+        );
+        assert_eq!(union.sources[1][321], RowSource::Own(321));
+        assert_eq!(union.sources[0][320], RowSource::Zero);
+        assert_eq!(union.sources[1][320], RowSource::Zero);
+        assert_eq!(union.tokens[322].as_deref(), Some("<|new|>"));
+        assert_eq!(
+            union.sources[0][322],
+            RowSource::Model { model: 1, row: 321 }
+        );
+
+        let bad = [TokenSpec {
+            token: "<|x|>".into(),
+            source: Some(TokenSource::ModelToken(1, "<|nope|>".into())),
+            force: false,
+        }];
+        let err = union_vocab(&base, &[&a], &bad, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no token \"<|nope|>\""), "{err}");
     }
 
     #[test]
