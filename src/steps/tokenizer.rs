@@ -173,6 +173,52 @@ impl TokenizerStep {
 }
 
 impl TokenizerStep {
+    /// Sets `chat_template` in the output's tokenizer_config.json (the copied
+    /// one, else the tokenizer source's), noting template markers that are
+    /// not single tokens.
+    fn write_chat_template(
+        &self,
+        ctx: &StepContext,
+        tok_dir: &Path,
+        vocab: &Vocab,
+        template: &str,
+    ) -> Result<()> {
+        for marker in literal_markers(template) {
+            if vocab.id(&marker).is_none() {
+                (ctx.log)(&format!(
+                    "note: the chat template writes `{marker}`, which is not a single token \
+                     of the tokenizer of `{}`; the model will see it as plain text",
+                    self.tokenizer_input()
+                ));
+            }
+        }
+        let path = ctx.out_dir.join("tokenizer_config.json");
+        let source = tok_dir.join("tokenizer_config.json");
+        let mut config = match [&path, &source].into_iter().find(|p| p.is_file()) {
+            Some(p) => read_json(p)?,
+            None => json!({}),
+        };
+        config["chat_template"] = json!(template);
+        // A chat_template.jinja or .json would take precedence in transformers.
+        for stale in ["chat_template.jinja", "chat_template.json"] {
+            std::fs::remove_file(ctx.out_dir.join(stale)).ok();
+        }
+        replace_json(&path, &config)
+    }
+
+    /// Adds `extra_eos` to the output's generation_config.json (the copied
+    /// one, else the model's own).
+    fn write_extra_eos(&self, ctx: &StepContext, model_dir: &Path, vocab: &Vocab) -> Result<()> {
+        let path = ctx.out_dir.join("generation_config.json");
+        let source = model_dir.join("generation_config.json");
+        let mut generation = match [&path, &source].into_iter().find(|p| p.is_file()) {
+            Some(p) => read_json(p)?,
+            None => json!({}),
+        };
+        add_extra_eos(&mut generation, vocab, &self.extra_eos);
+        replace_json(&path, &generation)
+    }
+
     /// Logs a warning when tokens of the model's own tokenizer get other ids
     /// in the new one: sizes agree, yet the model would read garbage.
     fn warn_on_id_drift(&self, ctx: &StepContext, model_dir: &Path, new: &Vocab) {
@@ -315,25 +361,7 @@ impl Step for TokenizerStep {
             ));
         }
         if let Some(template) = &self.chat_template {
-            for marker in literal_markers(template) {
-                if vocab.id(&marker).is_none() {
-                    (ctx.log)(&format!(
-                        "note: the chat template writes `{marker}`, which is not a single token \
-                         of the tokenizer of `{tok_name}`; the model will see it as plain text"
-                    ));
-                }
-            }
-            let path = ctx.out_dir.join("tokenizer_config.json");
-            let mut config = if path.is_file() {
-                read_json(&path)?
-            } else {
-                read_json(&tok_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}))
-            };
-            config["chat_template"] = json!(template);
-            // A chat_template.jinja would take precedence in transformers.
-            std::fs::remove_file(ctx.out_dir.join("chat_template.jinja")).ok();
-            std::fs::remove_file(ctx.out_dir.join("chat_template.json")).ok();
-            replace_json(&path, &config)?;
+            self.write_chat_template(ctx, tok_dir, &vocab, template)?;
             written.extend(
                 [
                     "tokenizer_config.json",
@@ -344,15 +372,7 @@ impl Step for TokenizerStep {
             );
         }
         if !self.extra_eos.is_empty() {
-            let out = ctx.out_dir.join("generation_config.json");
-            let mut generation = [out.as_path(), &model_dir.join("generation_config.json")]
-                .iter()
-                .find(|p| p.is_file())
-                .map(|p| read_json(p))
-                .transpose()?
-                .unwrap_or_else(|| json!({}));
-            add_extra_eos(&mut generation, &vocab, &self.extra_eos);
-            replace_json(&out, &generation)?;
+            self.write_extra_eos(ctx, model_dir, &vocab)?;
             written.insert("generation_config.json".to_owned());
         }
         let replaced_tokenizer = self.from.is_some();
@@ -716,6 +736,32 @@ mod tests {
             std::fs::read(model.join("generation_config.json")).unwrap(),
             model_generation
         );
+    }
+
+    #[test]
+    fn template_only_edits_the_models_own_tokenizer() {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("model");
+        TinyLlama::default().write(&model).unwrap();
+        let before = std::fs::read(model.join("tokenizer_config.json")).unwrap();
+        let step =
+            parse("model: merged\nchat_template: llama3\nextra_eos: '<|eot_id|>'\n").unwrap();
+        let (out, log) = run_logged(&step, root.path(), &[("merged", &model)]).unwrap();
+        let config = read_json(&out.join("tokenizer_config.json")).unwrap();
+        assert_eq!(config["chat_template"], builtin("llama3").unwrap());
+        assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+        let generation = read_json(&out.join("generation_config.json")).unwrap();
+        assert_eq!(generation["eos_token_id"], json!([2]));
+        assert_eq!(generation["stop_strings"], json!(["<|eot_id|>"]));
+        assert!(same_file(
+            &out.join("tokenizer.json"),
+            &model.join("tokenizer.json")
+        ));
+        assert_eq!(
+            std::fs::read(model.join("tokenizer_config.json")).unwrap(),
+            before
+        );
+        assert_eq!(log.len(), 4, "{log:?}");
     }
 
     #[test]
