@@ -18,7 +18,8 @@ use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
 use crate::tokenizer::templates::{literal_markers, resolve_template};
 use crate::tokenizer::vocab::{
-    check_special_tokens, id_drift, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES, TOKENIZER_FILES,
+    check_config_ids, check_special_tokens, id_drift, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES,
+    TOKENIZER_FILES,
 };
 
 /// A `tokenizer` step: the model folder with the tokenizer files of `from`
@@ -168,6 +169,15 @@ impl TokenizerStep {
             })?;
         check_special_tokens(&vocab, new_rows)
             .with_context(|| format!("tokenizer of `{tok_name}`"))?;
+        // The generation config the output will have: the source's, else the model's.
+        let generation = [tok_dir, model_dir]
+            .iter()
+            .map(|d| d.join("generation_config.json"))
+            .find(|p| p.is_file());
+        let config = model_dir.join("config.json");
+        for file in generation.iter().chain([&config]) {
+            check_config_ids(&read_json(file)?, file, new_rows)?;
+        }
         Ok((vocab, rows, new_rows))
     }
 }
@@ -851,6 +861,17 @@ mod tests {
         .unwrap_err();
         assert!(
             format!("{err:#}").contains("eos_token `<|endoftext|>` is not a token"),
+            "{err:#}"
+        );
+        let mut generation = read_json(&model.join("generation_config.json")).unwrap();
+        generation["eos_token_id"] = json!([2, 32000]);
+        write_json(&model.join("generation_config.json"), &generation).unwrap();
+        let step = parse("model: merged\nextra_eos: '</s>'\n").unwrap();
+        let err = run(&step, &root.path().join("again"), &[("merged", &model)]).unwrap_err();
+        assert!(
+            format!("{err:#}").ends_with(
+                "generation_config.json: eos_token_id 32000 is outside the model's 320 embedding rows"
+            ),
             "{err:#}"
         );
     }

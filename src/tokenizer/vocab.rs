@@ -316,3 +316,23 @@ pub fn id_drift(old: &Vocab, new: &Vocab) -> IdDrift {
     }
     drift
 }
+
+/// Checks that the token ids a config file names (`bos_token_id`,
+/// `eos_token_id` as a number or list, `pad_token_id`) are below `rows`;
+/// `file` names the file in the error.
+pub fn check_config_ids(config: &Json, file: &Path, rows: usize) -> Result<()> {
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        let ids: Vec<u64> = match &config[key] {
+            Json::Number(n) => n.as_u64().into_iter().collect(),
+            Json::Array(list) => list.iter().filter_map(Json::as_u64).collect(),
+            _ => continue,
+        };
+        if let Some(id) = ids.iter().find(|id| **id as usize >= rows) {
+            bail!(
+                "{}: {key} {id} is outside the model's {rows} embedding rows",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
