@@ -11,6 +11,9 @@ use serde_json::json;
 use crate::steps::files::write_json;
 use crate::tensor::DType;
 
+mod sentencepiece;
+pub use sentencepiece::{PieceType, SpmTokenizer};
+
 /// The shape and storage of a generated model.
 #[derive(Debug, Clone)]
 pub struct TinyLlama {

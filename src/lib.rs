@@ -19,3 +19,4 @@ pub mod recipe;
 pub mod report;
 pub mod steps;
 pub mod tensor;
+pub mod tokenizer;

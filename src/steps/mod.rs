@@ -17,6 +17,7 @@ mod merge;
 mod package;
 mod patch_config;
 mod run;
+mod tokenizer;
 
 /// The implementation of one step kind, parsed from its recipe entry.
 pub trait Step: Send + Sync + std::fmt::Debug {
@@ -144,6 +145,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
+        "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),
