@@ -211,3 +211,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     Ok((value * mult as f64) as u64)
 }
+
+/// `yibuild inspect PATH`: a model folder's architecture, sizes, vocabularies,
+/// special tokens and chat template.
+pub fn inspect(path: &Path) -> Result<String> {
+    crate::tokenizer::inspect::inspect_model(path)
+}

@@ -97,6 +97,8 @@ enum Command {
         #[arg(long, default_value_t = yibuild::merge::DEFAULT_SEED)]
         random_seed: u64,
     },
+    /// Describe a model folder: architecture, dtype, parameters, vocab sizes, specials, template.
+    Inspect { path: PathBuf },
     /// Re-hash every cache object and check every action.
     Verify,
     /// Remove cache entries no build references (dry run unless --yes).
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{:>12} {}", "Merged", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Inspect { path }) => print(commands::inspect(&path)?),
         Some(Command::Verify) => {
             let problems = commands::verify(&c.cache_dir)?;
             for p in &problems {
