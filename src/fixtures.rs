@@ -338,19 +338,7 @@ pub fn write_byte_level_tokenizer(dir: &Path, vocab: usize) -> Result<()> {
 /// Writes a "fine-tune" of the model in `base`: the same tensors plus a seeded
 /// random task vector of relative size `scale`, stored in `dtype`.
 pub fn write_finetune(base: &TinyLlama, dir: &Path, seed: u64, scale: f32) -> Result<()> {
-    let mut rng = SplitMix(seed ^ 0xF1E7_0000);
-    let tensors: Vec<_> = base
-        .tensor_values()
-        .into_iter()
-        .map(|(name, shape, values)| {
-            let std = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
-            let tuned = values
-                .iter()
-                .map(|v| v + scale * std * rng.normal())
-                .collect();
-            (name, shape, tuned)
-        })
-        .collect();
+    let tensors = finetune_values(base, seed, scale);
     write_model_files(dir, &base.config(), &tensors, base.dtype, base.shards)?;
     write_byte_level_tokenizer(dir, base.tokenizer_vocab)
 }
@@ -377,4 +365,80 @@ mod tests {
         let enc = tok.encode("the cat sat", false).unwrap();
         assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "the cat sat");
     }
+}
+
+/// The seed recipe's eight Hub sources (recipe name, Hub id), base first.
+pub const YI_SEED_SOURCES: [(&str, &str); 8] = [
+    ("yi-llama", "chargoddard/Yi-34B-200K-Llama"),
+    ("tess", "migtissera/Tess-34B-v1.4"),
+    ("pallas", "Mihaiii/Pallas-0.4"),
+    ("airoboros", "bhenrym14/airoboros-3_1-yi-34b-200k"),
+    ("capybara", "NousResearch/Nous-Capybara-34B"),
+    ("platyi", "kyujinpy/PlatYi-34B-200k-Q-FastChat"),
+    ("aezakmi", "adamo1139/Yi-34B-200K-AEZAKMI-v2"),
+    ("sus-chat", "SUSTech/SUS-Chat-34B"),
+];
+
+/// A model with Yi-34B-200K's layout (60 layers, GQA 7:1, Yi's config keys and
+/// rope_theta, a SentencePiece tokenizer) at tiny widths.
+pub fn yi_replica_shape() -> TinyLlama {
+    TinyLlama {
+        hidden: 56,
+        layers: 60,
+        heads: 7,
+        kv_heads: 1,
+        intermediate: 160,
+        vocab: 384,
+        tokenizer_vocab: 384,
+        max_positions: 200_000,
+        rope_theta: 5_000_000.0,
+        ..Default::default()
+    }
+}
+
+/// Writes the eight models of the seed recipe as Yi-shaped replicas under
+/// `root/<recipe name>/`: the base, and seven fine-tunes of it (task vectors
+/// of different seeds), each with the same SentencePiece tokenizer.
+pub fn write_yi_replicas(root: &Path) -> Result<()> {
+    let base = yi_replica_shape();
+    let tokenizer = SpmTokenizer {
+        vocab: base.tokenizer_vocab,
+        extra: Vec::new(),
+    };
+    for (i, (name, _)) in YI_SEED_SOURCES.iter().enumerate() {
+        let dir = root.join(name);
+        let tensors = if i == 0 {
+            base.tensor_values()
+        } else {
+            finetune_values(&base, 100 + i as u64, 0.05)
+        };
+        let mut config = base.config();
+        config["rms_norm_eps"] = json!(1e-5);
+        config["attention_bias"] = json!(false);
+        config["pretraining_tp"] = json!(1);
+        config["rope_scaling"] = serde_json::Value::Null;
+        write_model_files(&dir, &config, &tensors, base.dtype, 2)?;
+        write_json(
+            &dir.join("generation_config.json"),
+            &json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
+        )?;
+        tokenizer.write(&dir)?;
+    }
+    Ok(())
+}
+
+/// The tensors of `base` plus a seeded random task vector of relative size `scale`.
+fn finetune_values(base: &TinyLlama, seed: u64, scale: f32) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut rng = SplitMix(seed ^ 0xF1E7_0000);
+    base.tensor_values()
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let std = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
+            let tuned = values
+                .iter()
+                .map(|v| v + scale * std * rng.normal())
+                .collect();
+            (name, shape, tuned)
+        })
+        .collect()
 }
