@@ -60,9 +60,22 @@ pub struct UnionVocab {
     pub sources: Vec<Vec<RowSource>>,
     /// Number of real (non-padding) rows of each model, for [`RowSource::PadMean`].
     pub real_rows: Vec<usize>,
-    /// Tokens appended after the base vocabulary: (output id, token, taken
-    /// from an added token, special).
-    pub appended: Vec<(u32, String, bool, bool)>,
+    /// Tokens appended after the base vocabulary, in id order.
+    pub appended: Vec<AppendedToken>,
+}
+
+/// A token of the union that the base vocabulary lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedToken {
+    /// Its output id.
+    pub id: u32,
+    /// Its text.
+    pub token: String,
+    /// It was an added token (or listed in the recipe), not a model-vocabulary
+    /// token, in the model it came from.
+    pub added: bool,
+    /// It was a special added token.
+    pub special: bool,
 }
 
 /// A token the recipe lists under `tokenizer.tokens`: added if missing, with
@@ -125,13 +138,14 @@ fn model_vocab(dir: &Path, vocab: &Vocab) -> Result<ModelVocab> {
 }
 
 /// Builds the union of the vocabularies of `base` and `others` (model folders
-/// with tokenizer.json and config.json), plus the `tokens` the recipe lists,
+/// with tokenizer.json and config.json), plus the tokens the recipe lists
+/// (`tokenizer.tokens`, as `specs`),
 /// padded to a multiple of `pad_to_multiple_of`. Models are numbered base
 /// first, then `others` in order (the numbering [`TokenSource`] uses).
 pub fn union_vocab(
     base: &Path,
     others: &[&Path],
-    tokens: &[TokenSpec],
+    specs: &[TokenSpec],
     pad_to_multiple_of: Option<usize>,
 ) -> Result<UnionVocab> {
     let dirs: Vec<&Path> = std::iter::once(base)
@@ -152,7 +166,6 @@ pub fn union_vocab(
             models[0].limit
         );
     }
-    let specs = tokens;
     let mut tokens: Vec<Option<String>> = vocabs[0]
         .by_id()
         .into_iter()
@@ -167,19 +180,19 @@ pub fn union_vocab(
         let id = tokens.len() as u32;
         index.insert(token.to_owned(), id);
         tokens.push(Some(token.to_owned()));
-        appended.push((
+        appended.push(AppendedToken {
             id,
-            token.to_owned(),
-            added.is_some(),
-            added.unwrap_or(false),
-        ));
+            token: token.to_owned(),
+            added: added.is_some(),
+            special: added.unwrap_or(false),
+        });
     };
     for (vocab, model) in vocabs.iter().zip(&models).skip(1) {
+        let special: BTreeMap<u32, bool> = vocab.added.iter().map(|a| (a.id, a.special)).collect();
         let mut by_id: Vec<(&u32, &String)> = model.ids.iter().map(|(t, i)| (i, t)).collect();
         by_id.sort();
         for (id, token) in by_id {
-            let added = vocab.added.iter().find(|a| a.id == *id).map(|a| a.special);
-            append(token, added, &mut tokens);
+            append(token, special.get(id).copied(), &mut tokens);
         }
     }
     for spec in specs {
@@ -349,7 +362,13 @@ impl UnionVocab {
         let mut json = read_json(&base.join("tokenizer.json"))?;
         let mut config =
             read_json(&base.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
-        for (id, token, added, special) in &self.appended {
+        for AppendedToken {
+            id,
+            token,
+            added,
+            special,
+        } in &self.appended
+        {
             if *added {
                 let entry = json!({"id": id, "content": token, "single_word": false, "lstrip": false,
                     "rstrip": false, "normalized": false, "special": special});
