@@ -22,6 +22,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 
+use super::convert::load_tokenizer_json;
 use super::resize::mean_rows;
 use super::vocab::Vocab;
 use crate::steps::files::{link_or_copy, read_json, write_json};
@@ -359,9 +360,13 @@ impl UnionVocab {
                 link_or_copy(&src, &out.join(file))?;
             }
         }
-        let mut json = read_json(&base.join("tokenizer.json"))?;
-        let mut config =
-            read_json(&base.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
+        let (mut json, _) = load_tokenizer_json(base)?;
+        let config_path = base.join("tokenizer_config.json");
+        let mut config = if config_path.is_file() {
+            read_json(&config_path)?
+        } else {
+            json!({})
+        };
         for AppendedToken {
             id,
             token,
@@ -377,7 +382,9 @@ impl UnionVocab {
                 }
                 if let Some(decoder) = config["added_tokens_decoder"].as_object_mut() {
                     let mut entry = entry;
-                    entry.as_object_mut().map(|o| o.remove("id"));
+                    if let Some(fields) = entry.as_object_mut() {
+                        fields.shift_remove("id");
+                    }
                     decoder.insert(id.to_string(), entry);
                 }
             } else {
@@ -604,8 +611,18 @@ mod tests {
         };
         model(&a, 331, 2, spm);
         std::fs::create_dir_all(&out).unwrap();
+        let mut config = read_json(&base.join("tokenizer_config.json")).unwrap();
+        config["added_tokens_decoder"] = json!({"0": {"content": "<unk>", "special": true}});
+        write_json(&base.join("tokenizer_config.json"), &config).unwrap();
         let union = union_vocab(&base, &[&a], &[], None).unwrap();
         union.write_tokenizer(&base, &out).unwrap();
+        let config = read_json(&out.join("tokenizer_config.json")).unwrap();
+        assert_eq!(
+            config["added_tokens_decoder"]["330"],
+            json!({"content": "<|im_end|>", "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": false})
+        );
+        assert_eq!(config["added_tokens_decoder"].as_object().unwrap().len(), 2);
         assert!(!out.join("tokenizer.model").exists());
         crate::tokenizer::prove_loads(&out).unwrap();
         let new = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
