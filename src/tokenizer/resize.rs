@@ -7,6 +7,7 @@
 //! `pad_to_multiple_of` do): a new token then starts as an "average" token
 //! instead of a random or zero vector, which keeps logits sane.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
@@ -109,31 +110,23 @@ pub fn resize_embeddings(src: &Path, dst: &Path, new_rows: usize) -> Result<Vec<
         if !names.iter().any(|n| targets.contains(n)) {
             continue;
         }
-        let mut owned: HashMap<&str, (Vec<usize>, Vec<u8>)> = HashMap::new();
-        for name in names.iter().filter(|n| targets.contains(n)) {
-            let info = tensors.require(name)?;
-            let bytes = resized_bytes(&tensors, name, info, new_rows)?;
-            size_change += bytes.len() as i64 - info.range.len() as i64;
-            let mut shape = info.shape.clone();
-            shape[0] = new_rows;
-            owned.insert(name.as_str(), (shape, bytes));
-        }
         let mut views = Vec::with_capacity(names.len());
         for name in &names {
             let info = tensors.require(name)?;
-            let view = match owned.get(name.as_str()) {
-                Some((shape, bytes)) => safetensors::tensor::TensorView::new(
-                    info.dtype.to_safetensors(),
-                    shape.clone(),
-                    bytes,
-                ),
-                None => safetensors::tensor::TensorView::new(
-                    info.dtype.to_safetensors(),
-                    info.shape.clone(),
-                    tensors.bytes(name)?,
-                ),
-            }
-            .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            let bytes = tensors.bytes(name)?;
+            let view = if targets.contains(name) {
+                let tensor = ResizedTensor::new(&tensors, name, info, new_rows)?;
+                size_change += safetensors::View::data_len(&tensor) as i64 - bytes.len() as i64;
+                tensor
+            } else {
+                ResizedTensor {
+                    dtype: info.dtype.to_safetensors(),
+                    shape: info.shape.clone(),
+                    kept: bytes,
+                    fill: Vec::new(),
+                    fill_rows: 0,
+                }
+            };
             views.push((name.to_string(), view));
         }
         let file = path
@@ -141,8 +134,9 @@ pub fn resize_embeddings(src: &Path, dst: &Path, new_rows: usize) -> Result<Vec<
             .context("shard path without a file name")?
             .to_string_lossy()
             .into_owned();
-        // TODO(lead): switch to the streaming sharded writer of src/tensor/writer.rs
-        // once it lands; serialize_to_file needs the resized tensors in memory.
+        // serialize_to_file asks each view for its bytes only while writing
+        // it, so at most one resized tensor is in memory at a time.
+        // TODO(lead): switch to the streaming writer of src/tensor/writer.rs.
         safetensors::serialize_to_file(views, shard_metadata(path)?, &dst.join(&file))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.join(&file).display()))?;
         written.push(file);
@@ -176,28 +170,69 @@ pub fn resize_embeddings(src: &Path, dst: &Path, new_rows: usize) -> Result<Vec<
     Ok(written)
 }
 
-/// The bytes of `name` with `new_rows` rows: the first rows kept, new rows
-/// set to the mean of all existing rows (computed in f64, rounded once).
-fn resized_bytes(
-    tensors: &ModelTensors,
-    name: &str,
-    info: &TensorInfo,
-    new_rows: usize,
-) -> Result<Vec<u8>> {
-    let row_bytes = info.row_len() * info.dtype.size();
-    let old = tensors.bytes(name)?;
-    let keep = new_rows.min(info.rows());
-    let mut out = Vec::with_capacity(new_rows * row_bytes);
-    out.extend_from_slice(&old[..keep * row_bytes]);
-    if new_rows > keep {
-        let mean = mean_rows(tensors, name, 0..info.rows())?;
-        let mut encoded = Vec::with_capacity(row_bytes);
-        info.dtype.encode_into(&mean, &mut encoded);
-        for _ in keep..new_rows {
-            out.extend_from_slice(&encoded);
+/// A tensor of a rewritten shard: its first rows borrowed from the input
+/// mapping, then `fill_rows` copies of the encoded `fill` row (the mean row).
+/// Its bytes are assembled only when the writer asks for them.
+struct ResizedTensor<'a> {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    kept: &'a [u8],
+    fill: Vec<u8>,
+    fill_rows: usize,
+}
+
+impl<'a> ResizedTensor<'a> {
+    /// `name` with `new_rows` rows: the first rows kept, new rows set to the
+    /// mean of all existing rows (computed in f64, rounded once).
+    fn new(
+        tensors: &'a ModelTensors,
+        name: &str,
+        info: &TensorInfo,
+        new_rows: usize,
+    ) -> Result<ResizedTensor<'a>> {
+        let row_bytes = info.row_len() * info.dtype.size();
+        let keep = new_rows.min(info.rows());
+        let mut fill = Vec::new();
+        if new_rows > keep {
+            let mean = mean_rows(tensors, name, 0..info.rows())?;
+            info.dtype.encode_into(&mean, &mut fill);
         }
+        let mut shape = info.shape.clone();
+        shape[0] = new_rows;
+        Ok(ResizedTensor {
+            dtype: info.dtype.to_safetensors(),
+            shape,
+            kept: &tensors.bytes(name)?[..keep * row_bytes],
+            fill,
+            fill_rows: new_rows - keep,
+        })
     }
-    Ok(out)
+}
+
+impl safetensors::View for ResizedTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        if self.fill_rows == 0 {
+            return Cow::Borrowed(self.kept);
+        }
+        let mut out = Vec::with_capacity(self.data_len());
+        out.extend_from_slice(self.kept);
+        for _ in 0..self.fill_rows {
+            out.extend_from_slice(&self.fill);
+        }
+        Cow::Owned(out)
+    }
+
+    fn data_len(&self) -> usize {
+        self.kept.len() + self.fill_rows * self.fill.len()
+    }
 }
 
 /// The mean of rows `rows` of tensor `name`, read in bounded chunks and

@@ -5,6 +5,20 @@
 //!
 //! A template is validated by rendering a sample conversation before it is
 //! written anywhere, so a typo fails the build, not the first chat request.
+//!
+//! The builtins render a conversation (system S, user U1, assistant A1, user
+//! U2, generation prompt) as follows, with `bos_token` `<s>` and `eos_token`
+//! `</s>` (`\n` is a newline; the tests pin every byte):
+//!
+//! | name | text |
+//! |---|---|
+//! | `chatml` | `<\|im_start\|>system\nS<\|im_end\|>\n<\|im_start\|>user\nU1<\|im_end\|>\n<\|im_start\|>assistant\nA1<\|im_end\|>\n<\|im_start\|>user\nU2<\|im_end\|>\n<\|im_start\|>assistant\n` |
+//! | `llama2` | `<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST] A1 </s><s>[INST] U2 [/INST]` |
+//! | `llama3` | `<\|begin_of_text\|><\|start_header_id\|>system<\|end_header_id\|>\n\nS<\|eot_id\|>` … `<\|start_header_id\|>assistant<\|end_header_id\|>\n\n` |
+//! | `mistral` | `<s>[INST] S\n\nU1 [/INST]A1</s>[INST] U2 [/INST]` |
+//! | `alpaca` | `S\n\n### Instruction:\nU1\n\n### Response:\nA1</s>\n\n### Instruction:\nU2\n\n### Response:\n` |
+//! | `vicuna` | `S USER: U1 ASSISTANT: A1</s>USER: U2 ASSISTANT:` |
+//! | `orca-vicuna` | `SYSTEM: S\nUSER: U1\nASSISTANT: A1</s>\nUSER: U2\nASSISTANT:` |
 
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::value::Value;

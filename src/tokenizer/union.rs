@@ -22,6 +22,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 
+use super::convert::load_tokenizer_json;
 use super::resize::mean_rows;
 use super::vocab::Vocab;
 use crate::steps::files::{link_or_copy, read_json, write_json};
@@ -60,9 +61,22 @@ pub struct UnionVocab {
     pub sources: Vec<Vec<RowSource>>,
     /// Number of real (non-padding) rows of each model, for [`RowSource::PadMean`].
     pub real_rows: Vec<usize>,
-    /// Tokens appended after the base vocabulary: (output id, token, taken
-    /// from an added token, special).
-    pub appended: Vec<(u32, String, bool, bool)>,
+    /// Tokens appended after the base vocabulary, in id order.
+    pub appended: Vec<AppendedToken>,
+}
+
+/// A token of the union that the base vocabulary lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedToken {
+    /// Its output id.
+    pub id: u32,
+    /// Its text.
+    pub token: String,
+    /// It was an added token (or listed in the recipe), not a model-vocabulary
+    /// token, in the model it came from.
+    pub added: bool,
+    /// It was a special added token.
+    pub special: bool,
 }
 
 /// A token the recipe lists under `tokenizer.tokens`: added if missing, with
@@ -125,13 +139,14 @@ fn model_vocab(dir: &Path, vocab: &Vocab) -> Result<ModelVocab> {
 }
 
 /// Builds the union of the vocabularies of `base` and `others` (model folders
-/// with tokenizer.json and config.json), plus the `tokens` the recipe lists,
+/// with tokenizer.json and config.json), plus the tokens the recipe lists
+/// (`tokenizer.tokens`, as `specs`),
 /// padded to a multiple of `pad_to_multiple_of`. Models are numbered base
 /// first, then `others` in order (the numbering [`TokenSource`] uses).
 pub fn union_vocab(
     base: &Path,
     others: &[&Path],
-    tokens: &[TokenSpec],
+    specs: &[TokenSpec],
     pad_to_multiple_of: Option<usize>,
 ) -> Result<UnionVocab> {
     let dirs: Vec<&Path> = std::iter::once(base)
@@ -152,7 +167,6 @@ pub fn union_vocab(
             models[0].limit
         );
     }
-    let specs = tokens;
     let mut tokens: Vec<Option<String>> = vocabs[0]
         .by_id()
         .into_iter()
@@ -167,19 +181,19 @@ pub fn union_vocab(
         let id = tokens.len() as u32;
         index.insert(token.to_owned(), id);
         tokens.push(Some(token.to_owned()));
-        appended.push((
+        appended.push(AppendedToken {
             id,
-            token.to_owned(),
-            added.is_some(),
-            added.unwrap_or(false),
-        ));
+            token: token.to_owned(),
+            added: added.is_some(),
+            special: added.unwrap_or(false),
+        });
     };
     for (vocab, model) in vocabs.iter().zip(&models).skip(1) {
+        let special: BTreeMap<u32, bool> = vocab.added.iter().map(|a| (a.id, a.special)).collect();
         let mut by_id: Vec<(&u32, &String)> = model.ids.iter().map(|(t, i)| (i, t)).collect();
         by_id.sort();
         for (id, token) in by_id {
-            let added = vocab.added.iter().find(|a| a.id == *id).map(|a| a.special);
-            append(token, added, &mut tokens);
+            append(token, special.get(id).copied(), &mut tokens);
         }
     }
     for spec in specs {
@@ -346,10 +360,20 @@ impl UnionVocab {
                 link_or_copy(&src, &out.join(file))?;
             }
         }
-        let mut json = read_json(&base.join("tokenizer.json"))?;
-        let mut config =
-            read_json(&base.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
-        for (id, token, added, special) in &self.appended {
+        let (mut json, _) = load_tokenizer_json(base)?;
+        let config_path = base.join("tokenizer_config.json");
+        let mut config = if config_path.is_file() {
+            read_json(&config_path)?
+        } else {
+            json!({})
+        };
+        for AppendedToken {
+            id,
+            token,
+            added,
+            special,
+        } in &self.appended
+        {
             if *added {
                 let entry = json!({"id": id, "content": token, "single_word": false, "lstrip": false,
                     "rstrip": false, "normalized": false, "special": special});
@@ -358,7 +382,9 @@ impl UnionVocab {
                 }
                 if let Some(decoder) = config["added_tokens_decoder"].as_object_mut() {
                     let mut entry = entry;
-                    entry.as_object_mut().map(|o| o.remove("id"));
+                    if let Some(fields) = entry.as_object_mut() {
+                        fields.shift_remove("id");
+                    }
                     decoder.insert(id.to_string(), entry);
                 }
             } else {
@@ -585,8 +611,18 @@ mod tests {
         };
         model(&a, 331, 2, spm);
         std::fs::create_dir_all(&out).unwrap();
+        let mut config = read_json(&base.join("tokenizer_config.json")).unwrap();
+        config["added_tokens_decoder"] = json!({"0": {"content": "<unk>", "special": true}});
+        write_json(&base.join("tokenizer_config.json"), &config).unwrap();
         let union = union_vocab(&base, &[&a], &[], None).unwrap();
         union.write_tokenizer(&base, &out).unwrap();
+        let config = read_json(&out.join("tokenizer_config.json")).unwrap();
+        assert_eq!(
+            config["added_tokens_decoder"]["330"],
+            json!({"content": "<|im_end|>", "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": false})
+        );
+        assert_eq!(config["added_tokens_decoder"].as_object().unwrap().len(), 2);
         assert!(!out.join("tokenizer.model").exists());
         crate::tokenizer::prove_loads(&out).unwrap();
         let new = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
