@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod fixtures;
+pub mod gguf;
 pub mod recipe;
 pub mod steps;
 pub mod tensor;
