@@ -7,6 +7,9 @@
 //! one, `quantize_row_q*_K_impl` (`make_qkx3_quants` + `make_qp_quants` for
 //! the group scales). candle still ships the 2023 algorithms, whose bytes differ.
 
+// Index loops mirror ggml-quants.c line by line, which keeps the port checkable.
+#![allow(clippy::needless_range_loop)]
+
 use super::search::{
     make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, read_f16,
     write_f16, MinSearch, GROUP_MAX_EPS,

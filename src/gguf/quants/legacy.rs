@@ -5,6 +5,9 @@
 //! with one, the `quantize_row_*_impl` searches, whose weights
 //! `imatrix_j · sqrt(σ² + x_j²)` use σ² = mean(x²) over the whole row.
 
+// Index loops mirror ggml-quants.c line by line, which keeps the port checkable.
+#![allow(clippy::needless_range_loop)]
+
 use super::search::{make_qkx_quants, make_qx_quants, read_f16, write_f16, MinSearch};
 
 /// Elements per block.

@@ -8,6 +8,9 @@
 //! good quantization. Rust does not contract `a*b+c` into FMA and does not
 //! reorder float sums, so the results match ggml compiled without fast-math.
 
+// Index loops mirror ggml-quants.c line by line, which keeps the port checkable.
+#![allow(clippy::needless_range_loop)]
+
 /// Groups whose largest magnitude is below this are treated as all zero
 /// (`GROUP_MAX_EPS`).
 pub const GROUP_MAX_EPS: f32 = 1e-15;
