@@ -520,3 +520,119 @@ fn proto_fields(mut b: &[u8]) -> Result<Vec<(u64, ProtoValue<'_>)>, &'static str
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A Llama/Yi-style tokenizer.json: BPE with byte fallback and Metaspace.
+    fn spm_json(dir: &Path) {
+        let mut vocab = serde_json::Map::new();
+        let mut tokens = vec!["<unk>".to_owned(), "<s>".into(), "</s>".into()];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        tokens.extend(["▁", "a", "b", "▁a", "ab"].map(String::from));
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), json!(i));
+        }
+        let added: Vec<_> = (0..3)
+            .map(|i| json!({"id": i, "content": tokens[i], "special": true}))
+            .collect();
+        let tok = json!({
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}]},
+            "pre_tokenizer": null,
+            "model": {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>", "vocab": vocab,
+                      "merges": ["▁ a", "a b"]}
+        });
+        std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    }
+
+    #[test]
+    fn byte_fallback_bpe_becomes_a_llama_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        spm_json(dir.path());
+        let v = read_tokenizer_json(&dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(v.model, "llama");
+        assert_eq!(v.types[0], TokenType::Unknown);
+        assert_eq!(v.types[1], TokenType::Control);
+        assert_eq!(v.types[3], TokenType::Byte);
+        assert_eq!(v.types[3 + 256], TokenType::Normal);
+        let scores = v.scores.unwrap();
+        assert_eq!(scores[3 + 256 + 3], 0.0, "▁a comes from merge 0");
+        assert_eq!(scores[3 + 256 + 4], -1.0, "ab comes from merge 1");
+        assert_eq!(v.add_space_prefix, Some(true));
+        let kv = vocab_metadata(
+            dir.path(),
+            270,
+            &json!({"bos_token_id": 1, "eos_token_id": 2}),
+        )
+        .unwrap();
+        let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("tokenizer.ggml.model"),
+            Some(Value::String("llama".into()))
+        );
+        assert_eq!(get("tokenizer.ggml.bos_token_id"), Some(Value::U32(1)));
+        match get("tokenizer.ggml.tokens") {
+            Some(Value::Array(_, t)) => assert_eq!(t[269], Value::String("[PAD269]".into())),
+            other => panic!("{other:?}"),
+        }
+        let err = vocab_metadata(dir.path(), 100, &json!({})).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("264 tokens but the model has only 100 embedding rows"),
+            "{err}"
+        );
+    }
+
+    fn proto_field(field: u64, wire: u64, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(((field << 3) | wire) as u8);
+        if wire == 2 {
+            out.push(payload.len() as u8);
+        }
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn sentencepiece_model_pieces_scores_and_types_are_read() {
+        let mut model = Vec::new();
+        for (text, score, ty) in [
+            ("<unk>", 0.0f32, 2u8),
+            ("<s>", 0.0, 3),
+            ("▁the", -1.5, 1),
+            ("<0x0A>", 0.0, 6),
+        ] {
+            let mut piece = Vec::new();
+            proto_field(1, 2, text.as_bytes(), &mut piece);
+            proto_field(2, 5, &score.to_le_bytes(), &mut piece);
+            proto_field(3, 0, &[ty], &mut piece);
+            proto_field(1, 2, &piece, &mut model);
+        }
+        let mut normalizer = Vec::new();
+        proto_field(3, 0, &[0], &mut normalizer);
+        proto_field(3, 2, &normalizer, &mut model);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.model");
+        std::fs::write(&path, &model).unwrap();
+        let v = read_sentencepiece(&path).unwrap();
+        assert_eq!(v.tokens, ["<unk>", "<s>", "▁the", "<0x0A>"]);
+        assert_eq!(v.scores.unwrap(), [0.0, 0.0, -1.5, 0.0]);
+        assert_eq!(
+            v.types,
+            [
+                TokenType::Unknown,
+                TokenType::Control,
+                TokenType::Normal,
+                TokenType::Byte
+            ]
+        );
+        assert_eq!(v.add_space_prefix, Some(false));
+        std::fs::write(&path, &model[..model.len() - 3]).unwrap();
+        let err = read_sentencepiece(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("malformed SentencePiece model"),
+            "{err}"
+        );
+    }
+}
