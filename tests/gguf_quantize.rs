@@ -430,3 +430,67 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     let err = parse_step("{model: m, type: Q8_0, format: exl2}").unwrap_err();
     assert!(err.contains("`format` must be `gguf`"), "{err}");
 }
+
+#[test]
+fn gguf_imatrix_is_normalised_by_counts() {
+    use yibuild::gguf::file::{GgufWriter, TensorDesc};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imatrix.gguf");
+    let sums: Vec<f32> = (0..8).map(|i| i as f32 * 3.0).collect();
+    let tensors = [
+        TensorDesc {
+            name: "blk.0.ffn_up.weight.in_sum2".into(),
+            ty: GgmlType::F32,
+            ne: vec![8, 1],
+        },
+        TensorDesc {
+            name: "blk.0.ffn_up.weight.counts".into(),
+            ty: GgmlType::F32,
+            ne: vec![1, 1],
+        },
+    ];
+    let meta = vec![
+        ("general.type".to_owned(), Value::String("imatrix".into())),
+        ("imatrix.chunk_count".to_owned(), Value::U32(5)),
+        (
+            "imatrix.datasets".to_owned(),
+            Value::strings(["wiki.train.raw"]),
+        ),
+    ];
+    let mut w = GgufWriter::create(&path, &meta, &tensors).unwrap();
+    let mut bytes = Vec::new();
+    quantize_rows(GgmlType::F32, &sums, 8, None, &mut bytes).unwrap();
+    w.write_data(&bytes).unwrap();
+    w.write_data(&3.0f32.to_le_bytes()).unwrap();
+    w.finish().unwrap();
+    let im = Imatrix::load(&path).unwrap();
+    assert_eq!(
+        im.entries["blk.0.ffn_up.weight"],
+        (0..8).map(|i| i as f32).collect::<Vec<_>>()
+    );
+    assert_eq!(im.chunks, Some(5));
+    assert_eq!(im.datasets, ["wiki.train.raw"]);
+}
+
+#[test]
+fn qwen2_converts_without_permutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = TinyLlama {
+        architecture: ("Qwen2ForCausalLM", "qwen2"),
+        ..wide()
+    };
+    fixture.write(dir.path()).unwrap();
+    let (_out, files) = quantize(dir.path(), "Q8_0", 2);
+    let f = GgufFile::open(&files[0]).unwrap();
+    assert_eq!(
+        f.get("general.architecture").unwrap().as_str(),
+        Some("qwen2")
+    );
+    assert_eq!(f.get("qwen2.block_count").and_then(Value::as_u64), Some(2));
+    let model = ModelTensors::open(dir.path()).unwrap();
+    let t = f.tensor("blk.0.attn_q.weight").unwrap();
+    let x = source_rows(&model, "model.layers.0.self_attn.q_proj.weight", None);
+    let mut expected = Vec::new();
+    quantize_rows(GgmlType::Q8_0, &x, 256, None, &mut expected).unwrap();
+    assert!(f.tensor_bytes(t) == expected.as_slice());
+}
