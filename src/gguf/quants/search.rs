@@ -73,6 +73,9 @@ pub fn make_qx_quants(
     weights: Option<&[f32]>,
 ) -> f32 {
     let n = x.len();
+    // Re-slicing to `n` lets the compiler drop bounds checks in the loops.
+    let levels = &mut levels[..n];
+    let weights = weights.map(|w| &w[..n]);
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -140,6 +143,7 @@ pub fn make_qx_quants(
 /// least-squares fit improves, up to five passes.
 pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     let n = x.len();
+    let levels = &mut levels[..n];
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -224,6 +228,7 @@ pub fn make_qkx_quants(
     aux: &mut [u8],
 ) -> (f32, f32) {
     let n = x.len();
+    let (weights, levels, aux) = (&weights[..n], &mut levels[..n], &mut aux[..n]);
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
@@ -303,6 +308,7 @@ pub fn make_qkx_quants(
 /// passes of single-level moves on the weighted least-squares fit.
 pub fn make_qp_quants(nmax: i32, x: &[f32], levels: &mut [u8], weights: &[f32]) -> f32 {
     let n = x.len();
+    let (levels, weights) = (&mut levels[..n], &weights[..n]);
     let mut max = 0.0f32;
     for &v in x {
         max = max.max(v);
