@@ -5,12 +5,15 @@
 //! cargo bench --bench gguf_quantize -- fixture DIR [tiny|bench]
 //! cargo bench --bench gguf_quantize -- convert MODEL_DIR OUT.gguf PRESET [THREADS]
 //! cargo bench --bench gguf_quantize -- compare A.gguf B.gguf
+//! cargo bench --bench gguf_quantize -- speed [TYPE...]
 //! ```
 //!
 //! * `fixture`: writes a Llama model folder: `tiny` (hidden 256, 2 layers) or
 //!   `bench` (~0.49 B parameters: hidden 1024, 24 layers, 16/4 heads, ffn 4096,
 //!   vocab 64000, bf16).
 //! * `convert`: the quantize pipeline on one model folder; prints seconds.
+//! * `speed`: single-thread quantization throughput per type (M elements/s)
+//!   on 4096-wide Gaussian rows.
 //! * `compare`: tensor-by-tensor comparison of two GGUF files (name, type,
 //!   shape, bytes); exits 1 on any difference.
 
@@ -22,6 +25,8 @@ use yibuild::fixtures::TinyLlama;
 use yibuild::gguf::file::GgufFile;
 use yibuild::gguf::mixture::Preset;
 use yibuild::gguf::pipeline::Conversion;
+use yibuild::gguf::quants::quantize_rows;
+use yibuild::gguf::GgmlType;
 use yibuild::tensor::DType;
 
 fn fixture(dir: &Path, size: &str) -> Result<()> {
@@ -103,6 +108,25 @@ fn compare(a: &Path, b: &Path) -> Result<bool> {
     Ok(differ.is_empty() && fa.tensors.len() == fb.tensors.len())
 }
 
+fn speed(types: &[String]) -> Result<()> {
+    let mut rng = yibuild::fixtures::SplitMix(3);
+    let x: Vec<f32> = (0..1 << 22).map(|_| 0.02 * rng.normal()).collect();
+    let all: Vec<GgmlType> = GgmlType::ALL.to_vec();
+    let chosen: Vec<GgmlType> = if types.is_empty() {
+        all
+    } else {
+        all.into_iter().filter(|t| types.iter().any(|n| n == t.name())).collect()
+    };
+    for ty in chosen {
+        let mut out = Vec::new();
+        let start = Instant::now();
+        quantize_rows(ty, &x, 4096, None, &mut out)?;
+        let secs = start.elapsed().as_secs_f64();
+        println!("{:>5}: {:8.1} M elements/s", ty.name(), x.len() as f64 / secs / 1e6);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -121,6 +145,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        ["speed", types @ ..] => speed(&types.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         [] => {
             eprintln!("nothing to do; see benches/gguf_vs_llama_quantize.sh");
             Ok(())

@@ -70,7 +70,7 @@ fn requantize_min_group(x: &[f32], d: f32, dm: f32, nmax: i32, levels: &mut [u8]
         return;
     }
     for (l, &v) in levels.iter_mut().zip(x) {
-        *l = nearest_int((v + dm) / d).clamp(0, nmax) as u8;
+        *l = nearest_int((v + dm) / d).max(0).min(nmax) as u8;
     }
 }
 

@@ -65,6 +65,7 @@ fn rmse_weight(rmse_type: i32, x: f32) -> f32 {
 /// offset by `nmax`. With `rmse_type` 0 the scale is just `max/-nmax`; otherwise
 /// 18 trial scales around it are tried and the least-squares optimum (weighted
 /// by `weights`, or by `x²` for `rmse_type` 1) is kept (`make_qx_quants`).
+#[inline]
 pub fn make_qx_quants(
     nmax: i32,
     x: &[f32],
@@ -94,18 +95,35 @@ pub fn make_qx_quants(
     if rmse_type == 0 {
         for i in 0..n {
             let l = nearest_int(iscale * x[i]);
-            levels[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            levels[i] = (nmax + l.max(-nmax).min(nmax - 1)) as i8;
         }
         return 1.0 / iscale;
     }
-    let w_of = |i: usize| match weights {
-        Some(w) => w[i],
-        None => rmse_weight(rmse_type, x[i]),
+    // The weights are fixed across trials: compute them once (n ≤ 32 for
+    // every caller; larger groups fall back to the heap).
+    let mut stack = [0.0f32; 32];
+    let mut heap = Vec::new();
+    let w: &[f32] = match weights {
+        Some(w) => w,
+        None => {
+            let buf = if n <= 32 {
+                &mut stack[..n]
+            } else {
+                heap.resize(n, 0.0);
+                &mut heap[..]
+            };
+            for (b, &v) in buf.iter_mut().zip(x) {
+                *b = rmse_weight(rmse_type, v);
+            }
+            buf
+        }
     };
+    let w = &w[..n];
+    let w_of = |i: usize| w[i];
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        let l = nearest_int(iscale * x[i]).max(-nmax).min(nmax - 1);
         levels[i] = (l + nmax) as i8;
         let w = w_of(i);
         sumlx += w * x[i] * l as f32;
@@ -121,7 +139,7 @@ pub fn make_qx_quants(
         sumlx = 0.0;
         suml2 = 0.0;
         for i in 0..n {
-            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let l = nearest_int(iscale * x[i]).max(-nmax).min(nmax - 1);
             let w = w_of(i);
             sumlx += w * x[i] * l as f32;
             suml2 += w * l as f32 * l as f32;
@@ -129,7 +147,7 @@ pub fn make_qx_quants(
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for i in 0..n {
                 let l = nearest_int(iscale * x[i]);
-                levels[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+                levels[i] = (nmax + l.max(-nmax).min(nmax - 1)) as i8;
             }
             scale = sumlx / suml2;
             best = scale * sumlx;
@@ -141,6 +159,7 @@ pub fn make_qx_quants(
 /// Q3_K's symmetric search (`make_q3_quants` with `do_rmse`): start from the
 /// max-based scale, then move single levels while the `x²`-weighted
 /// least-squares fit improves, up to five passes.
+#[inline]
 pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     let n = x.len();
     let levels = &mut levels[..n];
@@ -161,7 +180,7 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        let l = nearest_int(iscale * x[i]).max(-nmax).min(nmax - 1);
         levels[i] = l as i8;
         let w = x[i] * x[i];
         sumlx += w * x[i] * l as f32;
@@ -175,7 +194,7 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
             let mut slx = sumlx - w * x[i] * li;
             if slx > 0.0 {
                 let mut sl2 = suml2 - w * li * li;
-                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                let new_l = nearest_int(x[i] * sl2 / slx).max(-nmax).min(nmax - 1);
                 if new_l != levels[i] as i32 {
                     slx += w * x[i] * new_l as f32;
                     sl2 += w * new_l as f32 * new_l as f32;
@@ -220,7 +239,25 @@ pub struct MinSearch {
 /// Asymmetric quantization `x ≈ scale·l − min` with levels `0..=nmax`
 /// (`make_qkx2_quants`, and `make_qkx3_quants` which differs only in the
 /// defaults the callers pass). Returns `(scale, min)` with `min ≥ 0`.
+#[inline]
 pub fn make_qkx_quants(
+    p: MinSearch,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+    aux: &mut [u8],
+) -> (f32, f32) {
+    if p.use_mad {
+        qkx_search::<true>(p, x, weights, levels, aux)
+    } else {
+        qkx_search::<false>(p, x, weights, levels, aux)
+    }
+}
+
+/// [`make_qkx_quants`] with the error metric fixed at compile time (the
+/// hottest loop of Q2_K/Q4_K/Q5_K).
+#[inline]
+fn qkx_search<const MAD: bool>(
     p: MinSearch,
     x: &[f32],
     weights: &[f32],
@@ -254,10 +291,10 @@ pub fn make_qkx_quants(
     let nmax_f = p.nmax as f32;
     let mut iscale = nmax_f / (max - min);
     let mut scale = 1.0 / iscale;
-    let err = |d: f32| if p.use_mad { d.abs() } else { d * d };
+    let err = |d: f32| if MAD { d.abs() } else { d * d };
     let mut best_error = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
+        let l = nearest_int(iscale * (x[i] - min)).max(0).min(p.nmax);
         levels[i] = l as u8;
         let diff = scale * levels[i] as f32 + min - x[i];
         best_error += weights[i] * err(diff);
@@ -271,7 +308,7 @@ pub fn make_qkx_quants(
         let mut sum_l2 = 0.0f32;
         let mut sum_xl = 0.0f32;
         for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
+            let l = nearest_int(iscale * (x[i] - min)).max(0).min(p.nmax);
             aux[i] = l as u8;
             let w = weights[i];
             let lf = l as f32;
@@ -306,6 +343,7 @@ pub fn make_qkx_quants(
 /// Quantizes non-negative values (the sub-block scales of an imatrix-weighted
 /// k-quant) to `0..=nmax` (`make_qp_quants`): 8 trial scales, then up to five
 /// passes of single-level moves on the weighted least-squares fit.
+#[inline]
 pub fn make_qp_quants(nmax: i32, x: &[f32], levels: &mut [u8], weights: &[f32]) -> f32 {
     let n = x.len();
     let (levels, weights) = (&mut levels[..n], &weights[..n]);

@@ -5,8 +5,10 @@
 # LLAMA_CPP defaults to /work/tools/llama.cpp: the llama.cpp sources vendored in
 # llama-cpp-python's source distribution (`pip download --no-deps --no-binary :all:
 # llama-cpp-python`, then `vendor/llama.cpp`), configured and built with
-#   cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON
-#   cmake --build build --target llama-quantize llama-perplexity llama-simple
+#   cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF \
+#         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=ON
+#   cmake --build build -j2 --target llama-quantize llama-perplexity llama-simple llama-imatrix
+# (cmake and ninja from PyPI work; about 45 minutes on 2 busy cores).
 # ggml-base (which holds the reference quantizers) is compiled without FMA or
 # fast-math, so its float arithmetic is the plain IEEE order the Rust port follows.
 set -euo pipefail
