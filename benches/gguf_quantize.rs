@@ -115,14 +115,20 @@ fn speed(types: &[String]) -> Result<()> {
     let chosen: Vec<GgmlType> = if types.is_empty() {
         all
     } else {
-        all.into_iter().filter(|t| types.iter().any(|n| n == t.name())).collect()
+        all.into_iter()
+            .filter(|t| types.iter().any(|n| n == t.name()))
+            .collect()
     };
     for ty in chosen {
         let mut out = Vec::new();
         let start = Instant::now();
         quantize_rows(ty, &x, 4096, None, &mut out)?;
         let secs = start.elapsed().as_secs_f64();
-        println!("{:>5}: {:8.1} M elements/s", ty.name(), x.len() as f64 / secs / 1e6);
+        println!(
+            "{:>5}: {:8.1} M elements/s",
+            ty.name(),
+            x.len() as f64 / secs / 1e6
+        );
     }
     Ok(())
 }

@@ -65,6 +65,9 @@ fn rmse_weight(rmse_type: i32, x: f32) -> f32 {
 /// offset by `nmax`. With `rmse_type` 0 the scale is just `max/-nmax`; otherwise
 /// 18 trial scales around it are tried and the least-squares optimum (weighted
 /// by `weights`, or by `x²` for `rmse_type` 1) is kept (`make_qx_quants`).
+///
+/// # Panics
+/// When the group is not 16 or 32 values, the only sizes ggml uses.
 #[inline]
 pub fn make_qx_quants(
     nmax: i32,
@@ -73,10 +76,39 @@ pub fn make_qx_quants(
     rmse_type: i32,
     weights: Option<&[f32]>,
 ) -> f32 {
-    let n = x.len();
-    // Re-slicing to `n` lets the compiler drop bounds checks in the loops.
-    let levels = &mut levels[..n];
-    let weights = weights.map(|w| &w[..n]);
+    fn fixed<const N: usize>(
+        nmax: i32,
+        x: &[f32],
+        levels: &mut [i8],
+        rmse_type: i32,
+        weights: Option<&[f32]>,
+    ) -> f32 {
+        let x: &[f32; N] = x.try_into().expect("group length checked by caller");
+        let levels: &mut [i8; N] = (&mut levels[..N])
+            .try_into()
+            .expect("levels hold the group");
+        let weights =
+            weights.map(|w| <&[f32; N]>::try_from(&w[..N]).expect("one weight per value"));
+        qx_search::<N>(nmax, x, levels, rmse_type, weights)
+    }
+    match x.len() {
+        16 => fixed::<16>(nmax, x, levels, rmse_type, weights),
+        32 => fixed::<32>(nmax, x, levels, rmse_type, weights),
+        n => panic!("make_qx_quants: group of {n} values (ggml uses 16 or 32)"),
+    }
+}
+
+/// [`make_qx_quants`] with the group size known at compile time, so the
+/// per-trial loops unroll.
+#[inline]
+fn qx_search<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    levels: &mut [i8; N],
+    rmse_type: i32,
+    weights: Option<&[f32; N]>,
+) -> f32 {
+    let n = N;
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -99,26 +131,17 @@ pub fn make_qx_quants(
         }
         return 1.0 / iscale;
     }
-    // The weights are fixed across trials: compute them once (n ≤ 32 for
-    // every caller; larger groups fall back to the heap).
-    let mut stack = [0.0f32; 32];
-    let mut heap = Vec::new();
-    let w: &[f32] = match weights {
+    // The weights are fixed across trials: compute them once.
+    let mut own = [0.0f32; N];
+    let w: &[f32; N] = match weights {
         Some(w) => w,
         None => {
-            let buf = if n <= 32 {
-                &mut stack[..n]
-            } else {
-                heap.resize(n, 0.0);
-                &mut heap[..]
-            };
-            for (b, &v) in buf.iter_mut().zip(x) {
+            for (b, &v) in own.iter_mut().zip(x) {
                 *b = rmse_weight(rmse_type, v);
             }
-            buf
+            &own
         }
     };
-    let w = &w[..n];
     let w_of = |i: usize| w[i];
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
