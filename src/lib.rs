@@ -13,6 +13,7 @@ pub mod commands;
 pub mod exec;
 pub mod fixtures;
 pub mod freshness;
+pub mod gguf;
 pub mod graph;
 pub mod merge;
 pub mod recipe;

@@ -16,6 +16,7 @@ pub mod files;
 mod merge;
 mod package;
 mod patch_config;
+mod quantize;
 mod run;
 mod tokenizer;
 
@@ -146,6 +147,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
         "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
+        "quantize" => Ok(Box::new(quantize::Quantize::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),
