@@ -35,6 +35,7 @@ fn parse_step(yaml: &str) -> Result<Box<dyn Step>, String> {
     let cx = ParseContext {
         diag: &diag,
         step: "q",
+        seed: None,
     };
     parse("quantize", &docs[0], &cx).map_err(|e| e.to_string())
 }
