@@ -149,6 +149,12 @@ impl Step for Quantize {
         v
     }
 
+    /// Without `name:`, files and `general.name` take the recipe's name, which
+    /// must then be part of the key.
+    fn bind(&mut self, recipe: &crate::recipe::RecipeFacts) {
+        self.name.get_or_insert_with(|| recipe.name.clone());
+    }
+
     fn params(&self) -> serde_json::Value {
         let types: Vec<&str> = self.presets.iter().map(|p| p.name()).collect();
         json!({
