@@ -9,6 +9,8 @@ use crate::cache::Cache;
 use crate::exec::{self, BuildOptions};
 use crate::freshness::{self, State};
 use crate::graph::BuildGraph;
+use crate::hub::download::human_bytes;
+use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
 use crate::recipe::Recipe;
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
 
@@ -64,10 +66,13 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
     }
     for name in order.iter().filter(|n| recipe.source(n).is_some()) {
         let src = recipe.source(name).expect("source");
-        let avail = match src.locate() {
-            Ok(_) => "present".to_owned(),
-            Err(crate::recipe::source::Unavailable::NotFetched { .. }) => "to fetch".to_owned(),
-            Err(e) => format!("MISSING: {e}"),
+        let avail = if src.hub_repo().is_some() {
+            hub_availability(recipe, name)
+        } else {
+            match src.locate() {
+                Ok(_) => "present".to_owned(),
+                Err(e) => format!("MISSING: {e}"),
+            }
         };
         out.push_str(&format!(
             "{:>12} {name} = {} ({avail})\n",
@@ -94,6 +99,59 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
         }
     }
     out.push_str(&format!("{build} to build, {fresh} cached\n"));
+    Ok(out)
+}
+
+/// What `plan` says about a Hub source, without the network: "present", or
+/// "to fetch" with the bytes the lock (or the Hub cache) knows of.
+fn hub_availability(recipe: &Recipe, name: &str) -> String {
+    let config = HubConfig::from_env(HubOptions::default());
+    match pin_offline(recipe, name, &config) {
+        Ok(HubSourceState::Pinned(p)) => {
+            let missing = p.missing();
+            if missing.is_empty() {
+                format!("present, commit {}", &p.entry.commit[..12])
+            } else {
+                format!(
+                    "to fetch: {} of {} files, {}, commit {}",
+                    missing.len(),
+                    p.entry.files.len(),
+                    human_bytes(p.missing_bytes()),
+                    &p.entry.commit[..12]
+                )
+            }
+        }
+        Ok(HubSourceState::Unresolved) => "to fetch: not pinned yet, size unknown".to_owned(),
+        Err(e) => format!("to fetch: {e:#}"),
+    }
+}
+
+/// `yibuild fetch`: pins and downloads the Hub sources the targets need, with
+/// the pre-flight checks, without building anything.
+pub fn fetch(recipe: &Recipe, opts: &BuildOptions, verbose: bool) -> Result<String> {
+    let graph = BuildGraph::new(recipe);
+    let targets = exec::select_targets(recipe, &graph, &opts.targets)?;
+    let plan = graph.plan(recipe, &targets);
+    let cache = Cache::open_locked(&opts.cache_dir, &|| {
+        eprintln!("    Blocking waiting for the cache lock")
+    })?;
+    let hub = HubConfig::from_env(opts.hub);
+    let log = |name: &str, line: &str| {
+        if verbose {
+            eprintln!("{:>12} {name}: {line}", "Note");
+        }
+    };
+    let artifacts = exec::prepare_sources(recipe, &plan, &cache, &hub, &log)?;
+    let mut out = String::new();
+    for name in plan.iter().filter(|n| recipe.source(n).is_some()) {
+        let src = recipe.source(name).expect("source");
+        out.push_str(&format!(
+            "{:>12} {name} = {} ({})\n",
+            "ready",
+            src.describe(),
+            artifacts[name].path.display()
+        ));
+    }
     Ok(out)
 }
 

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod fixtures;
 pub mod freshness;
 pub mod graph;
+pub mod hub;
 pub mod merge;
 pub mod recipe;
 pub mod report;
