@@ -54,7 +54,10 @@ fn hub_project(tuned_layers: usize) -> Hub {
         "org/base",
         &project.path("upstream/base"),
         &[],
-        &[("pytorch_model.bin", b"pickled weights nobody should fetch"), ("README.md", b"# base\n")],
+        &[
+            ("pytorch_model.bin", b"pickled weights nobody should fetch"),
+            ("README.md", b"# base\n"),
+        ],
     );
     let tuned_commit = server.add_repo("org/tuned", &project.path("upstream/tuned"), &["v1"], &[]);
     project.write("recipe.yaml", RECIPE);
@@ -121,9 +124,22 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
 
     // One revision call per source; nothing but configs, tokenizers and safetensors.
     let seen = paths(&hub.server.seen());
-    assert_eq!(hub.server.count("/api/models/org/base/revision/main"), 1, "{seen:?}");
-    assert_eq!(hub.server.count("/api/models/org/tuned/revision/v1"), 1, "{seen:?}");
-    assert!(!seen.iter().any(|p| p.ends_with(".bin") || p.ends_with("README.md")), "{seen:?}");
+    assert_eq!(
+        hub.server.count("/api/models/org/base/revision/main"),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!(
+        hub.server.count("/api/models/org/tuned/revision/v1"),
+        1,
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p.ends_with(".bin") || p.ends_with("README.md")),
+        "{seen:?}"
+    );
 
     // The lock pins commits, sizes and hashes, sorted.
     let lock = hub.lock();
@@ -132,7 +148,10 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
     assert_eq!(base["repo"], "org/base");
     assert_eq!(base["revision"], "main");
     assert_eq!(base["commit"], hub.base_commit.as_str());
-    assert_eq!(lock["sources"]["tuned"]["commit"], hub.tuned_commit.as_str());
+    assert_eq!(
+        lock["sources"]["tuned"]["commit"],
+        hub.tuned_commit.as_str()
+    );
     let shard = "model-00001-of-00002.safetensors";
     assert_eq!(
         base["files"][shard]["sha256"],
@@ -140,7 +159,9 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
     );
     let files: Vec<&String> = base["files"].as_object().unwrap().keys().collect();
     assert!(files.windows(2).all(|w| w[0] < w[1]));
-    assert!(!files.iter().any(|f| f.ends_with(".bin") || f.ends_with(".md")));
+    assert!(!files
+        .iter()
+        .any(|f| f.ends_with(".bin") || f.ends_with(".md")));
 
     // The standard Hub cache layout.
     let repo = hub.project.path("hf/models--org--base");
@@ -168,7 +189,11 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
     let (code, events, err) = hub.build(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(with_status(&events, "cached"), ["merged"]);
-    assert_eq!(hub.server.seen(), vec![], "a pinned, cached source needs no request");
+    assert_eq!(
+        hub.server.seen(),
+        vec![],
+        "a pinned, cached source needs no request"
+    );
 
     // --update-lock asks again (and finds the same commits: still cached).
     let (code, events, err) = hub.build(&["--update-lock"]);
@@ -198,7 +223,9 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // Pre-flight header reads, then the cut transfer, then the rest from byte 5000.
     let body: Vec<(u64, u64)> = served.into_iter().filter(|r| r.1 - r.0 > 4096).collect();
     assert_eq!(body, vec![(0, 5000), (5000, size)], "{err}");
-    let blob = hub.project.path(&format!("hf/models--org--base/blobs/{sha}"));
+    let blob = hub
+        .project
+        .path(&format!("hf/models--org--base/blobs/{sha}"));
     assert_eq!(
         std::fs::read(&blob).unwrap(),
         std::fs::read(hub.project.path("upstream/base").join(shard)).unwrap()
@@ -251,7 +278,11 @@ fn a_corrupted_byte_is_caught_by_sha256_and_fetched_again() {
         .count();
     assert_eq!(full, 2, "downloaded, rejected, downloaded again");
     assert_eq!(
-        std::fs::read(hub.project.path(&format!("hf/models--org--tuned/blobs/{sha}"))).unwrap(),
+        std::fs::read(
+            hub.project
+                .path(&format!("hf/models--org--tuned/blobs/{sha}"))
+        )
+        .unwrap(),
         std::fs::read(hub.project.path("upstream/tuned").join(shard)).unwrap()
     );
 }
@@ -262,8 +293,14 @@ fn offline_mode_names_what_is_missing_and_makes_no_request() {
     // Nothing pinned, nothing cached.
     let (code, _, err) = hub.build(&["--offline"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not pinned in") && err.contains("offline"), "{err}");
-    assert!(err.contains("hf://org/base@main") || err.contains("hf://org/tuned@v1"), "{err}");
+    assert!(
+        err.contains("not pinned in") && err.contains("offline"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hf://org/base@main") || err.contains("hf://org/tuned@v1"),
+        "{err}"
+    );
     assert_eq!(hub.server.seen(), vec![]);
 
     // Pinned and cached, then a shard goes missing from the Hub cache.
@@ -282,7 +319,13 @@ fn offline_mode_names_what_is_missing_and_makes_no_request() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("offline"), "{err}");
-    assert!(err.contains(&format!("base: hf://org/base@{}/{shard}", &hub.base_commit[..12])), "{err}");
+    assert!(
+        err.contains(&format!(
+            "base: hf://org/base@{}/{shard}",
+            &hub.base_commit[..12]
+        )),
+        "{err}"
+    );
     assert_eq!(hub.server.seen(), vec![]);
 
     // Online again, it fetches just that file.
@@ -309,9 +352,12 @@ fn preflight_fails_before_any_weight_byte_is_requested() {
         }
     }
     assert!(hub.server.count("config.json") >= 2);
-    assert!(!hub.project.path("hf/models--org--tuned/blobs").read_dir().unwrap().any(|e| {
-        e.unwrap().file_name().to_string_lossy().len() == 64
-    }));
+    assert!(!hub
+        .project
+        .path("hf/models--org--tuned/blobs")
+        .read_dir()
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().len() == 64 }));
 }
 
 #[test]
@@ -319,7 +365,10 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
     let hub = hub_project(2);
     let (code, out, err) = hub.run(&["plan", "recipe.yaml", "--offline"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("base = hf://org/base (to fetch: not pinned yet"), "{out}");
+    assert!(
+        out.contains("base = hf://org/base (to fetch: not pinned yet"),
+        "{out}"
+    );
     assert!(out.contains("tuned = hf://org/tuned@v1 (to fetch"), "{out}");
     assert_eq!(hub.server.seen(), vec![]);
 
@@ -335,7 +384,10 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
         .values()
         .map(|f| f["size"].as_u64().unwrap())
         .sum();
-    let files = hub.lock()["sources"]["base"]["files"].as_object().unwrap().len();
+    let files = hub.lock()["sources"]["base"]["files"]
+        .as_object()
+        .unwrap()
+        .len();
     let expected = format!(
         "to fetch: {files} of {files} files, {}",
         yibuild::hub::download::human_bytes(base_bytes)

@@ -90,7 +90,13 @@ impl HubServer {
 
     /// Serves the files of `dir` (plus `extra` files) as `repo`, reachable by
     /// `main` and the given extra refs; returns the commit sha.
-    pub fn add_repo(&self, repo: &str, dir: &Path, refs: &[&str], extra: &[(&str, &[u8])]) -> String {
+    pub fn add_repo(
+        &self,
+        repo: &str,
+        dir: &Path,
+        refs: &[&str],
+        extra: &[(&str, &[u8])],
+    ) -> String {
         let mut files = BTreeMap::new();
         let mut add = |path: String, bytes: Vec<u8>| {
             let lfs = path.ends_with(".safetensors") || path.ends_with(".bin");
@@ -145,27 +151,43 @@ impl HubServer {
 
     /// Requests whose path ends with `suffix`.
     pub fn count(&self, suffix: &str) -> usize {
-        self.seen().iter().filter(|s| s.path.ends_with(suffix)).count()
+        self.seen()
+            .iter()
+            .filter(|s| s.path.ends_with(suffix))
+            .count()
     }
 
     /// The next body of `path` stops after `after` bytes.
     pub fn cut_next(&self, path: &str, after: u64) {
-        self.state.lock().unwrap().cut.insert(path.to_owned(), after);
+        self.state
+            .lock()
+            .unwrap()
+            .cut
+            .insert(path.to_owned(), after);
     }
 
     /// The next body of `path` has the byte at file offset `at` flipped.
     pub fn corrupt_next(&self, path: &str, at: u64) {
-        self.state.lock().unwrap().corrupt.insert(path.to_owned(), at);
+        self.state
+            .lock()
+            .unwrap()
+            .corrupt
+            .insert(path.to_owned(), at);
     }
 
     /// The sha256 of `path` in `repo`.
     pub fn file_sha256(&self, repo: &str, path: &str) -> String {
-        self.state.lock().unwrap().repos[repo].files[path].sha256.clone()
+        self.state.lock().unwrap().repos[repo].files[path]
+            .sha256
+            .clone()
     }
 }
 
 fn respond(stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
-    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -178,7 +200,10 @@ fn not_found(stream: &mut TcpStream, code: &str) {
     respond(
         stream,
         "404 Not Found",
-        &[("X-Error-Code".into(), code.into()), ("X-Error-Message".into(), format!("{code} (test hub)"))],
+        &[
+            ("X-Error-Code".into(), code.into()),
+            ("X-Error-Message".into(), format!("{code} (test hub)")),
+        ],
         b"",
     );
 }
@@ -189,7 +214,11 @@ fn parse_range(h: Option<&String>, len: u64) -> (u64, u64) {
     };
     let (a, b) = v.split_once('-').unwrap();
     let start: u64 = a.parse().unwrap();
-    let end = if b.is_empty() { len } else { b.parse::<u64>().unwrap() + 1 };
+    let end = if b.is_empty() {
+        len
+    } else {
+        b.parse::<u64>().unwrap() + 1
+    };
     (start, end.min(len))
 }
 
@@ -242,13 +271,22 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
                 v
             })
             .collect();
-        let body = serde_json::json!({"id": repo, "sha": r.commit, "siblings": siblings}).to_string();
-        return respond(&mut stream, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
+        let body =
+            serde_json::json!({"id": repo, "sha": r.commit, "siblings": siblings}).to_string();
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type".into(), "application/json".into())],
+            body.as_bytes(),
+        );
     }
     // CDN for LFS objects.
     let (repo_name, file_path, file) = if parts.len() == 2 && parts[0] == "lfs" {
         let found = st.repos.iter().find_map(|(name, r)| {
-            r.files.iter().find(|(_, f)| f.sha256 == parts[1]).map(|(p, _)| (name.clone(), p.clone()))
+            r.files
+                .iter()
+                .find(|(_, f)| f.sha256 == parts[1])
+                .map(|(p, _)| (name.clone(), p.clone()))
         });
         let Some((name, p)) = found else {
             return not_found(&mut stream, "EntryNotFound");
@@ -256,7 +294,11 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         (name.clone(), p.clone(), &st.repos[&name].files[&p])
     } else if parts.len() >= 5 && parts[2] == "resolve" {
         let repo = format!("{}/{}", parts[0], parts[1]);
-        let rest = decoded.trim_start_matches('/').splitn(5, '/').nth(4).unwrap_or("");
+        let rest = decoded
+            .trim_start_matches('/')
+            .splitn(5, '/')
+            .nth(4)
+            .unwrap_or("");
         let Some(r) = st.repos.get(&repo) else {
             return not_found(&mut stream, "RepoNotFound");
         };
@@ -283,13 +325,22 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
     let (start, end) = parse_range(req_headers.get("range"), len);
     let mut body = file.bytes[start as usize..end as usize].to_vec();
     let commit = st.repos[&repo_name].commit.clone();
-    let etag = if file.lfs { file.sha256.clone() } else { file.blob_id.clone() };
+    let etag = if file.lfs {
+        file.sha256.clone()
+    } else {
+        file.blob_id.clone()
+    };
     // Faults apply to the first body they fit in (not to header reads).
     let cut = st.cut.get(&file_path).copied().filter(|c| end - start > *c);
     if cut.is_some() {
         st.cut.remove(&file_path);
     }
-    if let Some(at) = st.corrupt.get(&file_path).copied().filter(|a| (start..end).contains(a)) {
+    if let Some(at) = st
+        .corrupt
+        .get(&file_path)
+        .copied()
+        .filter(|a| (start..end).contains(a))
+    {
         st.corrupt.remove(&file_path);
         body[(at - start) as usize] ^= 0x5a;
     }
@@ -302,7 +353,10 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         ("Accept-Ranges".into(), "bytes".into()),
     ];
     let status = if req_headers.contains_key("range") {
-        headers.push(("Content-Range".into(), format!("bytes {start}-{}/{len}", end.saturating_sub(1))));
+        headers.push((
+            "Content-Range".into(),
+            format!("bytes {start}-{}/{len}", end.saturating_sub(1)),
+        ));
         "206 Partial Content"
     } else {
         "200 OK"
@@ -310,7 +364,10 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
     match cut {
         Some(c) => {
             // Promise the whole body, send part of it, hang up.
-            let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+                body.len()
+            );
             for (k, v) in &headers {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
