@@ -184,6 +184,14 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
         std::fs::read(hub.project.path("upstream/base").join(shard)).unwrap()
     );
 
+    // The sources' digests in the step key come from the lock entries.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(hub.project.path("cache/records/hubtest/merged.json")).unwrap(),
+    )
+    .unwrap();
+    let entry: yibuild::hub::LockEntry = serde_json::from_value(base.clone()).unwrap();
+    assert_eq!(record["inputs"]["inputs"]["base"], entry.digest().as_str());
+
     // A second build: no request at all, everything cached.
     hub.server.reset();
     let (code, events, err) = hub.build(&[]);
@@ -394,4 +402,71 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
     );
     assert!(out.contains(&expected), "{out}\nexpected {expected}");
     assert_eq!(hub.server.seen(), vec![]);
+}
+
+/// A configuration for library-level downloads from the test Hub.
+fn config(hub: &Hub, chunk_size: u64, connections: usize) -> yibuild::hub::HubConfig {
+    yibuild::hub::HubConfig {
+        endpoint: hub.server.endpoint.clone(),
+        token: None,
+        cache_dir: hub.project.path("hf"),
+        offline: false,
+        update_lock: false,
+        connections,
+        chunk_size,
+        progress: false,
+    }
+}
+
+#[test]
+fn parallel_chunks_are_written_in_place_and_a_cut_chunk_resumes_alone() {
+    use yibuild::hub::api::HubClient;
+    use yibuild::hub::download::{fetch_file, RemoteFile, Transfer};
+    use yibuild::hub::layout::RepoCache;
+
+    let hub = hub_project(2);
+    let cfg = config(&hub, 16 << 10, 4);
+    let client = HubClient::new(&cfg);
+    let remote = client.revision("org/tuned", "v1").unwrap();
+    assert_eq!(remote.commit, hub.tuned_commit);
+    let path = "model.safetensors";
+    let file = &remote.files[path];
+    let bytes = std::fs::read(hub.project.path("upstream/tuned").join(path)).unwrap();
+    assert_eq!(file.size, bytes.len() as u64);
+    // The first chunk served is cut after 1000 bytes; only its rest is asked for again.
+    hub.server.cut_next(path, 1000);
+    let total = std::sync::atomic::AtomicU64::new(0);
+    let linked = fetch_file(
+        &client,
+        &RepoCache::new(&cfg.cache_dir, "org/tuned"),
+        RemoteFile {
+            repo: "org/tuned",
+            commit: &remote.commit,
+            path,
+            file,
+        },
+        Transfer {
+            connections: cfg.connections,
+            chunk_size: cfg.chunk_size,
+        },
+        &|n| {
+            total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        },
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&linked).unwrap(), bytes);
+    assert_eq!(total.into_inner(), file.size, "every byte reported once");
+    let mut served: Vec<(u64, u64)> = hub
+        .server
+        .seen()
+        .iter()
+        .filter_map(|s| s.served)
+        .collect();
+    served.sort();
+    let chunks = bytes.len().div_ceil(16 << 10);
+    assert_eq!(served.len(), chunks + 1, "{served:?}");
+    let cut: Vec<_> = served.iter().filter(|r| r.1 - r.0 == 1000).collect();
+    assert_eq!(cut.len(), 1, "{served:?}");
+    let resumed = cut[0].0 + 1000;
+    assert!(served.iter().any(|r| r.0 == resumed), "{served:?}");
 }
