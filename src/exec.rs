@@ -170,6 +170,57 @@ pub fn prepare_sources(
     Ok(artifacts)
 }
 
+/// Pinned Hub sources whose every consumer in `plan` is already cached: they
+/// are not downloaded (a CI runner with the yibuild cache but an empty Hub
+/// cache fetches nothing). Their artifacts carry the lock digest and the
+/// snapshot path, which no step will read.
+fn hub_sources_not_needed(
+    recipe: &Recipe,
+    graph: &BuildGraph,
+    plan: &[String],
+    cache: &Cache,
+    hub: &HubConfig,
+) -> BTreeMap<String, Artifact> {
+    let mut out = BTreeMap::new();
+    if hub.update_lock
+        || !plan
+            .iter()
+            .any(|n| recipe.source(n).is_some_and(|s| s.hub_repo().is_some()))
+    {
+        return out;
+    }
+    let states = crate::freshness::analyze(recipe, plan, cache);
+    let fresh: BTreeSet<&str> = states
+        .iter()
+        .filter(|(_, s)| matches!(s, crate::freshness::State::Fresh { .. }))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for name in plan {
+        if recipe.source(name).and_then(|s| s.hub_repo()).is_none() {
+            continue;
+        }
+        let consumers_fresh = plan
+            .iter()
+            .filter(|s| recipe.step(s).is_some() && graph.inputs(s).contains(name))
+            .all(|s| fresh.contains(s.as_str()));
+        if !consumers_fresh {
+            continue;
+        }
+        if let Ok(crate::hub::HubSourceState::Pinned(p)) =
+            crate::hub::pin_offline(recipe, name, hub)
+        {
+            out.insert(
+                name.clone(),
+                Artifact {
+                    path: p.snapshot(),
+                    digest: p.entry.digest(),
+                },
+            );
+        }
+    }
+    out
+}
+
 /// The key components of `step` given its inputs' artifacts.
 pub fn key_inputs(step: &StepDef, artifacts: &BTreeMap<String, Artifact>) -> Option<KeyInputs> {
     let mut inputs = BTreeMap::new();
@@ -198,9 +249,16 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
     let hub = HubConfig::from_env(opts.hub);
-    let mut artifacts = prepare_sources(recipe, &plan, &cache, &hub, &|name, line| {
+    let skipped = hub_sources_not_needed(recipe, &graph, &plan, &cache, &hub);
+    let to_prepare: Vec<String> = plan
+        .iter()
+        .filter(|n| !skipped.contains_key(*n))
+        .cloned()
+        .collect();
+    let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &|name, line| {
         reporter.note(name, line)
     })?;
+    artifacts.extend(skipped);
     let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
 

@@ -203,6 +203,14 @@ fn resolves_locks_downloads_into_the_hub_cache_then_makes_no_requests() {
         "a pinned, cached source needs no request"
     );
 
+    // With the Hub cache gone, cached steps still need nothing from the Hub.
+    std::fs::rename(hub.project.path("hf"), hub.project.path("hf-away")).unwrap();
+    let (code, events, err) = hub.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "cached"), ["merged"]);
+    assert_eq!(hub.server.seen(), vec![]);
+    std::fs::rename(hub.project.path("hf-away"), hub.project.path("hf")).unwrap();
+
     // --update-lock asks again (and finds the same commits: still cached).
     let (code, events, err) = hub.build(&["--update-lock"]);
     assert_eq!(code, 0, "{err}");
@@ -456,12 +464,7 @@ fn parallel_chunks_are_written_in_place_and_a_cut_chunk_resumes_alone() {
     .unwrap();
     assert_eq!(std::fs::read(&linked).unwrap(), bytes);
     assert_eq!(total.into_inner(), file.size, "every byte reported once");
-    let mut served: Vec<(u64, u64)> = hub
-        .server
-        .seen()
-        .iter()
-        .filter_map(|s| s.served)
-        .collect();
+    let mut served: Vec<(u64, u64)> = hub.server.seen().iter().filter_map(|s| s.served).collect();
     served.sort();
     let chunks = bytes.len().div_ceil(16 << 10);
     assert_eq!(served.len(), chunks + 1, "{served:?}");
