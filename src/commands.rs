@@ -9,9 +9,10 @@ use crate::cache::Cache;
 use crate::exec::{self, BuildOptions};
 use crate::freshness::{self, State};
 use crate::graph::BuildGraph;
+use crate::hub::api::HubClient;
 use crate::hub::download::human_bytes;
 use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
-use crate::recipe::Recipe;
+use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
 
 /// Builds the targets and reports through JSON or human output.
@@ -42,8 +43,17 @@ fn plan_states(
     Ok(freshness::analyze(recipe, &plan, &cache))
 }
 
-/// `yibuild plan`: what would run and why, without running it.
-pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -> Result<String> {
+/// `yibuild plan`: what would run and why, without running it. Hub sources
+/// show what is left to download; an unpinned one is looked up on the Hub
+/// (one request, nothing written) unless `hub.offline`.
+pub fn plan(
+    recipe: &Recipe,
+    cache_dir: &Path,
+    targets: &[String],
+    json: bool,
+    hub: HubOptions,
+) -> Result<String> {
+    let hub = HubConfig::from_env(hub);
     let graph = BuildGraph::new(recipe);
     let selected = exec::select_targets(recipe, &graph, targets)?;
     let order = graph.plan(recipe, &selected);
@@ -67,7 +77,7 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
     for name in order.iter().filter(|n| recipe.source(n).is_some()) {
         let src = recipe.source(name).expect("source");
         let avail = if src.hub_repo().is_some() {
-            hub_availability(recipe, name)
+            hub_availability(recipe, name, &hub)
         } else {
             match src.locate() {
                 Ok(_) => "present".to_owned(),
@@ -102,11 +112,10 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
     Ok(out)
 }
 
-/// What `plan` says about a Hub source, without the network: "present", or
-/// "to fetch" with the bytes the lock (or the Hub cache) knows of.
-fn hub_availability(recipe: &Recipe, name: &str) -> String {
-    let config = HubConfig::from_env(HubOptions::default());
-    match pin_offline(recipe, name, &config) {
+/// What `plan` says about a Hub source: "present", or "to fetch" with the
+/// bytes the lock (or the Hub cache, or else the Hub) knows of.
+fn hub_availability(recipe: &Recipe, name: &str, hub: &HubConfig) -> String {
+    match pin_offline(recipe, name, hub) {
         Ok(HubSourceState::Pinned(p)) => {
             let missing = p.missing();
             if missing.is_empty() {
@@ -121,7 +130,31 @@ fn hub_availability(recipe: &Recipe, name: &str) -> String {
                 )
             }
         }
-        Ok(HubSourceState::Unresolved) => "to fetch: not pinned yet, size unknown".to_owned(),
+        Ok(HubSourceState::Unresolved) if hub.offline => {
+            "to fetch: not pinned yet, size unknown".to_owned()
+        }
+        Ok(HubSourceState::Unresolved) => {
+            let Some(SourceSpec::Hub { repo, revision }) = recipe.source(name).map(|s| &s.spec)
+            else {
+                unreachable!("pin_offline answers for Hub sources only");
+            };
+            match HubClient::new(hub).revision(repo, revision) {
+                Ok(remote) => {
+                    let needed: Vec<_> = remote
+                        .files
+                        .iter()
+                        .filter(|(p, _)| crate::hub::select::needed(p))
+                        .collect();
+                    format!(
+                        "to fetch: {} files, {}, commit {}, not locked yet",
+                        needed.len(),
+                        human_bytes(needed.iter().map(|(_, f)| f.size).sum()),
+                        &remote.commit[..12]
+                    )
+                }
+                Err(e) => format!("to fetch: size unknown ({e:#})"),
+            }
+        }
         Err(e) => format!("to fetch: {e:#}"),
     }
 }

@@ -180,12 +180,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     };
     match cli.command {
-        Some(Command::Plan { recipe, steps }) => print(commands::plan(
-            &load(&recipe)?,
-            &c.cache_dir,
-            &steps,
-            c.json,
-        )?),
+        Some(Command::Plan { recipe, steps }) => {
+            let hub = c.build_options(Vec::new()).hub;
+            print(commands::plan(
+                &load(&recipe)?,
+                &c.cache_dir,
+                &steps,
+                c.json,
+                hub,
+            )?)
+        }
         Some(Command::Fetch { recipe, steps }) => {
             let opts = c.build_options(steps);
             print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)

@@ -388,6 +388,30 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
     assert!(out.contains("tuned = hf://org/tuned@v1 (to fetch"), "{out}");
     assert_eq!(hub.server.seen(), vec![]);
 
+    // Online, an unpinned source is looked up (one request each), nothing written.
+    let (code, out, _) = hub.run(&["plan", "recipe.yaml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(", commit {}, not locked yet)", &hub.base_commit[..12])),
+        "{out}"
+    );
+    assert_eq!(hub.server.count("/revision/main"), 1);
+    assert_eq!(hub.server.seen().len(), 2);
+    assert!(!hub.project.path("yibuild.lock").exists());
+
+    // An unreachable Hub: still a plan, with the sources to fetch.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = hub
+        .cmd(&["plan", "recipe.yaml"])
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text.matches("(to fetch: size unknown").count(), 2, "{text}");
+
     // With a lock but an empty Hub cache, the plan knows the sizes.
     assert_eq!(hub.run(&["fetch", "recipe.yaml"]).0, 0);
     std::fs::remove_dir_all(hub.project.path("hf")).unwrap();
