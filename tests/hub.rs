@@ -392,7 +392,10 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
     let (code, out, _) = hub.run(&["plan", "recipe.yaml"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains(&format!(", commit {}, not locked yet)", &hub.base_commit[..12])),
+        out.contains(&format!(
+            ", commit {}, not locked yet)",
+            &hub.base_commit[..12]
+        )),
         "{out}"
     );
     assert_eq!(hub.server.count("/revision/main"), 1);
@@ -496,4 +499,32 @@ fn parallel_chunks_are_written_in_place_and_a_cut_chunk_resumes_alone() {
     assert_eq!(cut.len(), 1, "{served:?}");
     let resumed = cut[0].0 + 1000;
     assert!(served.iter().any(|r| r.0 == resumed), "{served:?}");
+}
+
+#[test]
+fn gated_repositories_need_hf_token_which_is_never_printed() {
+    let hub = hub_project(2);
+    let token = "hf_secret_test_token_123";
+    hub.server.gate("org/tuned", token);
+    let (code, _, err) = hub.build(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hf://org/tuned@v1") && err.contains("gated") && err.contains("HF_TOKEN"),
+        "{err}"
+    );
+    let out = hub
+        .cmd(&["-v", "recipe.yaml"])
+        .env("HF_TOKEN", token)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains(token), "{all}");
+    assert!(!std::fs::read_to_string(hub.project.path("yibuild.lock"))
+        .unwrap()
+        .contains(token));
 }

@@ -47,6 +47,8 @@ struct State {
     cut: BTreeMap<String, u64>,
     /// Flip a byte in the next body of this file.
     corrupt: BTreeMap<String, u64>,
+    /// Gated repositories and the token they accept.
+    tokens: BTreeMap<String, String>,
 }
 
 /// The running server.
@@ -137,6 +139,15 @@ impl HubServer {
             },
         );
         commit
+    }
+
+    /// Makes `repo` gated: only `Authorization: Bearer {token}` may read it.
+    pub fn gate(&self, repo: &str, token: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(repo.to_owned(), token.to_owned());
     }
 
     /// Every request so far.
@@ -250,6 +261,20 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         served: None,
     });
     let parts: Vec<&str> = decoded.trim_start_matches('/').splitn(6, '/').collect();
+    let repo_of = if parts.first() == Some(&"api") { 2 } else { 0 };
+    if parts.len() > repo_of + 1 {
+        let repo = format!("{}/{}", parts[repo_of], parts[repo_of + 1]);
+        if let Some(token) = st.tokens.get(&repo) {
+            if req_headers.get("authorization") != Some(&format!("Bearer {token}")) {
+                return respond(
+                    &mut stream,
+                    "401 Unauthorized",
+                    &[("X-Error-Code".into(), "GatedRepo".into())],
+                    b"",
+                );
+            }
+        }
+    }
     // Revision API.
     if parts.len() >= 6 && parts[0] == "api" && parts[1] == "models" && parts[4] == "revision" {
         let repo = format!("{}/{}", parts[2], parts[3]);
