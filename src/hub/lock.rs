@@ -69,11 +69,6 @@ impl LockEntry {
             .to_string()
     }
 
-    /// Total bytes of the locked files.
-    pub fn total_size(&self) -> u64 {
-        self.files.values().map(|f| f.size).sum()
-    }
-
     /// Whether this entry pins `repo@revision`.
     pub fn pins(&self, repo: &str, revision: &str) -> bool {
         self.repo == repo && self.revision == revision

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -230,7 +229,7 @@ impl<'a> HubFetch<'a> {
                             "hf://{repo}@{revision} has no config.json; is it a model repository?"
                         );
                     }
-                    fetch.fetch_small_of(&pinned, log)?;
+                    fetch.fetch_small_of(name, &pinned, log)?;
                     let snapshot = pinned.snapshot();
                     narrow_to_index(&mut pinned.entry, &snapshot)?;
                     changed = true;
@@ -304,11 +303,11 @@ impl<'a> HubFetch<'a> {
         }
     }
 
-    fn fetch_small_of(&self, pinned: &Pinned, log: &dyn Fn(&str, &str)) -> Result<()> {
+    fn fetch_small_of(&self, name: &str, pinned: &Pinned, log: &dyn Fn(&str, &str)) -> Result<()> {
         let client = self.client.as_ref().expect("online");
         for (path, file) in pinned.missing() {
             if select::is_small(path) {
-                log(&pinned.entry.repo, &format!("fetching {path}"));
+                log(name, &format!("fetching {path}"));
                 download::fetch_file(
                     client,
                     &pinned.cache,
@@ -324,9 +323,9 @@ impl<'a> HubFetch<'a> {
     /// Downloads the small files (configs, tokenizers, index) of every source.
     pub fn fetch_small(&self, log: &dyn Fn(&str, &str)) -> Result<()> {
         self.require_online(true)?;
-        for pinned in self.sources.values() {
+        for (name, pinned) in &self.sources {
             if self.client.is_some() {
-                self.fetch_small_of(pinned, log)?;
+                self.fetch_small_of(name, pinned, log)?;
             }
         }
         Ok(())
@@ -337,6 +336,7 @@ impl<'a> HubFetch<'a> {
     /// with links to the small files and, for each missing shard, a sparse
     /// file of the right size that starts with the shard's real header.
     pub fn preflight_views(&self, tmp: &Path) -> Result<BTreeMap<String, PathBuf>> {
+        self.require_online(false)?;
         let mut views = BTreeMap::new();
         for (name, pinned) in &self.sources {
             let missing = pinned.missing();
@@ -344,11 +344,7 @@ impl<'a> HubFetch<'a> {
                 views.insert(name.clone(), pinned.snapshot());
                 continue;
             }
-            let Some(client) = &self.client else {
-                // Offline with shards missing: fail later, naming them.
-                self.require_online(false)?;
-                unreachable!("require_online fails when files are missing offline");
-            };
+            let client = self.client.as_ref().expect("online when files are missing");
             let view = tmp.join(name);
             std::fs::create_dir_all(&view)?;
             for (path, file) in &pinned.entry.files {
@@ -398,7 +394,6 @@ impl<'a> HubFetch<'a> {
             )
             .expect("valid template"),
         );
-        let done = AtomicU64::new(0);
         for (name, pinned) in &self.sources {
             for (path, file) in pinned.missing() {
                 log(
@@ -406,11 +401,8 @@ impl<'a> HubFetch<'a> {
                     &format!("downloading {path} ({})", human_bytes(file.size)),
                 );
                 bar.set_message(name.clone());
-                let before = done.load(Ordering::Relaxed);
-                let progress = |n: u64| {
-                    done.fetch_add(n, Ordering::Relaxed);
-                    bar.inc(n);
-                };
+                let start = bar.position();
+                let progress = |n: u64| bar.inc(n);
                 download::fetch_file(
                     client,
                     &pinned.cache,
@@ -418,12 +410,8 @@ impl<'a> HubFetch<'a> {
                     self.transfer(),
                     &progress,
                 )?;
-                // Resumed bytes are reported once; keep the bar on the file's size.
-                let counted = done.load(Ordering::Relaxed) - before;
-                if counted != file.size {
-                    bar.set_position(bar.position() + file.size - counted.min(file.size));
-                    done.store(before + file.size, Ordering::Relaxed);
-                }
+                // Retried or resumed bytes may be reported twice; the file counts once.
+                bar.set_position(start + file.size);
             }
         }
         bar.finish_and_clear();
