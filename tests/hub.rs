@@ -528,3 +528,38 @@ fn gated_repositories_need_hf_token_which_is_never_printed() {
         .unwrap()
         .contains(token));
 }
+
+#[test]
+fn the_lock_holds_a_moved_branch_until_update_lock() {
+    let hub = hub_project(2);
+    assert_eq!(hub.build(&[]).0, 0);
+    // `main` of org/base moves to a new commit upstream.
+    TinyLlama {
+        shards: 2,
+        seed: 99,
+        ..Default::default()
+    }
+    .write(&hub.project.path("upstream/base2"))
+    .unwrap();
+    let moved = hub
+        .server
+        .add_repo("org/base", &hub.project.path("upstream/base2"), &[], &[]);
+    assert_ne!(moved, hub.base_commit);
+    hub.server.reset();
+    let (code, events, err) = hub.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "cached"), ["merged"]);
+    assert_eq!(hub.server.seen(), vec![], "the lock pins the old commit");
+
+    let (code, events, err) = hub.build(&["--update-lock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "built"), ["merged"]);
+    assert_eq!(hub.lock()["sources"]["base"]["commit"], moved.as_str());
+    assert_eq!(
+        hub.lock()["sources"]["tuned"]["commit"],
+        hub.tuned_commit.as_str()
+    );
+    let (code, out, _) = hub.run(&["explain", "recipe.yaml", "merged"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("is fresh"), "{out}");
+}
