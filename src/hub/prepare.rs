@@ -396,10 +396,12 @@ impl<'a> HubFetch<'a> {
         );
         for (name, pinned) in &self.sources {
             for (path, file) in pinned.missing() {
-                log(
-                    name,
-                    &format!("downloading {path} ({})", human_bytes(file.size)),
-                );
+                let size = human_bytes(file.size);
+                if self.config.progress && bar.is_hidden() {
+                    // No terminal for a bar (CI logs): one plain line per file.
+                    eprintln!("{:>12} {name}: {path} ({size})", "Downloading");
+                }
+                log(name, &format!("downloading {path} ({size})"));
                 bar.set_message(name.clone());
                 let start = bar.position();
                 let progress = |n: u64| bar.inc(n);
