@@ -173,27 +173,27 @@ pub fn prepare_sources(
 /// Pinned Hub sources whose every consumer in `plan` is already cached: they
 /// are not downloaded (a CI runner with the yibuild cache but an empty Hub
 /// cache fetches nothing). Their artifacts carry the lock digest and the
-/// snapshot path, which no step will read.
+/// snapshot path, which no step will read. Also returns the steps found
+/// cached, which need no pre-flight check. Both are empty for recipes
+/// without Hub sources.
 fn hub_sources_not_needed(
     recipe: &Recipe,
     graph: &BuildGraph,
     plan: &[String],
     cache: &Cache,
     hub: &HubConfig,
-) -> BTreeMap<String, Artifact> {
+) -> (BTreeMap<String, Artifact>, BTreeSet<String>) {
     let mut out = BTreeMap::new();
-    if hub.update_lock
-        || !plan
-            .iter()
-            .any(|n| recipe.source(n).is_some_and(|s| s.hub_repo().is_some()))
-    {
-        return out;
-    }
-    let states = crate::freshness::analyze(recipe, plan, cache);
-    let fresh: BTreeSet<&str> = states
+    let has_hub = plan
         .iter()
+        .any(|n| recipe.source(n).is_some_and(|s| s.hub_repo().is_some()));
+    if hub.update_lock || !has_hub {
+        return (out, BTreeSet::new());
+    }
+    let fresh: BTreeSet<String> = crate::freshness::analyze(recipe, plan, cache)
+        .into_iter()
         .filter(|(_, s)| matches!(s, crate::freshness::State::Fresh { .. }))
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n)
         .collect();
     for name in plan {
         if recipe.source(name).and_then(|s| s.hub_repo()).is_none() {
@@ -202,7 +202,7 @@ fn hub_sources_not_needed(
         let consumers_fresh = plan
             .iter()
             .filter(|s| recipe.step(s).is_some() && graph.inputs(s).contains(name))
-            .all(|s| fresh.contains(s.as_str()));
+            .all(|s| fresh.contains(s));
         if !consumers_fresh {
             continue;
         }
@@ -218,7 +218,7 @@ fn hub_sources_not_needed(
             );
         }
     }
-    out
+    (out, fresh)
 }
 
 /// The key components of `step` given its inputs' artifacts.
@@ -249,10 +249,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
     let hub = HubConfig::from_env(opts.hub);
-    let skipped = hub_sources_not_needed(recipe, &graph, &plan, &cache, &hub);
+    let (skipped, fresh) = hub_sources_not_needed(recipe, &graph, &plan, &cache, &hub);
     let to_prepare: Vec<String> = plan
         .iter()
-        .filter(|n| !skipped.contains_key(*n))
+        .filter(|n| !skipped.contains_key(*n) && !fresh.contains(*n))
         .cloned()
         .collect();
     let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &|name, line| {
