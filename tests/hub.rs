@@ -563,3 +563,32 @@ fn the_lock_holds_a_moved_branch_until_update_lock() {
     assert_eq!(code, 0);
     assert!(out.contains("is fresh"), "{out}");
 }
+
+#[test]
+fn steps_over_a_hub_snapshot_get_real_files_not_its_symlinks() {
+    let hub = hub_project(2);
+    hub.project.write(
+        "recipe.yaml",
+        r#"
+yibuild: 1
+name: hubtest
+sources:
+  base: hf://org/base
+steps:
+  patched:
+    patch_config:
+      model: base
+      set: {max_position_embeddings: 4096}
+"#,
+    );
+    let (code, _, err) = hub.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let shard = "model-00001-of-00002.safetensors";
+    let out = hub.project.path("build/hubtest/patched").join(shard);
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.file_type().is_file(), "{out:?} is a symlink");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(hub.project.path("upstream/base").join(shard)).unwrap()
+    );
+}
