@@ -9,7 +9,10 @@ use crate::cache::Cache;
 use crate::exec::{self, BuildOptions};
 use crate::freshness::{self, State};
 use crate::graph::BuildGraph;
-use crate::recipe::Recipe;
+use crate::hub::api::HubClient;
+use crate::hub::download::human_bytes;
+use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
+use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
 
 /// Builds the targets and reports through JSON or human output.
@@ -40,8 +43,17 @@ fn plan_states(
     Ok(freshness::analyze(recipe, &plan, &cache))
 }
 
-/// `yibuild plan`: what would run and why, without running it.
-pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -> Result<String> {
+/// `yibuild plan`: what would run and why, without running it. Hub sources
+/// show what is left to download; an unpinned one is looked up on the Hub
+/// (one request, nothing written) unless `hub.offline`.
+pub fn plan(
+    recipe: &Recipe,
+    cache_dir: &Path,
+    targets: &[String],
+    json: bool,
+    hub: HubOptions,
+) -> Result<String> {
+    let hub = HubConfig::from_env(hub);
     let graph = BuildGraph::new(recipe);
     let selected = exec::select_targets(recipe, &graph, targets)?;
     let order = graph.plan(recipe, &selected);
@@ -64,10 +76,13 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
     }
     for name in order.iter().filter(|n| recipe.source(n).is_some()) {
         let src = recipe.source(name).expect("source");
-        let avail = match src.locate() {
-            Ok(_) => "present".to_owned(),
-            Err(crate::recipe::source::Unavailable::NotFetched { .. }) => "to fetch".to_owned(),
-            Err(e) => format!("MISSING: {e}"),
+        let avail = if src.hub_repo().is_some() {
+            hub_availability(recipe, name, &hub)
+        } else {
+            match src.locate() {
+                Ok(_) => "present".to_owned(),
+                Err(e) => format!("MISSING: {e}"),
+            }
         };
         out.push_str(&format!(
             "{:>12} {name} = {} ({avail})\n",
@@ -94,6 +109,82 @@ pub fn plan(recipe: &Recipe, cache_dir: &Path, targets: &[String], json: bool) -
         }
     }
     out.push_str(&format!("{build} to build, {fresh} cached\n"));
+    Ok(out)
+}
+
+/// What `plan` says about a Hub source: "present", or "to fetch" with the
+/// bytes the lock (or the Hub cache, or else the Hub) knows of.
+fn hub_availability(recipe: &Recipe, name: &str, hub: &HubConfig) -> String {
+    match pin_offline(recipe, name, hub) {
+        Ok(HubSourceState::Pinned(p)) => {
+            let missing = p.missing();
+            if missing.is_empty() {
+                format!("present, commit {}", &p.entry.commit[..12])
+            } else {
+                format!(
+                    "to fetch: {} of {} files, {}, commit {}",
+                    missing.len(),
+                    p.entry.files.len(),
+                    human_bytes(p.missing_bytes()),
+                    &p.entry.commit[..12]
+                )
+            }
+        }
+        Ok(HubSourceState::Unresolved) if hub.offline => {
+            "to fetch: not pinned yet, size unknown".to_owned()
+        }
+        Ok(HubSourceState::Unresolved) => {
+            let Some(SourceSpec::Hub { repo, revision }) = recipe.source(name).map(|s| &s.spec)
+            else {
+                unreachable!("pin_offline answers for Hub sources only");
+            };
+            match HubClient::new(hub).revision(repo, revision) {
+                Ok(remote) => {
+                    let needed: Vec<_> = remote
+                        .files
+                        .iter()
+                        .filter(|(p, _)| crate::hub::select::needed(p))
+                        .collect();
+                    format!(
+                        "to fetch: {} files, {}, commit {}, not locked yet",
+                        needed.len(),
+                        human_bytes(needed.iter().map(|(_, f)| f.size).sum()),
+                        &remote.commit[..12]
+                    )
+                }
+                Err(e) => format!("to fetch: size unknown ({e:#})"),
+            }
+        }
+        Err(e) => format!("to fetch: {e:#}"),
+    }
+}
+
+/// `yibuild fetch`: pins and downloads the Hub sources the targets need, with
+/// the pre-flight checks, without building anything.
+pub fn fetch(recipe: &Recipe, opts: &BuildOptions, verbose: bool) -> Result<String> {
+    let graph = BuildGraph::new(recipe);
+    let targets = exec::select_targets(recipe, &graph, &opts.targets)?;
+    let plan = graph.plan(recipe, &targets);
+    let cache = Cache::open_locked(&opts.cache_dir, &|| {
+        eprintln!("    Blocking waiting for the cache lock")
+    })?;
+    let hub = HubConfig::from_env(opts.hub);
+    let log = |name: &str, line: &str| {
+        if verbose {
+            eprintln!("{:>12} {name}: {line}", "Note");
+        }
+    };
+    let artifacts = exec::prepare_sources(recipe, &plan, &cache, &hub, &log)?;
+    let mut out = String::new();
+    for name in plan.iter().filter(|n| recipe.source(n).is_some()) {
+        let src = recipe.source(name).expect("source");
+        out.push_str(&format!(
+            "{:>12} {name} = {} ({})\n",
+            "ready",
+            src.describe(),
+            artifacts[name].path.display()
+        ));
+    }
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
 use crate::graph::BuildGraph;
+use crate::hub::{HubConfig, HubFetch, HubOptions};
 use crate::recipe::{suggest, Recipe, StepDef};
 use crate::report::{Reporter, StepStatus, Summary};
 use crate::steps::{Artifact, Device, StepContext};
@@ -39,6 +40,8 @@ pub struct BuildOptions {
     pub device: Device,
     /// Steps to build (with their dependencies); empty means the defaults.
     pub targets: Vec<String>,
+    /// `--offline`, `--update-lock` and progress bars for Hub sources.
+    pub hub: HubOptions,
 }
 
 /// An error in what the user asked for (unknown target, missing source, a
@@ -97,29 +100,49 @@ fn source_inputs(step: &StepDef, sources: &BTreeMap<String, PathBuf>) -> BTreeMa
         .collect()
 }
 
-/// Locates and hashes the sources among `plan`, and runs every planned step's
-/// pre-flight check. Errors here are [`InputError`]s.
+/// Makes the sources among `plan` available and runs every planned step's
+/// pre-flight check, in the order that keeps mistakes cheap: local sources are
+/// located, Hub sources pinned (`yibuild.lock`) and their small files and
+/// safetensors headers fetched, the pre-flight checks run, and only then are
+/// Hub weights downloaded. Local sources are hashed (memoized); a Hub source's
+/// digest comes from its lock entry. Errors about the inputs are [`InputError`]s.
 pub fn prepare_sources(
     recipe: &Recipe,
     plan: &[String],
     cache: &Cache,
+    hub: &HubConfig,
+    log: &dyn Fn(&str, &str),
 ) -> Result<BTreeMap<String, Artifact>> {
     let mut paths = BTreeMap::new();
     for name in plan {
-        if let Some(src) = recipe.source(name) {
+        if let Some(src) = recipe.source(name).filter(|s| s.hub_repo().is_none()) {
             let path = src
                 .locate()
                 .map_err(|e| InputError(format!("source `{name}`: {e}")))?;
             paths.insert(name.clone(), path);
         }
     }
-    for name in plan {
-        if let Some(step) = recipe.step(name) {
-            step.step
-                .preflight(&source_inputs(step, &paths))
-                .map_err(|e| InputError(format!("step `{name}`: {e:#}")))?;
+    let fetch =
+        HubFetch::resolve(recipe, plan, hub, log).map_err(|e| InputError(format!("{e:#}")))?;
+    let tmp = cache.temp_dir("preflight")?;
+    let views = fetch
+        .preflight_views(&tmp)
+        .map_err(|e| InputError(format!("{e:#}")));
+    let checked = views.and_then(|views| {
+        let mut all = paths.clone();
+        all.extend(views);
+        for name in plan {
+            if let Some(step) = recipe.step(name) {
+                step.step
+                    .preflight(&source_inputs(step, &all))
+                    .map_err(|e| InputError(format!("step `{name}`: {e:#}")))?;
+            }
         }
-    }
+        Ok(())
+    });
+    std::fs::remove_dir_all(&tmp).ok();
+    checked?;
+    fetch.fetch_weights(log)?;
     let mut artifacts = BTreeMap::new();
     for (name, path) in paths {
         let manifest = cache
@@ -134,8 +157,68 @@ pub fn prepare_sources(
             },
         );
     }
+    for (name, pinned) in &fetch.sources {
+        artifacts.insert(
+            name.clone(),
+            Artifact {
+                path: pinned.snapshot(),
+                digest: pinned.entry.digest(),
+            },
+        );
+    }
     cache.memo().save()?;
     Ok(artifacts)
+}
+
+/// Pinned Hub sources whose every consumer in `plan` is already cached: they
+/// are not downloaded (a CI runner with the yibuild cache but an empty Hub
+/// cache fetches nothing). Their artifacts carry the lock digest and the
+/// snapshot path, which no step will read. Also returns the steps found
+/// cached, which need no pre-flight check. Both are empty for recipes
+/// without Hub sources.
+fn hub_sources_not_needed(
+    recipe: &Recipe,
+    graph: &BuildGraph,
+    plan: &[String],
+    cache: &Cache,
+    hub: &HubConfig,
+) -> (BTreeMap<String, Artifact>, BTreeSet<String>) {
+    let mut out = BTreeMap::new();
+    let has_hub = plan
+        .iter()
+        .any(|n| recipe.source(n).is_some_and(|s| s.hub_repo().is_some()));
+    if hub.update_lock || !has_hub {
+        return (out, BTreeSet::new());
+    }
+    let fresh: BTreeSet<String> = crate::freshness::analyze(recipe, plan, cache)
+        .into_iter()
+        .filter(|(_, s)| matches!(s, crate::freshness::State::Fresh { .. }))
+        .map(|(n, _)| n)
+        .collect();
+    for name in plan {
+        if recipe.source(name).and_then(|s| s.hub_repo()).is_none() {
+            continue;
+        }
+        let consumers_fresh = plan
+            .iter()
+            .filter(|s| recipe.step(s).is_some() && graph.inputs(s).contains(name))
+            .all(|s| fresh.contains(s));
+        if !consumers_fresh {
+            continue;
+        }
+        if let Ok(crate::hub::HubSourceState::Pinned(p)) =
+            crate::hub::pin_offline(recipe, name, hub)
+        {
+            out.insert(
+                name.clone(),
+                Artifact {
+                    path: p.snapshot(),
+                    digest: p.entry.digest(),
+                },
+            );
+        }
+    }
+    (out, fresh)
 }
 
 /// The key components of `step` given its inputs' artifacts.
@@ -165,7 +248,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let targets = select_targets(recipe, &graph, &opts.targets)?;
     let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
-    let mut artifacts = prepare_sources(recipe, &plan, &cache)?;
+    let hub = HubConfig::from_env(opts.hub);
+    let (skipped, fresh) = hub_sources_not_needed(recipe, &graph, &plan, &cache, &hub);
+    let to_prepare: Vec<String> = plan
+        .iter()
+        .filter(|n| !skipped.contains_key(*n) && !fresh.contains(*n))
+        .cloned()
+        .collect();
+    let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &|name, line| {
+        reporter.note(name, line)
+    })?;
+    artifacts.extend(skipped);
     let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
 

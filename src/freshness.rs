@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 use crate::cache::{Cache, KeyInputs};
 use crate::exec::key_inputs;
 use crate::graph::BuildGraph;
+use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
 use crate::recipe::Recipe;
 use crate::steps::Artifact;
 
@@ -38,6 +39,17 @@ pub fn analyze(recipe: &Recipe, plan: &[String], cache: &Cache) -> Vec<(String, 
     let mut missing: BTreeMap<String, String> = BTreeMap::new();
     for name in plan {
         if let Some(src) = recipe.source(name) {
+            if src.hub_repo().is_some() {
+                match hub_artifact(recipe, name) {
+                    Ok(a) => {
+                        artifacts.insert(name.clone(), a);
+                    }
+                    Err(why) => {
+                        missing.insert(name.clone(), format!("source `{name}` {why}"));
+                    }
+                }
+                continue;
+            }
             match src.locate() {
                 Ok(path) => match cache.memo().manifest(&path) {
                     Ok(m) => {
@@ -120,6 +132,24 @@ pub fn analyze(recipe: &Recipe, plan: &[String], cache: &Cache) -> Vec<(String, 
         out.push((name.clone(), state));
     }
     out
+}
+
+/// A Hub source's artifact without the network: its digest comes from the
+/// lock entry (or the Hub cache), so steps' keys are known before any
+/// download.
+fn hub_artifact(recipe: &Recipe, name: &str) -> Result<Artifact, String> {
+    let config = HubConfig::from_env(HubOptions::default());
+    match pin_offline(recipe, name, &config) {
+        Ok(HubSourceState::Pinned(p)) => Ok(Artifact {
+            path: p.snapshot(),
+            digest: p.entry.digest(),
+        }),
+        Ok(HubSourceState::Unresolved) => Err(
+            "is not pinned yet (not in yibuild.lock nor the Hub cache); `yibuild fetch` pins it"
+                .to_owned(),
+        ),
+        Err(e) => Err(format!("cannot be pinned: {e:#}")),
+    }
 }
 
 /// What changed between the key components of the last build and now, one

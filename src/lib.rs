@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod freshness;
 pub mod gguf;
 pub mod graph;
+pub mod hub;
 pub mod merge;
 pub mod recipe;
 pub mod report;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use yibuild::commands;
 use yibuild::exec::{BuildOptions, InputError};
+use yibuild::hub::HubOptions;
 use yibuild::recipe::diag::RecipeError;
 use yibuild::recipe::Recipe;
 use yibuild::steps::Device;
@@ -72,10 +73,41 @@ struct Common {
     /// Rebuild reasons and step notes.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Use only yibuild.lock and the local Hub cache, never the network
+    /// (also HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
+    /// Resolve Hub revisions again and rewrite their yibuild.lock entries.
+    #[arg(long, global = true)]
+    update_lock: bool,
+}
+
+impl Common {
+    fn build_options(&self, targets: Vec<String>) -> BuildOptions {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        BuildOptions {
+            cache_dir: self.cache_dir.clone(),
+            build_dir: self.build_dir.clone(),
+            jobs: self.jobs.unwrap_or(threads),
+            threads,
+            mem_budget: self.mem_budget,
+            device: self.device,
+            targets,
+            hub: HubOptions {
+                offline: self.offline,
+                update_lock: self.update_lock,
+                progress: !self.json && !self.quiet,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pin and download the Hub sources a build needs, without building.
+    Fetch { recipe: PathBuf, steps: Vec<String> },
     /// Show what would run and why, without running it.
     Plan { recipe: PathBuf, steps: Vec<String> },
     /// Fresh, stale or missing, per step.
@@ -150,12 +182,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     };
     match cli.command {
-        Some(Command::Plan { recipe, steps }) => print(commands::plan(
-            &load(&recipe)?,
-            &c.cache_dir,
-            &steps,
-            c.json,
-        )?),
+        Some(Command::Plan { recipe, steps }) => {
+            let hub = c.build_options(Vec::new()).hub;
+            print(commands::plan(
+                &load(&recipe)?,
+                &c.cache_dir,
+                &steps,
+                c.json,
+                hub,
+            )?)
+        }
+        Some(Command::Fetch { recipe, steps }) => {
+            let opts = c.build_options(steps);
+            print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)
+        }
         Some(Command::Status { recipe }) => print(commands::status(&load(&recipe)?, &c.cache_dir)?),
         Some(Command::Explain { recipe, step }) => {
             print(commands::explain(&load(&recipe)?, &c.cache_dir, &step)?)
@@ -212,18 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
-            let threads = c
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let opts = BuildOptions {
-                cache_dir: c.cache_dir,
-                build_dir: c.build_dir,
-                jobs: c.jobs.unwrap_or(threads),
-                threads,
-                mem_budget: c.mem_budget,
-                device: c.device,
-                targets: cli.steps,
-            };
+            let opts = c.build_options(cli.steps);
             let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
             Ok(if summary.ok() {
                 ExitCode::SUCCESS

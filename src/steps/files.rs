@@ -6,8 +6,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Makes `dst` have the bytes of `src` without copying when the filesystem
-/// allows it (hardlink), copying otherwise.
+/// allows it (hardlink), copying otherwise. A symlink (as in a Hub cache
+/// snapshot) is followed: `dst` gets the target's bytes, never the link.
 pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    let resolved = std::fs::canonicalize(src);
+    let src = resolved.as_deref().unwrap_or(src);
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
