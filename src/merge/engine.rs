@@ -41,8 +41,9 @@ const BYTES_PER_INPUT: usize = 4 + 2 + 1;
 /// flight to the writer, and method scratch.
 const BYTES_FIXED: usize = 4 + 3 * 4 + 8;
 
-/// Elements per chunk for `inputs` models within `budget` bytes: half the
-/// budget goes to chunk buffers, the rest is headroom for the process itself.
+/// Elements per chunk for `inputs` models within `budget` bytes: half of
+/// the budget goes to chunk buffers; the rest is headroom for the allocator
+/// (buffers are freed and reallocated per chunk), the binary and thread stacks.
 pub fn chunk_elements(budget: u64, inputs: usize) -> usize {
     let per_element = BYTES_PER_INPUT * inputs + BYTES_FIXED;
     ((budget / 2) as usize / per_element).max(4096)
@@ -78,6 +79,17 @@ impl Chunks<'_> {
             0..info.rows()
         } else {
             rows.clone()
+        }
+    }
+
+    /// Unmaps output rows `rows` of every input (see
+    /// [`crate::tensor::ModelTensors::release`]).
+    fn release(&self, rows: Range<usize>) {
+        for (i, input) in self.job.inputs.iter().enumerate() {
+            let storage = self.storage_rows(i, &rows);
+            self.models[input.model]
+                .tensors
+                .release(&input.tensor, storage);
         }
     }
 
@@ -129,12 +141,7 @@ impl Chunks<'_> {
                 },
             )?;
             f(start..end, &bufs)?;
-            for (i, input) in self.job.inputs.iter().enumerate() {
-                let storage = self.storage_rows(i, &(start..end));
-                self.models[input.model]
-                    .tensors
-                    .release(&input.tensor, storage);
-            }
+            self.release(start..end);
             start = end;
         }
         Ok(())

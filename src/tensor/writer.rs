@@ -89,7 +89,7 @@ fn shard_header(tensors: &[PlannedTensor]) -> Vec<u8> {
     }
     let mut text = serde_json::to_vec(&serde_json::Value::Object(header))
         .expect("a map of strings and numbers always serializes");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     text
