@@ -55,6 +55,8 @@ pub struct Chunks<'a> {
     pub job: &'a TensorJob,
     models: &'a [InputModel],
     chunk_rows: usize,
+    /// A tensor that fits in one chunk is decoded once for all passes.
+    cache: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
 }
 
 impl Chunks<'_> {
@@ -66,6 +68,11 @@ impl Chunks<'_> {
     /// Elements per row.
     pub fn row_len(&self) -> usize {
         self.job.row_len()
+    }
+
+    /// Whether the whole tensor is one chunk (so passes reuse one decode).
+    pub fn single_chunk(&self) -> bool {
+        self.rows() <= self.chunk_rows
     }
 
     /// The storage rows of input `i` that hold output rows `rows`.
@@ -98,6 +105,9 @@ impl Chunks<'_> {
     pub fn pass(&self, mut f: impl FnMut(Range<usize>, &[Vec<f32>]) -> Result<()>) -> Result<()> {
         let rows = self.rows();
         let row_len = self.row_len();
+        if let Some(bufs) = self.cache.borrow().as_ref() {
+            return f(0..rows, bufs);
+        }
         let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.job.inputs.len()];
         let mut start = 0;
         while start < rows {
@@ -140,9 +150,12 @@ impl Chunks<'_> {
                     Ok(())
                 },
             )?;
-            f(start..end, &bufs)?;
             self.release(start..end);
+            f(start..end, &bufs)?;
             start = end;
+        }
+        if self.single_chunk() {
+            *self.cache.borrow_mut() = Some(bufs);
         }
         Ok(())
     }
@@ -212,6 +225,7 @@ pub fn run(
                     job,
                     models: &plan.models,
                     chunk_rows: (elements / job.row_len().max(1)).max(1),
+                    cache: std::cell::RefCell::new(None),
                 };
                 let mut output = Output {
                     job,

@@ -195,12 +195,11 @@ impl ShardedWriter {
                     path.display()
                 );
             }
-            let file = out
-                .into_inner()
+            // No fsync here: making outputs durable (temp file, fsync, rename)
+            // is the cache's job when it stores a finished step.
+            out.into_inner()
                 .map_err(|e| e.into_error())
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            file.sync_all()
-                .with_context(|| format!("cannot sync {}", path.display()))?;
         }
         Ok(())
     }
@@ -237,7 +236,7 @@ impl ShardedWriter {
         Ok(())
     }
 
-    /// Flushes and syncs the last shard, checks every planned byte was written,
+    /// Flushes the last shard, checks every planned byte was written,
     /// and writes `model.safetensors.index.json` when there are several shards.
     /// Returns the files written.
     pub fn finish(mut self) -> Result<Vec<PathBuf>> {
