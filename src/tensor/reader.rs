@@ -247,7 +247,7 @@ impl ModelTensors {
     ///
     /// One page fault can map a whole page-cache folio (several MiB on recent
     /// kernels), reaching into bytes released earlier, so the released range
-    /// extends [`RELEASE_MARGIN`] bytes beyond the rows on both sides.
+    /// extends `RELEASE_MARGIN` bytes beyond the rows on both sides.
     pub fn release(&self, name: &str, rows: Range<usize>) {
         if let Ok((shard, range)) = self.row_bytes(name, &rows) {
             let mapped = self.shards[shard].1.len();
