@@ -224,6 +224,7 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
 
 /// TIES sign election over one row: only deltas agreeing with the sign of
 /// their sum count; `normalize` divides by the weights of those that count.
+/// Loops run model by model over the row, branch-free, so they vectorize.
 fn elect_row(
     row: &mut [f32],
     b: &[f32],
@@ -233,23 +234,28 @@ fn elect_row(
     lambda: f32,
 ) {
     let n = row.len();
-    for (e, o) in row.iter_mut().enumerate() {
-        let sum: f32 = (0..weights.len()).map(|p| wd[p * n + e]).sum();
-        let positive = sum >= 0.0;
-        let (mut mixed, mut div) = (0.0f32, 0.0f32);
-        for (p, w) in weights.iter().enumerate() {
-            let v = wd[p * n + e];
-            if (positive && v > 0.0) || (!positive && v < 0.0) {
-                mixed += v;
-                div += w;
-            }
+    let mut sum = vec![0.0f32; n];
+    for p in 0..weights.len() {
+        for (s, v) in sum.iter_mut().zip(&wd[p * n..(p + 1) * n]) {
+            *s += v;
         }
-        if div == 0.0 {
-            div = 1.0;
+    }
+    let mut mixed = vec![0.0f32; n];
+    let mut div = vec![0.0f32; n];
+    for (p, &w) in weights.iter().enumerate() {
+        let values = &wd[p * n..(p + 1) * n];
+        for (((m, d), s), &v) in mixed.iter_mut().zip(div.iter_mut()).zip(&sum).zip(values) {
+            // Non-short-circuit `&`/`|` keep this branch-free.
+            let positive = *s >= 0.0;
+            let agree = ((v > 0.0) & positive) | ((v < 0.0) & !positive);
+            let keep = f32::from(u8::from(agree));
+            *m += v * keep;
+            *d += w * keep;
         }
-        if normalize {
-            mixed /= div;
-        }
-        *o = b[e] + mixed * lambda;
+    }
+    for (((o, b), m), d) in row.iter_mut().zip(b).zip(&mixed).zip(&div) {
+        let d = if *d == 0.0 { 1.0 } else { *d };
+        let m = if normalize { m / d } else { *m };
+        *o = b + m * lambda;
     }
 }
