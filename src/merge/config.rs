@@ -302,6 +302,15 @@ impl MergeConfig {
         f.finish()?;
         let method_node = f.req("merge_method")?;
         let method_name = expect_str(diag, method_node, "merge_method")?;
+        if matches!(
+            method_name.as_str(),
+            "arcee_fusion" | "consensus_ta" | "consensus_ties"
+        ) {
+            return Err(diag.error(
+                method_node.span,
+                format!("merge method `{method_name}` is not supported yet"),
+            ));
+        }
         let method = Method::parse(&method_name).ok_or_else(|| {
             let names = Method::ALL.iter().map(|(n, _)| *n);
             let err = diag.error(

@@ -41,8 +41,9 @@ const BYTES_PER_INPUT: usize = 4 + 2 + 1;
 /// flight to the writer, and method scratch.
 const BYTES_FIXED: usize = 4 + 3 * 4 + 8;
 
-/// Elements per chunk for `inputs` models within `budget` bytes: half the
-/// budget goes to chunk buffers, the rest is headroom for the process itself.
+/// Elements per chunk for `inputs` models within `budget` bytes: half of
+/// the budget goes to chunk buffers; the rest is headroom for the allocator
+/// (buffers are freed and reallocated per chunk), the binary and thread stacks.
 pub fn chunk_elements(budget: u64, inputs: usize) -> usize {
     let per_element = BYTES_PER_INPUT * inputs + BYTES_FIXED;
     ((budget / 2) as usize / per_element).max(4096)
@@ -54,6 +55,8 @@ pub struct Chunks<'a> {
     pub job: &'a TensorJob,
     models: &'a [InputModel],
     chunk_rows: usize,
+    /// A tensor that fits in one chunk is decoded once for all passes.
+    cache: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
 }
 
 impl Chunks<'_> {
@@ -65,6 +68,11 @@ impl Chunks<'_> {
     /// Elements per row.
     pub fn row_len(&self) -> usize {
         self.job.row_len()
+    }
+
+    /// Whether the whole tensor is one chunk (so passes reuse one decode).
+    pub fn single_chunk(&self) -> bool {
+        self.rows() <= self.chunk_rows
     }
 
     /// The storage rows of input `i` that hold output rows `rows`.
@@ -81,11 +89,25 @@ impl Chunks<'_> {
         }
     }
 
+    /// Unmaps output rows `rows` of every input (see
+    /// [`crate::tensor::ModelTensors::release`]).
+    fn release(&self, rows: Range<usize>) {
+        for (i, input) in self.job.inputs.iter().enumerate() {
+            let storage = self.storage_rows(i, &rows);
+            self.models[input.model]
+                .tensors
+                .release(&input.tensor, storage);
+        }
+    }
+
     /// Calls `f` with each chunk of rows, in order, and every input's values
     /// for those rows as `f32`. Inputs are checked for NaN and infinity.
     pub fn pass(&self, mut f: impl FnMut(Range<usize>, &[Vec<f32>]) -> Result<()>) -> Result<()> {
         let rows = self.rows();
         let row_len = self.row_len();
+        if let Some(bufs) = self.cache.borrow().as_ref() {
+            return f(0..rows, bufs);
+        }
         let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.job.inputs.len()];
         let mut start = 0;
         while start < rows {
@@ -128,14 +150,12 @@ impl Chunks<'_> {
                     Ok(())
                 },
             )?;
+            self.release(start..end);
             f(start..end, &bufs)?;
-            for (i, input) in self.job.inputs.iter().enumerate() {
-                let storage = self.storage_rows(i, &(start..end));
-                self.models[input.model]
-                    .tensors
-                    .release(&input.tensor, storage);
-            }
             start = end;
+        }
+        if self.single_chunk() {
+            *self.cache.borrow_mut() = Some(bufs);
         }
         Ok(())
     }
@@ -205,6 +225,7 @@ pub fn run(
                     job,
                     models: &plan.models,
                     chunk_rows: (elements / job.row_len().max(1)).max(1),
+                    cache: std::cell::RefCell::new(None),
                 };
                 let mut output = Output {
                     job,

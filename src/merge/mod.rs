@@ -10,9 +10,36 @@
 //! - `methods` holds the math, [`rng`] the counter-based mask randomness and
 //!   [`select`] the exact streaming top-k used by TIES and breadcrumbs.
 //!
-//! Deviations from mergekit (each a fix of a behaviour the reference lists as
-//! a bug) are documented on the functions that make them and summarized in
-//! the README.
+//! # Deviations from mergekit 0.1.x
+//!
+//! - Math runs in `f32` with `f64` tensor-wide reductions and one cast to the
+//!   output type; `dtype` only chooses the output type when `out_dtype` is
+//!   absent (mergekit computes in `dtype`, lossy in bf16).
+//! - DARE/DELLA masks come from [`rng`] (keyed by seed, tensor, model and
+//!   element; keep probabilities quantized to 1/65536), not torch's global
+//!   generator: reproducible across threads, chunk sizes, machines and
+//!   config edits, but not bit-equal to mergekit's masks.
+//! - TIES/breadcrumbs keep exactly k entries with ties at the threshold
+//!   broken by position ([`select`]); mergekit's argsort breaks them arbitrarily.
+//! - Bugs fixed: breadcrumbs no longer zeroes tensors where `gamma·numel < 1`;
+//!   linear with `normalize` and weights summing to zero is an error instead of
+//!   a division by zero; karcher honours per-model `weight` (default 1);
+//!   a model listed twice stays two inputs (mergekit collapses them, #214);
+//!   DELLA rows of one element get rank 0 instead of NaN; donors and model
+//!   lists follow config order (base first) instead of Python set order.
+//! - Stricter checks, all before any tensor is read: unknown or misspelt
+//!   parameter names (except the legacy no-ops `int8_mask`, `embed_slerp`),
+//!   per-model values of global parameters (such as `t`), non-embedding shape
+//!   mismatches (mergekit's GTA silently skips such a model), layer ranges,
+//!   missing parameters; NaN or infinity in an input is an error.
+//! - `rescale` also accepts `l1` and `inverse_density` (the DARE paper's
+//!   `1/density`).
+//! - Tensors are written in Hugging Face order (embeddings, layers, head), not
+//!   alphabetically; `vocab_size` is set to the output embedding rows.
+//! - Not supported yet (each a clear error): `tokenizer_source: union`,
+//!   `tokenizer.tokens`/`pad_to_multiple_of`, LoRA references, `modules:`,
+//!   multi-document configs, `nuslerp_row_wise` without flattening, built-in
+//!   chat templates other than `chatml`, `arcee_fusion`.
 
 pub mod config;
 pub mod engine;

@@ -478,7 +478,6 @@ impl<'c> Planner<'c> {
     /// Plans the tensors outside the layers (embeddings before, norms and head
     /// after) from the sources of one slice.
     fn plan_outer(&mut self, s: &ResolvedSlice, pre: bool) {
-        let reference = s.sources[s.base.unwrap_or(0)].0;
         let mut names: Vec<String> = Vec::new();
         for (m, _, _) in std::iter::once(&s.sources[s.base.unwrap_or(0)]).chain(&s.sources) {
             for n in self.models[*m].tensors.names() {
@@ -487,7 +486,6 @@ impl<'c> Planner<'c> {
                 }
             }
         }
-        let _ = reference;
         for name in names {
             let inputs: Vec<String> = s
                 .sources

@@ -96,3 +96,69 @@ impl Step for Merge {
         crate::merge::merge(&self.config, &models, ctx.out_dir, &opts, ctx.log)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::diag::Diag;
+    use crate::steps::{Artifact, Device};
+
+    #[test]
+    fn runs_with_source_names_and_thread_count_does_not_change_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = crate::fixtures::TinyLlama {
+            hidden: 32,
+            intermediate: 48,
+            vocab: 264,
+            tokenizer_vocab: 264,
+            ..Default::default()
+        };
+        base.write(&dir.path().join("yi")).unwrap();
+        crate::fixtures::write_finetune(&base, &dir.path().join("tess"), 1, 0.2).unwrap();
+        let yaml = "merge_method: dare_ties\nbase_model: yi\nmodels:\n  - model: tess\n    parameters: {weight: 0.5, density: 0.5}\n";
+        let diag = Diag::new(std::path::Path::new("recipe.yml"), yaml);
+        let node = &crate::recipe::yaml::parse_documents(yaml).unwrap()[0];
+        let cx = ParseContext {
+            diag: &diag,
+            step: "merged",
+            seed: None,
+        };
+        let step = Merge::parse(node, &cx, Some(42)).unwrap();
+        let names: Vec<String> = step.inputs().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["yi", "tess"]);
+        assert_eq!(step.params()["seed"], 42);
+        let inputs: BTreeMap<String, Artifact> = ["yi", "tess"]
+            .iter()
+            .map(|n| {
+                let a = Artifact {
+                    path: dir.path().join(n),
+                    digest: String::new(),
+                };
+                (n.to_string(), a)
+            })
+            .collect();
+        let sources = inputs
+            .iter()
+            .map(|(k, a)| (k.clone(), a.path.clone()))
+            .collect();
+        step.preflight(&sources).unwrap();
+        let mut outputs = Vec::new();
+        for threads in [1, 2] {
+            let out = dir.path().join(format!("out{threads}"));
+            std::fs::create_dir(&out).unwrap();
+            let ctx = StepContext {
+                name: "merged",
+                recipe_name: "r",
+                inputs: &inputs,
+                out_dir: &out,
+                threads,
+                mem_budget: 1 << 30,
+                device: Device::Cpu,
+                log: &|_| {},
+            };
+            step.run(&ctx).unwrap();
+            outputs.push(std::fs::read(out.join("model.safetensors")).unwrap());
+        }
+        assert!(outputs[0] == outputs[1]);
+    }
+}

@@ -10,6 +10,10 @@ use memmap2::Mmap;
 
 use super::DType;
 
+/// Bytes around a released range that are released too (see
+/// [`ModelTensors::release`]).
+pub const RELEASE_MARGIN: usize = 4 << 20;
+
 /// Where one tensor lives: its type, shape and byte range inside a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
@@ -240,8 +244,15 @@ impl ModelTensors {
     /// consumed: the pages stay in the page cache but stop counting towards the
     /// process's resident memory, which is what keeps a merge of many large
     /// models within its memory budget.
+    ///
+    /// One page fault can map a whole page-cache folio (several MiB on recent
+    /// kernels), reaching into bytes released earlier, so the released range
+    /// extends `RELEASE_MARGIN` bytes beyond the rows on both sides.
     pub fn release(&self, name: &str, rows: Range<usize>) {
         if let Ok((shard, range)) = self.row_bytes(name, &rows) {
+            let mapped = self.shards[shard].1.len();
+            let range = range.start.saturating_sub(RELEASE_MARGIN)
+                ..(range.end + RELEASE_MARGIN).min(mapped);
             // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED
             // only drops page-table entries, and a later read faults the same
             // bytes back in from the file.

@@ -62,6 +62,47 @@ fn rescale_mode(value: Option<&ParamValue>) -> Rescale {
     }
 }
 
+/// Adds, row by row, each model's `Σ|δ|` and `Σ|δ·mask|` over a chunk to
+/// `totals` (two slots per model; models without a mask are skipped).
+fn add_l1(
+    totals: &mut [f64],
+    inputs: &[Vec<f32>],
+    base: usize,
+    others: &[usize],
+    masks: &[Option<Vec<u8>>],
+    rows: usize,
+    row_len: usize,
+) {
+    sum_rows(totals, rows, |r| {
+        let span = r * row_len..(r + 1) * row_len;
+        let b = &inputs[base][span.clone()];
+        let mut v = vec![0.0f64; 2 * others.len()];
+        for (p, &i) in others.iter().enumerate() {
+            let Some(m) = &masks[p] else { continue };
+            let x = &inputs[i][span.clone()];
+            let (mut all, mut kept) = (0.0f64, 0.0f64);
+            for ((x, b), m) in x.iter().zip(b).zip(&m[span.clone()]) {
+                let d = f64::from((x - b).abs());
+                all += d;
+                kept += d * f64::from(*m);
+            }
+            v[2 * p] = all;
+            v[2 * p + 1] = kept;
+        }
+        v
+    });
+}
+
+/// mergekit's L1 rescale factor: restore the unmasked delta's L1 norm.
+fn l1_factors(totals: &[f64], scale: &mut [f64]) {
+    for (p, s) in scale.iter_mut().enumerate() {
+        let (all, kept) = (totals[2 * p], totals[2 * p + 1]);
+        if all >= 1e-7 && kept >= 1e-7 {
+            *s = all / kept;
+        }
+    }
+}
+
 /// Runs one tensor of a task-arithmetic-family merge.
 pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
     let job = chunks.job;
@@ -76,74 +117,61 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
         Some(kind) => Some(Masks::prepare(kind, chunks, base, &others)?),
         None => None,
     };
+    let mode = rescale_mode(job.globals.get("rescale"));
     // Per-model factor applied to kept deltas.
     let mut scale = vec![1.0f64; others.len()];
-    if let Some(masks) = masks.as_mut() {
-        match rescale_mode(job.globals.get("rescale")) {
-            Rescale::None => {}
-            Rescale::InverseDensity => {
-                for (s, &i) in scale.iter_mut().zip(&others) {
-                    let d = job.inputs[i].num("density").unwrap_or(1.0);
-                    if d < 1.0 && d > 0.0 {
-                        *s = 1.0 / d;
-                    }
-                }
-            }
-            Rescale::L1 => {
-                // Σ|δ| and Σ|δ·mask| per model, reduced in row order.
-                let mut totals = vec![0.0f64; 2 * others.len()];
-                chunks.pass(|rows, inputs| {
-                    let ms: Vec<Vec<u8>> = (0..others.len())
-                        .map(|p| {
-                            masks.chunk(p, rows.clone(), row_len, &inputs[others[p]], &inputs[base])
-                        })
-                        .collect();
-                    sum_rows(&mut totals, rows.len(), |r| {
-                        let span = r * row_len..(r + 1) * row_len;
-                        let b = &inputs[base][span.clone()];
-                        let mut v = vec![0.0f64; 2 * others.len()];
-                        for (p, &i) in others.iter().enumerate() {
-                            let x = &inputs[i][span.clone()];
-                            let m = &ms[p][span.clone()];
-                            let (mut all, mut kept) = (0.0f64, 0.0f64);
-                            for ((x, b), m) in x.iter().zip(b).zip(m) {
-                                let d = f64::from((x - b).abs());
-                                all += d;
-                                kept += d * f64::from(*m);
-                            }
-                            v[2 * p] = all;
-                            v[2 * p + 1] = kept;
-                        }
-                        v
-                    });
-                    Ok(())
-                })?;
-                for (p, s) in scale.iter_mut().enumerate() {
-                    let (all, kept) = (totals[2 * p], totals[2 * p + 1]);
-                    if all >= 1e-7 && kept >= 1e-7 {
-                        *s = all / kept;
-                    }
-                }
-                masks.restart();
+    if mode == Rescale::InverseDensity && masks.is_some() {
+        for (s, &i) in scale.iter_mut().zip(&others) {
+            let d = job.inputs[i].num("density").unwrap_or(1.0);
+            if d < 1.0 && d > 0.0 {
+                *s = 1.0 / d;
             }
         }
     }
-    let elect = consensus(method);
-    let normalize = job.flag("normalize");
-    let lambda = job.num("lambda") as f32;
-    let factors: Vec<f32> = weights
-        .iter()
-        .zip(&scale)
-        .map(|(w, s)| (f64::from(*w) * s) as f32)
-        .collect();
-    chunks.pass(|rows, inputs| {
-        let ms: Vec<Option<Vec<u8>>> = (0..others.len())
+    let l1 = mode == Rescale::L1 && masks.is_some();
+    // A tensor that fits in one chunk gets its L1 sums from the masks of the
+    // output pass; larger ones need a pass of their own first.
+    let separate_l1 = l1 && !chunks.single_chunk();
+    let chunk_masks = |masks: &mut Option<Masks>,
+                       rows: std::ops::Range<usize>,
+                       inputs: &[Vec<f32>]|
+     -> Vec<Option<Vec<u8>>> {
+        (0..others.len())
             .map(|p| match masks.as_mut() {
                 Some(m) if !m.keeps_all(p) => {
                     Some(m.chunk(p, rows.clone(), row_len, &inputs[others[p]], &inputs[base]))
                 }
                 _ => None,
             })
+            .collect()
+    };
+    if separate_l1 {
+        let mut totals = vec![0.0f64; 2 * others.len()];
+        chunks.pass(|rows, inputs| {
+            let ms = chunk_masks(&mut masks, rows.clone(), inputs);
+            add_l1(&mut totals, inputs, base, &others, &ms, rows.len(), row_len);
+            Ok(())
+        })?;
+        l1_factors(&totals, &mut scale);
+        if let Some(m) = masks.as_mut() {
+            m.restart();
+        }
+    }
+    let elect = consensus(method);
+    let normalize = job.flag("normalize");
+    let lambda = job.num("lambda") as f32;
+    let total_weight: f32 = weights.iter().sum();
+    chunks.pass(|rows, inputs| {
+        let ms = chunk_masks(&mut masks, rows.clone(), inputs);
+        if l1 && !separate_l1 {
+            let mut totals = vec![0.0f64; 2 * others.len()];
+            add_l1(&mut totals, inputs, base, &others, &ms, rows.len(), row_len);
+            l1_factors(&totals, &mut scale);
+        }
+        let factors: Vec<f32> = weights
+            .iter()
+            .zip(&scale)
+            .map(|(w, s)| (f64::from(*w) * s) as f32)
             .collect();
         let mut result = vec![0.0f32; rows.len() * row_len];
         par_rows(&mut result, row_len, |r, row| {
@@ -169,36 +197,65 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
                     }
                 }
             }
-            let total_weight: f32 = weights.iter().sum();
-            for (e, o) in row.iter_mut().enumerate() {
-                let (mut mixed, mut div) = (0.0f32, 0.0f32);
-                if elect {
-                    let sum: f32 = (0..others.len()).map(|p| wd[p * row_len + e]).sum();
-                    let positive = sum >= 0.0;
-                    for (p, w) in weights.iter().enumerate() {
-                        let v = wd[p * row_len + e];
-                        if (positive && v > 0.0) || (!positive && v < 0.0) {
-                            mixed += v;
-                            div += w;
-                        }
-                    }
-                    if div == 0.0 {
-                        div = 1.0;
-                    }
+            if elect {
+                elect_row(row, b, &wd, &weights, normalize, lambda);
+            } else {
+                let div = if total_weight.abs() < 1e-8 {
+                    1.0
                 } else {
-                    mixed = (0..others.len()).map(|p| wd[p * row_len + e]).sum();
-                    div = if total_weight.abs() < 1e-8 {
-                        1.0
-                    } else {
-                        total_weight
-                    };
+                    total_weight
+                };
+                row.copy_from_slice(b);
+                for p in 0..others.len() {
+                    let w = &wd[p * row_len..(p + 1) * row_len];
+                    for (o, v) in row.iter_mut().zip(w) {
+                        *o += if normalize {
+                            v / div * lambda
+                        } else {
+                            v * lambda
+                        };
+                    }
                 }
-                if normalize {
-                    mixed /= div;
-                }
-                *o = b[e] + mixed * lambda;
             }
         });
         out.emit(&result)
     })
+}
+
+/// TIES sign election over one row: only deltas agreeing with the sign of
+/// their sum count; `normalize` divides by the weights of those that count.
+/// Loops run model by model over the row, branch-free, so they vectorize.
+fn elect_row(
+    row: &mut [f32],
+    b: &[f32],
+    wd: &[f32],
+    weights: &[f32],
+    normalize: bool,
+    lambda: f32,
+) {
+    let n = row.len();
+    let mut sum = vec![0.0f32; n];
+    for p in 0..weights.len() {
+        for (s, v) in sum.iter_mut().zip(&wd[p * n..(p + 1) * n]) {
+            *s += v;
+        }
+    }
+    let mut mixed = vec![0.0f32; n];
+    let mut div = vec![0.0f32; n];
+    for (p, &w) in weights.iter().enumerate() {
+        let values = &wd[p * n..(p + 1) * n];
+        for (((m, d), s), &v) in mixed.iter_mut().zip(div.iter_mut()).zip(&sum).zip(values) {
+            // Non-short-circuit `&`/`|` keep this branch-free.
+            let positive = *s >= 0.0;
+            let agree = ((v > 0.0) & positive) | ((v < 0.0) & !positive);
+            let keep = f32::from(u8::from(agree));
+            *m += v * keep;
+            *d += w * keep;
+        }
+    }
+    for (((o, b), m), d) in row.iter_mut().zip(b).zip(&mixed).zip(&div) {
+        let d = if *d == 0.0 { 1.0 } else { *d };
+        let m = if normalize { m / d } else { *m };
+        *o = b + m * lambda;
+    }
 }

@@ -19,14 +19,11 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
         let mut shared = vec![0u64; others.len()];
         let mut unique = vec![0u64; others.len()];
         chunks.pass(|_, inputs| {
-            for e in 0..inputs[base].len() {
-                let b = inputs[base][e];
-                let count = others
-                    .iter()
-                    .filter(|&&i| (inputs[i][e] - b).abs() > eps)
-                    .count();
+            for (e, b) in inputs[base].iter().enumerate() {
+                let changed = |i: usize| (inputs[i][e] - b).abs() > eps;
+                let count = others.iter().filter(|&&i| changed(i)).count();
                 for (p, &i) in others.iter().enumerate() {
-                    if (inputs[i][e] - b).abs() > eps {
+                    if changed(i) {
                         if count == 1 {
                             unique[p] += 1;
                         } else {

@@ -162,10 +162,7 @@ impl Masks {
             Rule::Random { density, stream } => {
                 let first = (rows.start * row_len) as u64;
                 mask.par_chunks_mut(1 << 14).enumerate().for_each(|(c, m)| {
-                    let base = first + (c << 14) as u64;
-                    for (j, v) in m.iter_mut().enumerate() {
-                        *v = u8::from(stream.keep(base + j as u64, *density));
-                    }
+                    stream.fill_mask(first + (c << 14) as u64, *density, m);
                 });
             }
             Rule::Della {
