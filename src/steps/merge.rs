@@ -20,9 +20,10 @@ pub struct Merge {
 }
 
 impl Merge {
-    /// Parses the step body (a mergekit configuration); `seed` is the step's
+    /// Parses the step body (a mergekit configuration); the seed is the step's
     /// `seed` key, if any.
-    pub fn parse(node: &Node, cx: &ParseContext, seed: Option<u64>) -> Result<Merge, RecipeError> {
+    pub fn parse(node: &Node, cx: &ParseContext) -> Result<Merge, RecipeError> {
+        let seed = cx.seed;
         // The body has no text of its own; its JSON form is valid YAML for
         // `mergekit_config.yml`.
         let text = serde_json::to_string_pretty(&node.to_json()).unwrap_or_default() + "\n";
@@ -121,9 +122,9 @@ mod tests {
         let cx = ParseContext {
             diag: &diag,
             step: "merged",
-            seed: None,
+            seed: Some(42),
         };
-        let step = Merge::parse(node, &cx, Some(42)).unwrap();
+        let step = Merge::parse(node, &cx).unwrap();
         let names: Vec<String> = step.inputs().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["yi", "tess"]);
         assert_eq!(step.params()["seed"], 42);

@@ -142,7 +142,7 @@ pub const KINDS: &[&str] = &[
 /// Parses the body of a step of kind `kind`.
 pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>, RecipeError> {
     match kind {
-        "merge" => Ok(Box::new(merge::Merge::parse(node, cx, cx.seed)?)),
+        "merge" => Ok(Box::new(merge::Merge::parse(node, cx)?)),
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
