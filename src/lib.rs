@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod eval;
 pub mod fixtures;
 pub mod recipe;
 pub mod steps;

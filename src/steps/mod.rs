@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span};
 
+mod eval;
 pub mod files;
 mod patch_config;
 mod run;
@@ -132,6 +133,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
     match kind {
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
+        "eval" => Ok(Box::new(eval::Eval::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),
