@@ -355,6 +355,12 @@ fn results_are_identical_across_thread_counts_except_timing() {
             .unwrap()
             > 0.0
     );
+    // The table printed after the step is the one rebuilt from results.json.
+    let parsed: yibuild::eval::results::EvalResults =
+        serde_json::from_value(a.results.clone()).unwrap();
+    let table = yibuild::eval::results::format_table(&parsed);
+    let printed = &a.log[a.log.len() - table.lines().count()..];
+    assert_eq!(table.lines().collect::<Vec<_>>(), printed);
     a.results.as_object_mut().unwrap().remove("timing");
     b.results.as_object_mut().unwrap().remove("timing");
     assert_eq!(a.results, b.results);

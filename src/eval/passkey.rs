@@ -5,7 +5,7 @@
 //! ([`Batch`] branches). A trial is correct when the true key scores highest.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Backend, Batch};
 use crate::fixtures::SplitMix;
@@ -36,7 +36,7 @@ pub struct PasskeySpec {
 }
 
 /// Results at one length.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PasskeyLength {
     /// Requested length in tokens.
     pub length: usize,
@@ -53,7 +53,7 @@ pub struct PasskeyLength {
 }
 
 /// Passkey results over every length.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PasskeyResult {
     /// The seed used.
     pub seed: u64,

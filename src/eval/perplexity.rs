@@ -15,12 +15,12 @@
 //!   weights later windows by one token fewer, a difference it calls negligible).
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Backend, Batch};
 
 /// Which protocol to follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Protocol {
     /// `llama-perplexity`'s chunked, second-half scoring.
     #[serde(rename = "llama.cpp")]
@@ -63,7 +63,7 @@ pub struct PerplexitySpec {
 }
 
 /// Every number a perplexity run produced, with the protocol that defines it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerplexityResult {
     /// Protocol name.
     pub protocol: Protocol,

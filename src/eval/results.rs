@@ -5,7 +5,7 @@
 //! tokens per second) varies run to run, so consumers that compare or hash
 //! results (the package step) must leave it out.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::passkey::PasskeyResult;
 use super::perplexity::PerplexityResult;
@@ -14,7 +14,7 @@ use super::perplexity::PerplexityResult;
 pub const RESULTS_VERSION: u32 = 1;
 
 /// The evaluated model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The input's name in the recipe.
     pub name: String,
@@ -31,7 +31,7 @@ pub struct ModelInfo {
 }
 
 /// The tokenizer used and the text it tokenized.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextInfo {
     /// The text source's name in the recipe.
     pub name: String,
@@ -42,7 +42,7 @@ pub struct TextInfo {
 }
 
 /// Perplexity with the text it was measured on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerplexitySection {
     /// The evaluated text.
     pub text: TextInfo,
@@ -52,7 +52,7 @@ pub struct PerplexitySection {
 }
 
 /// Wall-clock figures; not reproducible, kept apart from the results.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     /// The device in detail (`cpu, 2 threads`).
     pub device: String,
@@ -70,7 +70,7 @@ pub struct Timing {
 }
 
 /// The whole `results.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalResults {
     /// [`RESULTS_VERSION`].
     pub version: u32,
@@ -88,6 +88,15 @@ pub struct EvalResults {
     pub passkey: Option<PasskeyResult>,
     /// Non-reproducible wall-clock figures.
     pub timing: Timing,
+}
+
+/// Reads a `results.json` written by an eval step (for the table after a
+/// cached step, and for the model card).
+pub fn read_results(path: &std::path::Path) -> anyhow::Result<EvalResults> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not an eval results file: {e}", path.display()))
 }
 
 /// A compact, aligned table of an eval step's results for the terminal.

@@ -287,11 +287,19 @@ impl Step for Eval {
         })
     }
 
-    fn memory_estimate(&self, _ctx: &StepContext) -> u64 {
-        // Activations of the longest window at a 8192-wide model's scale, plus
-        // the logits chunk; weights are mapped, not copied.
+    fn memory_estimate(&self, ctx: &StepContext) -> u64 {
+        // Weights are mapped, not copied: the peak is the activations of the
+        // longest window (hidden states, projections, MLP, and the copies the
+        // parallel GEMM and attention make) plus the logits chunk.
+        let cfg = ctx
+            .inputs
+            .get(&self.model.name)
+            .and_then(|m| LlamaConfig::from_dir(&m.path).ok());
+        let per_row = cfg.map_or(8192 * 24, |c| {
+            6 * c.hidden + 3 * c.q_dim() + 2 * c.kv_dim() + 4 * c.intermediate
+        }) as u64;
         let rows = self.longest_window() as u64 + 64;
-        rows * 8192 * 4 * 12 + (64 << 20) + (256 << 20)
+        rows * per_row * 4 + (128 << 20) + (64 << 20)
     }
 
     fn preflight(&self, sources: &BTreeMap<String, PathBuf>) -> Result<()> {
