@@ -136,10 +136,12 @@ impl Reference {
         );
         let hd = h / nh;
         let theta = self.cfg["rope_theta"].as_f64().unwrap();
+        // Linear position interpolation, when configured.
+        let factor = self.cfg["rope_scaling"]["factor"].as_f64().unwrap_or(1.0);
         let rope = |v: &mut [f64], pos: usize| {
             for head in v.chunks_mut(hd) {
                 for i in 0..hd / 2 {
-                    let a = pos as f64 / theta.powf(2.0 * i as f64 / hd as f64);
+                    let a = pos as f64 / factor / theta.powf(2.0 * i as f64 / hd as f64);
                     let (x, y) = (head[i], head[i + hd / 2]);
                     head[i] = x * a.cos() - y * a.sin();
                     head[i + hd / 2] = y * a.cos() + x * a.sin();
@@ -269,20 +271,24 @@ fn cpu_perplexity_matches_naive_f64_reference_for_both_protocols() {
     let text = tmp.path().join("wiki.txt");
     write_text(&text, 90);
     let variants = [
-        ("gqa-untied", 2, false),
-        ("mha-tied", 4, true),
-        ("gqa-tied", 1, true),
+        ("gqa-untied", 2, false, None),
+        ("mha-tied", 4, true, None),
+        ("gqa-tied-linear-rope", 1, true, Some(2.5)),
     ];
-    for (name, kv_heads, tie) in variants {
+    for (name, kv_heads, tie, linear_rope) in variants {
         let dir = tmp.path().join(name);
-        TinyLlama {
+        let fixture = TinyLlama {
             kv_heads,
             tie_embeddings: tie,
             seed: kv_heads as u64,
             ..Default::default()
+        };
+        fixture.write(&dir).unwrap();
+        if let Some(factor) = linear_rope {
+            let mut cfg = fixture.config();
+            cfg["rope_scaling"] = serde_json::json!({"type": "linear", "factor": factor});
+            std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
         }
-        .write(&dir)
-        .unwrap();
         let reference = Reference::open(&dir);
         let tokens = encode(&dir, &text);
         assert!(tokens.len() > 130, "{} tokens", tokens.len());
