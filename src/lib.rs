@@ -9,6 +9,7 @@
 
 pub mod eval;
 pub mod fixtures;
+pub mod gguf;
 pub mod recipe;
 pub mod steps;
 pub mod tensor;

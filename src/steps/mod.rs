@@ -14,6 +14,7 @@ use crate::recipe::yaml::{Node, Span};
 mod eval;
 pub mod files;
 mod patch_config;
+mod quantize;
 mod run;
 
 /// The implementation of one step kind, parsed from its recipe entry.
@@ -134,6 +135,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "eval" => Ok(Box::new(eval::Eval::parse(node, cx)?)),
+        "quantize" => Ok(Box::new(quantize::Quantize::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),
