@@ -632,3 +632,79 @@ fn cuda_matches_cpu_on_a_fixture_when_a_gpu_is_present() {
         assert!((x - y).abs() < 0.1, "{x} vs {y}");
     }
 }
+
+fn write_gguf(model: &Path, out: &Path, preset: yibuild::gguf::mixture::Preset) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    yibuild::gguf::pipeline::Conversion::open(model, "m")
+        .unwrap()
+        .write(out, preset, None, &pool, &|_| {})
+        .unwrap();
+}
+
+#[test]
+fn gguf_input_matches_its_source_model() {
+    use yibuild::gguf::mixture::Preset;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("wiki.txt");
+    write_text(&text, 150);
+    let step =
+        parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 48}}")
+            .unwrap();
+    let bf16 =
+        parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 48}}").unwrap();
+    for (tie, preset, tolerance) in [(false, Preset::F32, 1e-9), (true, Preset::Q8_0, 0.01)] {
+        let dir = tmp.path().join(format!("m-{tie}"));
+        TinyLlama {
+            tie_embeddings: tie,
+            ..Default::default()
+        }
+        .write(&dir)
+        .unwrap();
+        let quant_dir = tmp.path().join(format!("q-{tie}"));
+        std::fs::create_dir(&quant_dir).unwrap();
+        write_gguf(&dir, &quant_dir.join("m.gguf"), preset);
+        let inputs = [("m", dir.as_path()), ("wiki", text.as_path())];
+        let want = run_eval(bf16.as_ref(), &inputs, 2, Device::Cpu)
+            .unwrap()
+            .results;
+        let inputs = [
+            ("q", quant_dir.as_path()),
+            ("m", dir.as_path()),
+            ("wiki", text.as_path()),
+        ];
+        let got = run_eval(step.as_ref(), &inputs, 2, Device::Cpu)
+            .unwrap()
+            .results;
+        assert_eq!(got["model"]["format"], "gguf");
+        let (a, b) = (
+            got["perplexity"]["perplexity"].as_f64().unwrap(),
+            want["perplexity"]["perplexity"].as_f64().unwrap(),
+        );
+        assert_eq!(
+            got["perplexity"]["scored_tokens"],
+            want["perplexity"]["scored_tokens"]
+        );
+        assert_rel(a, b, tolerance, &format!("{preset:?} vs bf16"));
+        if preset == Preset::Q8_0 {
+            assert!(a != b, "Q8_0 should differ from bf16 at all");
+            assert!(got["model"]["storage"].as_str().unwrap().contains("Q8_0"));
+        }
+    }
+    let err = run_eval(
+        parse_eval("{model: q, device: cpu, perplexity: {text: wiki, context: 48}}")
+            .unwrap()
+            .as_ref(),
+        &[("q", &tmp.path().join("q-true")), ("wiki", &text)],
+        1,
+        Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("give the eval step `tokenizer:"),
+        "{err:#}"
+    );
+}

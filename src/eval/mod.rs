@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 
 pub mod cpu;
 pub mod cuda;
+pub mod gguf_weights;
 mod kernels;
 pub mod model;
 pub mod passkey;

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::files::write_json;
 use super::{input_ref, Device, InputRef, ParseContext, Step, StepContext};
+use crate::eval::gguf_weights::GgufWeights;
 use crate::eval::model::{check_weights, LlamaConfig, WeightSource};
 use crate::eval::passkey::{passkey, PasskeySpec};
 use crate::eval::perplexity::{perplexity, PerplexitySpec, Protocol};
@@ -211,17 +212,44 @@ fn parse_passkey(node: &Node, cx: &ParseContext) -> Result<PasskeySpec, RecipeEr
     })
 }
 
-/// The model folder's weights, whatever their format.
+/// The model's weights, whatever their format: a Hugging Face folder, a
+/// `.gguf` file, or a folder holding exactly one `.gguf` (a quantize step's
+/// output).
 fn open_weights(path: &Path) -> Result<(Box<dyn WeightSource>, LlamaConfig, &'static str)> {
     if path.is_dir() && path.join("config.json").is_file() {
         let cfg = LlamaConfig::from_dir(path)?;
         let tensors = ModelTensors::open(path)?;
         return Ok((Box::new(tensors), cfg, "safetensors"));
     }
-    bail!(
-        "{}: not a Hugging Face model folder (no config.json)",
-        path.display()
-    )
+    let gguf = if path.is_dir() {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => found.remove(0),
+            0 => bail!(
+                "{}: neither a Hugging Face model folder (no config.json) nor a folder with a .gguf file",
+                path.display()
+            ),
+            _ => bail!(
+                "{}: several .gguf files ({}); evaluate one quantization per eval step",
+                path.display(),
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let (weights, cfg) = GgufWeights::open(&gguf)?;
+    Ok((Box::new(weights), cfg, "gguf"))
 }
 
 /// The tokenizer.json of a model folder or a path to one.
