@@ -24,6 +24,19 @@ fn env_usize(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user + system) this process has used: throughput per CPU
+/// second is comparable on a machine shared with other work, wall time is not.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args()
         .skip(1)
@@ -82,14 +95,16 @@ fn main() -> anyhow::Result<()> {
         stride: None,
         max_tokens: Some(chunks.max(2) * 512),
     };
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let r = perplexity(&backend, &tokens, Some(1), &spec, &|l| eprintln!("{l}"))?;
-    let secs = start.elapsed().as_secs_f64();
+    let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+    let n = r.tokens_processed as f64;
     println!(
-        "yibuild cpu: {} chunks x 512 tokens, {threads} threads: {:.2} s, {:.1} tokens/s (ppl {:.2})",
+        "yibuild cpu: {} chunks x 512 tokens, {threads} threads: {secs:.2} s wall, {cpu:.2} s CPU; \
+         {:.1} tokens/s, {:.1} tokens per CPU-second (ppl {:.2})",
         r.windows,
-        secs,
-        r.tokens_processed as f64 / secs,
+        n / secs,
+        n / cpu,
         r.perplexity
     );
     Ok(())
