@@ -52,11 +52,6 @@ impl Batch {
         self.trunk.len() + self.branches.iter().map(Vec::len).sum::<usize>()
     }
 
-    /// Trunk length.
-    pub fn trunk_len(&self) -> usize {
-        self.trunk.len()
-    }
-
     /// The row of token `j` of branch `b`.
     pub fn branch_row(&self, b: usize, j: usize) -> usize {
         self.trunk.len() + self.branches[..b].iter().map(Vec::len).sum::<usize>() + j
