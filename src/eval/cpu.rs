@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::kernels::{axpy, dot, matmul_block};
+use super::kernels::matmul_block;
 use super::model::{layer_tensor, lm_head_name, LlamaConfig, WeightSource};
 use super::{Backend, Batch, QueryBlock};
 
@@ -205,6 +205,8 @@ impl<'w> CpuModel<'w> {
     }
 }
 
+/// Online-softmax attention of one query block for one head: per key block,
+/// scores `Q·Kᵀ` and the update `P·V` both run through the block product.
 #[allow(clippy::too_many_arguments)]
 fn attend_block(
     block: &QueryBlock,
@@ -217,41 +219,59 @@ fn attend_block(
     v: &[f32],
     out: &mut [f32],
 ) {
-    let mut scores = [0f32; KEY_BLOCK];
+    let rows = block.rows.len();
+    let first = block.rows.start;
+    let mut queries = vec![0f32; rows * hd];
     for (qi, i) in block.rows.clone().enumerate() {
-        let query = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-        let acc = &mut out[qi * hd..(qi + 1) * hd];
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-        for range in &block.keys {
-            let end = range.end.min(i + 1);
-            for k0 in (range.start..end).step_by(KEY_BLOCK) {
-                let k1 = (k0 + KEY_BLOCK).min(end);
-                let s = &mut scores[..k1 - k0];
-                for (s, j) in s.iter_mut().zip(k0..k1) {
-                    *s = scale
-                        * dot(
-                            query,
-                            &k[j * kvd + kv_head * hd..j * kvd + (kv_head + 1) * hd],
-                        );
+        queries[qi * hd..(qi + 1) * hd].copy_from_slice(&q[i * qd + head * hd..][..hd]);
+    }
+    let (mut keys, mut values_t) = (vec![0f32; KEY_BLOCK * hd], vec![0f32; hd * KEY_BLOCK]);
+    let (mut scores, mut update) = (vec![0f32; rows * KEY_BLOCK], vec![0f32; rows * hd]);
+    let (mut max, mut sum) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
+    out.iter_mut().for_each(|a| *a = 0.0);
+    for range in &block.keys {
+        let end = range.end.min(block.rows.end);
+        for k0 in (range.start..end).step_by(KEY_BLOCK) {
+            let nk = (k0 + KEY_BLOCK).min(end) - k0;
+            for j in 0..nk {
+                let row = &k[(k0 + j) * kvd + kv_head * hd..][..hd];
+                keys[j * hd..(j + 1) * hd].copy_from_slice(row);
+                for (d, x) in v[(k0 + j) * kvd + kv_head * hd..][..hd].iter().enumerate() {
+                    values_t[d * nk + j] = *x;
                 }
-                let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_max = max.max(block_max);
-                let correction = (max - new_max).exp();
-                sum *= correction;
-                acc.iter_mut().for_each(|a| *a *= correction);
-                for (s, j) in s.iter().zip(k0..k1) {
-                    let p = (s - new_max).exp();
-                    sum += p;
-                    axpy(
-                        acc,
-                        p,
-                        &v[j * kvd + kv_head * hd..j * kvd + (kv_head + 1) * hd],
-                    );
-                }
-                max = new_max;
             }
+            matmul_block(&queries, rows, hd, &keys, nk, &mut scores);
+            for qi in 0..rows {
+                // Keys after the query's own row are masked (causality).
+                let visible = (first + qi + 1).saturating_sub(k0).min(nk);
+                let p = &mut scores[qi * nk..(qi + 1) * nk];
+                if visible == 0 {
+                    p.iter_mut().for_each(|x| *x = 0.0);
+                    continue;
+                }
+                let block_max = p[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                let new_max = max[qi].max(block_max);
+                let correction = (max[qi] - new_max).exp();
+                let mut block_sum = 0.0;
+                for x in &mut p[..visible] {
+                    *x = (*x * scale - new_max).exp();
+                    block_sum += *x;
+                }
+                p[visible..].iter_mut().for_each(|x| *x = 0.0);
+                sum[qi] = sum[qi] * correction + block_sum;
+                max[qi] = new_max;
+                out[qi * hd..(qi + 1) * hd]
+                    .iter_mut()
+                    .for_each(|a| *a *= correction);
+            }
+            matmul_block(&scores, rows, nk, &values_t, hd, &mut update);
+            out.iter_mut().zip(&update).for_each(|(a, u)| *a += u);
         }
-        let inv = 1.0 / sum;
+    }
+    for (qi, acc) in out.chunks_mut(hd).enumerate() {
+        let inv = 1.0 / sum[qi];
         acc.iter_mut().for_each(|a| *a *= inv);
     }
 }

@@ -1,5 +1,5 @@
-//! CPU inner loops for the forward pass: dot products and the `X · Wᵀ` block
-//! product, with an AVX2+FMA path chosen at run time and a portable fallback.
+//! The CPU inner loop of the forward pass, the `X · Wᵀ` block product, with
+//! an AVX2+FMA path chosen at run time and a portable fallback.
 //!
 //! Both operands are row-major with the reduction dimension contiguous (the
 //! Hugging Face `[out, in]` weight layout), so every output element is one dot
@@ -10,17 +10,6 @@
 const MR: usize = 3;
 /// Rows of `W` handled together by the block kernel.
 const NR: usize = 4;
-
-/// `a · b` in `f32`.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { avx2::dot(a, b) };
-    }
-    dot_portable(a, b)
-}
 
 /// `out[i * nb + j] = x[i] · w[j]` for the `m` rows of `x` and `nb` rows of `w`,
 /// each row `k` long.
@@ -36,13 +25,6 @@ pub fn matmul_block(x: &[f32], m: usize, k: usize, w: &[f32], nb: usize, out: &m
         for j in 0..nb {
             out[i * nb + j] = dot_portable(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
         }
-    }
-}
-
-/// `y += a * x`.
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 
@@ -180,7 +162,6 @@ mod tests {
                 assert!((out[i * nb + j] as f64 - naive).abs() < 1e-5, "({i},{j})");
             }
         }
-        assert!((dot(&x[..k], &w[..k]) - out[0]).abs() < 1e-6);
         assert!((dot_portable(&x[..k], &w[..k]) - out[0]).abs() < 1e-5);
     }
 }
