@@ -16,5 +16,8 @@ CHUNKS=${YIBUILD_BENCH_CHUNKS:-4}
 export YIBUILD_BENCH_THREADS=$THREADS YIBUILD_BENCH_CHUNKS=$CHUNKS
 cargo bench --bench eval_cpu -- "$DIR"
 [ -f "$DIR/model-0.5b-f16.gguf" ] || "$PY" benches/hf_to_gguf_f16.py "$DIR/model-0.5b" "$DIR/model-0.5b-f16.gguf"
-"$BIN/llama-perplexity" -m "$DIR/model-0.5b-f16.gguf" -f "$DIR/text.txt" -c 512 -b 512 \
-    -t "$THREADS" --chunks "$CHUNKS" 2>&1 | grep -E "tokenizing|seconds per pass|Final estimate|prompt eval time|total time"
+# CPU seconds as well as wall time: on a shared machine only the former compares.
+TIME=""
+[ -x /usr/bin/time ] && TIME="/usr/bin/time -f llama-perplexity:%Us_user_%Ss_system_%es_wall"
+$TIME "$BIN/llama-perplexity" -m "$DIR/model-0.5b-f16.gguf" -f "$DIR/text.txt" -c 512 -b 512 \
+    -t "$THREADS" --chunks "$CHUNKS" 2>&1 | grep -E "seconds per pass|Final estimate|llama-perplexity:"
