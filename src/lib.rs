@@ -11,6 +11,7 @@ pub mod cache;
 pub mod card;
 pub mod commands;
 pub mod exec;
+pub mod eval;
 pub mod fixtures;
 pub mod freshness;
 pub mod gguf;

@@ -12,6 +12,7 @@ use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span};
 use crate::recipe::RecipeFacts;
 
+mod eval;
 pub mod files;
 mod merge;
 mod package;
@@ -147,6 +148,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
         "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
+        "eval" => Ok(Box::new(eval::Eval::parse(node, cx)?)),
         "quantize" => Ok(Box::new(quantize::Quantize::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,

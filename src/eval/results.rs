@@ -1,0 +1,146 @@
+//! The `results.json` an eval step writes, and the compact table printed after it.
+//!
+//! Everything except the top-level `timing` object is a deterministic function
+//! of the inputs, the parameters and the device kind; `timing` (seconds,
+//! tokens per second) varies run to run, so consumers that compare or hash
+//! results (the package step) must leave it out.
+
+use serde::{Deserialize, Serialize};
+
+use super::passkey::PasskeyResult;
+use super::perplexity::PerplexityResult;
+
+/// Format version of `results.json`.
+pub const RESULTS_VERSION: u32 = 1;
+
+/// The evaluated model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The input's name in the recipe.
+    pub name: String,
+    /// Content digest of the input artifact.
+    pub digest: String,
+    /// `safetensors` or `gguf`.
+    pub format: String,
+    /// Storage types of its weights (`bfloat16`, `Q8_0+F32`, ...).
+    pub storage: String,
+    /// `architectures[0]` of its config.
+    pub architecture: String,
+    /// `max_position_embeddings`.
+    pub max_position_embeddings: usize,
+}
+
+/// The tokenizer used and the text it tokenized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextInfo {
+    /// The text source's name in the recipe.
+    pub name: String,
+    /// Content digest of the text.
+    pub digest: String,
+    /// Size of the text in bytes.
+    pub bytes: usize,
+}
+
+/// Perplexity with the text it was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerplexitySection {
+    /// The evaluated text.
+    pub text: TextInfo,
+    /// The measurement.
+    #[serde(flatten)]
+    pub result: PerplexityResult,
+}
+
+/// Wall-clock figures; not reproducible, kept apart from the results.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// The device in detail (`cpu, 2 threads`).
+    pub device: String,
+    /// Seconds spent opening the model.
+    pub load_seconds: f64,
+    /// Seconds of the perplexity pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity_seconds: Option<f64>,
+    /// Tokens run through the model per second by the perplexity pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity_tokens_per_second: Option<f64>,
+    /// Seconds of the passkey trials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkey_seconds: Option<f64>,
+}
+
+/// The whole `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResults {
+    /// [`RESULTS_VERSION`].
+    pub version: u32,
+    /// The evaluated model.
+    pub model: ModelInfo,
+    /// Digest of the tokenizer.json used and where it came from.
+    pub tokenizer: TextInfo,
+    /// Device kind the numbers were computed on (`cpu` or `cuda`).
+    pub device: String,
+    /// Perplexity, when requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<PerplexitySection>,
+    /// Passkey retrieval, when requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<PasskeyResult>,
+    /// Non-reproducible wall-clock figures.
+    pub timing: Timing,
+}
+
+/// Reads a `results.json` written by an eval step (for the table after a
+/// cached step, and for the model card).
+pub fn read_results(path: &std::path::Path) -> anyhow::Result<EvalResults> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not an eval results file: {e}", path.display()))
+}
+
+/// A compact, aligned table of an eval step's results for the terminal.
+pub fn format_table(r: &EvalResults) -> String {
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    if let Some(p) = &r.perplexity {
+        let res = &p.result;
+        let setting = match res.stride {
+            Some(s) => format!("{} ctx {} stride {s}", res.protocol.name(), res.context),
+            None => format!("{} ctx {}", res.protocol.name(), res.context),
+        };
+        rows.push([
+            format!("perplexity ({})", p.text.name),
+            setting,
+            format!(
+                "{:.4} ± {:.4}  ({} tokens scored)",
+                res.perplexity, res.perplexity_uncertainty, res.scored_tokens
+            ),
+        ]);
+    }
+    if let Some(pk) = &r.passkey {
+        for l in &pk.lengths {
+            rows.push([
+                "passkey".to_owned(),
+                format!("{} tokens, 1 of {}", l.length, pk.candidates),
+                format!("{:.0}% ({}/{})", 100.0 * l.accuracy, l.correct, l.trials),
+            ]);
+        }
+    }
+    if let Some(tps) = r.timing.perplexity_tokens_per_second {
+        rows.push([
+            "speed".to_owned(),
+            r.device.clone(),
+            format!("{tps:.1} tokens/s"),
+        ]);
+    }
+    let w0 = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r[1].chars().count()).max().unwrap_or(0);
+    let mut out = format!(
+        "eval of `{}` ({}, {})\n",
+        r.model.name, r.model.storage, r.timing.device
+    );
+    for [a, b, c] in rows {
+        out.push_str(&format!("  {a:<w0$}  {b:<w1$}  {c}\n"));
+    }
+    out
+}
