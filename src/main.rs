@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use yibuild::commands;
 use yibuild::exec::{BuildOptions, InputError};
 use yibuild::recipe::diag::RecipeError;
-use yibuild::recipe::Recipe;
+use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
 
 /// A declarative build system for language models.
@@ -72,6 +72,9 @@ struct Common {
     /// Rebuild reasons and step notes.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// The most instances one step's `matrix:` may expand to.
+    #[arg(long, global = true, default_value_t = yibuild::recipe::matrix::DEFAULT_MAX_VARIANTS)]
+    max_variants: usize,
 }
 
 #[derive(Subcommand)]
@@ -137,12 +140,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Recipe> {
-    Ok(Recipe::load(path)?)
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = cli.common;
+    let parse_opts = ParseOptions {
+        max_variants: c.max_variants,
+    };
+    let load = |path: &std::path::Path| -> anyhow::Result<Recipe> {
+        Ok(Recipe::load_with(path, &parse_opts)?)
+    };
     let print = |s: String| {
         print!("{s}");
         Ok(ExitCode::SUCCESS)
@@ -202,7 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Gc { yes }) => print(format!("{}\n", commands::gc(&c.cache_dir, yes)?)),
         Some(Command::Clean { recipe }) => {
-            let recipe = recipe.as_deref().map(load).transpose()?;
+            let recipe = recipe.as_deref().map(&load).transpose()?;
             let removed = commands::clean(&c.build_dir, recipe.as_ref())?;
             eprintln!("{:>12} {}", "Removed", removed.display());
             Ok(ExitCode::SUCCESS)
