@@ -18,4 +18,5 @@ pub mod merge;
 pub mod recipe;
 pub mod report;
 pub mod steps;
+pub mod sweep;
 pub mod tensor;

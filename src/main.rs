@@ -85,6 +85,8 @@ enum Command {
     Status { recipe: PathBuf },
     /// Which input or parameter changed since a step last built.
     Explain { recipe: PathBuf, step: String },
+    /// Print the table of a sweep's report steps (after building them).
+    Report { recipe: PathBuf },
     /// The DAG as DOT or mermaid.
     Graph {
         recipe: PathBuf,
@@ -163,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Explain { recipe, step }) => {
             print(commands::explain(&load(&recipe)?, &c.cache_dir, &step)?)
         }
+        Some(Command::Report { recipe }) => print(commands::report(&load(&recipe)?, &c.build_dir)?),
         Some(Command::Graph { recipe, format }) => {
             print(commands::graph(&load(&recipe)?, &format)?)
         }

@@ -278,7 +278,10 @@ fn parse_matrix(node: &Node, step: &str, diag: &Diag) -> Result<Matrix, RecipeEr
             if values.contains(&value) {
                 return Err(diag.error(
                     item.span,
-                    format!("value `{}` is listed twice on axis `{axis}`", value_text(&value)),
+                    format!(
+                        "value `{}` is listed twice on axis `{axis}`",
+                        value_text(&value)
+                    ),
                 ));
             }
             values.push(value);
@@ -456,7 +459,11 @@ impl Resolver<'_> {
         }
         self.visiting.push(name.to_owned());
         let mut inherited: Option<Vec<Variant>> = None;
-        let deps = self.refs.get(name).map(|r| r.plain.clone()).unwrap_or_default();
+        let deps = self
+            .refs
+            .get(name)
+            .map(|r| r.plain.clone())
+            .unwrap_or_default();
         for dep in deps {
             if let Some(theirs) = self.variants(&dep)? {
                 inherited = Some(match inherited {
@@ -471,11 +478,7 @@ impl Resolver<'_> {
             (Some(v), None) => Some(v),
             (None, Some(m)) => Some(m.combos.clone()),
             (Some(inh), Some(m)) => {
-                if let Some(axis) = m
-                    .axes
-                    .iter()
-                    .find(|a| inh[0].iter().any(|(b, _)| b == *a))
-                {
+                if let Some(axis) = m.axes.iter().find(|a| inh[0].iter().any(|(b, _)| b == *a)) {
                     return Err(self.diag.error(
                         m.span,
                         format!("axis `{axis}` of step `{name}` is already an axis of a step it depends on"),
@@ -628,7 +631,9 @@ impl Instantiate<'_> {
         let mut rest = s;
         while let Some(start) = rest.find("${{") {
             let Some(len) = rest[start..].find("}}") else {
-                return Err(self.diag.error(span, "unclosed `${{`: expected `${{ matrix.AXIS }}`"));
+                return Err(self
+                    .diag
+                    .error(span, "unclosed `${{`: expected `${{ matrix.AXIS }}`"));
             };
             let expr = rest[start + 3..start + len].trim();
             let value = self.lookup(expr, span)?;
@@ -705,7 +710,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&steps),
-            ["m[density=0.5,weight=1]", "m[density=0.5,weight=2]", "m[density=0.75,weight=1]", "m[density=0.75,weight=2]"]
+            [
+                "m[density=0.5,weight=1]",
+                "m[density=0.5,weight=2]",
+                "m[density=0.75,weight=1]",
+                "m[density=0.75,weight=2]"
+            ]
         );
         let body = &steps[3].body;
         assert_eq!(body.get("matrix"), None);
@@ -713,7 +723,10 @@ mod tests {
         assert_eq!(x.get("d").unwrap().value, Value::Float(0.75));
         assert_eq!(x.get("note").unwrap().as_str(), Some("d=0.75 w=2"));
         assert_eq!(exp[0].axes, ["density", "weight"]);
-        assert_eq!(exp[0].instances[1].values[1], ("weight".to_owned(), serde_json::json!(2)));
+        assert_eq!(
+            exp[0].instances[1].values[1],
+            ("weight".to_owned(), serde_json::json!(2))
+        );
     }
 
     #[test]
@@ -736,20 +749,68 @@ mod tests {
         assert_eq!(
             names(&steps),
             [
-                "tok", "m[d=0.5]", "m[d=0.6]",
-                "q[d=0.5,t=q4]", "q[d=0.5,t=q8]", "q[d=0.6,t=q4]", "q[d=0.6,t=q8]",
-                "e[d=0.5,t=q4]", "e[d=0.5,t=q8]", "e[d=0.6,t=q4]", "e[d=0.6,t=q8]",
+                "tok",
+                "m[d=0.5]",
+                "m[d=0.6]",
+                "q[d=0.5,t=q4]",
+                "q[d=0.5,t=q8]",
+                "q[d=0.6,t=q4]",
+                "q[d=0.6,t=q8]",
+                "e[d=0.5,t=q4]",
+                "e[d=0.5,t=q8]",
+                "e[d=0.6,t=q4]",
+                "e[d=0.6,t=q8]",
                 "r"
             ]
         );
-        assert_eq!(steps[1].body.get("k").unwrap().get("model").unwrap().as_str(), Some("tok"));
-        assert_eq!(steps[5].body.get("k").unwrap().get("model").unwrap().as_str(), Some("m[d=0.6]"));
+        assert_eq!(
+            steps[1]
+                .body
+                .get("k")
+                .unwrap()
+                .get("model")
+                .unwrap()
+                .as_str(),
+            Some("tok")
+        );
+        assert_eq!(
+            steps[5]
+                .body
+                .get("k")
+                .unwrap()
+                .get("model")
+                .unwrap()
+                .as_str(),
+            Some("m[d=0.6]")
+        );
         let e = steps[8].body.get("k").unwrap();
         assert_eq!(e.get("model").unwrap().as_str(), Some("q[d=0.5,t=q8]"));
         assert_eq!(e.get("note").unwrap().as_str(), Some("for q8"));
-        let evals: Vec<_> = steps[11].body.get("k").unwrap().get("evals").unwrap().as_seq().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
-        assert_eq!(evals, ["e[d=0.5,t=q4]", "e[d=0.5,t=q8]", "e[d=0.6,t=q4]", "e[d=0.6,t=q8]", "tok"]);
-        assert_eq!(exp.iter().map(|e| e.step.as_str()).collect::<Vec<_>>(), ["m", "q", "e"]);
+        let evals: Vec<_> = steps[11]
+            .body
+            .get("k")
+            .unwrap()
+            .get("evals")
+            .unwrap()
+            .as_seq()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            evals,
+            [
+                "e[d=0.5,t=q4]",
+                "e[d=0.5,t=q8]",
+                "e[d=0.6,t=q4]",
+                "e[d=0.6,t=q8]",
+                "tok"
+            ]
+        );
+        assert_eq!(
+            exp.iter().map(|e| e.step.as_str()).collect::<Vec<_>>(),
+            ["m", "q", "e"]
+        );
         assert_eq!(exp[2].axes, ["d", "t"]);
     }
 
@@ -760,8 +821,14 @@ mod tests {
             64,
         )
         .unwrap();
-        assert_eq!(names(&steps), ["a[d=1]", "a[d=2]", "b[d=1]", "b[d=2]", "c[d=1]", "c[d=2]"]);
-        assert_eq!(steps[5].body.get("k").unwrap().get("y").unwrap().as_str(), Some("b[d=2]"));
+        assert_eq!(
+            names(&steps),
+            ["a[d=1]", "a[d=2]", "b[d=1]", "b[d=2]", "c[d=1]", "c[d=2]"]
+        );
+        assert_eq!(
+            steps[5].body.get("k").unwrap().get("y").unwrap().as_str(),
+            Some("b[d=2]")
+        );
     }
 
     fn err(text: &str, max: usize) -> RecipeError {
@@ -770,15 +837,33 @@ mod tests {
 
     #[test]
     fn errors_name_the_place() {
-        let e = err("m:\n  matrix: {density: [0.5]}\n  k: '${{ matrix.densty }}'\n", 64);
-        assert!(e.message.contains("`matrix.densty` is not an axis of step `m`"), "{e}");
+        let e = err(
+            "m:\n  matrix: {density: [0.5]}\n  k: '${{ matrix.densty }}'\n",
+            64,
+        );
+        assert!(
+            e.message
+                .contains("`matrix.densty` is not an axis of step `m`"),
+            "{e}"
+        );
         assert_eq!(e.help.as_deref(), Some("did you mean `matrix.density`?"));
         assert_eq!((e.span.line, e.span.col), (3, 6));
         let e = err("m:\n  matrix: {density: []}\n  k: 0\n", 64);
-        assert!(e.message.contains("axis `density` of step `m` has no values"), "{e}");
+        assert!(
+            e.message
+                .contains("axis `density` of step `m` has no values"),
+            "{e}"
+        );
         assert_eq!(e.span.line, 2);
-        let e = err("m:\n  matrix:\n    density: [1]\n    exclude: [{densty: 1}]\n  k: 0\n", 64);
-        assert!(e.message.contains("`exclude` names `densty`, which is not an axis"), "{e}");
+        let e = err(
+            "m:\n  matrix:\n    density: [1]\n    exclude: [{densty: 1}]\n  k: 0\n",
+            64,
+        );
+        assert!(
+            e.message
+                .contains("`exclude` names `densty`, which is not an axis"),
+            "{e}"
+        );
         assert_eq!((e.span.line, e.span.col), (4, 16));
         let e = err("m:\n  k: '${{ matrix.a }}'\n", 64);
         assert!(e.message.contains("has no matrix"), "{e}");
@@ -790,10 +875,17 @@ mod tests {
     fn variant_limit_counts_dependents_too() {
         let text = "m:\n  matrix: {a: [1, 2, 3], b: [1, 2, 3]}\n  k: 0\n";
         let e = err(text, 8);
-        assert!(e.message.contains("step `m` expands to 9 variants, more than the limit of 8"), "{e}");
+        assert!(
+            e.message
+                .contains("step `m` expands to 9 variants, more than the limit of 8"),
+            "{e}"
+        );
         assert_eq!(e.span.line, 2);
         assert!(run(text, 9).is_ok());
-        let e = err("m:\n  matrix: {a: [1, 2]}\n  k: 0\nq:\n  matrix: {b: [1, 2, 3]}\n  k: m\n", 5);
+        let e = err(
+            "m:\n  matrix: {a: [1, 2]}\n  k: 0\nq:\n  matrix: {b: [1, 2, 3]}\n  k: m\n",
+            5,
+        );
         assert!(e.message.contains("step `q` expands to 6 variants"), "{e}");
     }
 }

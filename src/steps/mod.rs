@@ -16,6 +16,7 @@ pub mod files;
 mod merge;
 mod package;
 mod patch_config;
+mod report;
 mod run;
 
 /// The implementation of one step kind, parsed from its recipe entry.
@@ -135,6 +136,7 @@ pub const KINDS: &[&str] = &[
     "eval",
     "package",
     "run",
+    "report",
 ];
 
 /// Parses the body of a step of kind `kind`.
@@ -144,6 +146,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
+        "report" => Ok(Box::new(report::Report::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),

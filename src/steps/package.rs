@@ -33,7 +33,8 @@ pub struct Package {
     facts: Option<RecipeFacts>,
 }
 
-fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> {
+/// A list of references (or one) under `key`.
+pub(super) fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> {
     match f.opt(key) {
         None => Ok(Vec::new()),
         Some(n) => match n.as_seq() {

@@ -122,7 +122,13 @@ impl Step for Run {
             // by its step's name, so one command serves every instance.
             if let Some((base, _)) = input.name.split_once('[') {
                 let prefix = format!("{base}[");
-                if self.inputs.iter().filter(|i| i.name.starts_with(&prefix)).count() == 1 {
+                if self
+                    .inputs
+                    .iter()
+                    .filter(|i| i.name.starts_with(&prefix))
+                    .count()
+                    == 1
+                {
                     cmd.env(input_env_var(base), path);
                 }
             }
