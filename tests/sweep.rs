@@ -27,7 +27,9 @@ steps:
       weight: [0.9, 1.0]
     patch_config:
       model: shared
-      set: {{rms_norm_eps: ${{{{ matrix.density }}}}, rope_theta: ${{{{ matrix.weight }}}}}}
+      set:
+        rms_norm_eps: ${{{{ matrix.density }}}}
+        rope_theta: '${{{{ matrix.weight }}}}'
   ppl:
     run:
       command: >-
@@ -125,12 +127,12 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
         let eval = row["evals"][0].as_str().unwrap();
         let results = read_json(&p, &format!("build/sweep/{eval}/results.json"));
         assert_eq!(
-            row["metrics"]["ppl.wiki"],
-            results["perplexity"]["perplexity"]
+            row["metrics"]["ppl.wiki"].as_f64(),
+            results["perplexity"]["perplexity"].as_f64()
         );
         assert_eq!(
-            row["metrics"].get("passkey.256"),
-            results["passkey"]["lengths"][0].get("accuracy")
+            row["metrics"]["passkey.256"].as_f64(),
+            results["passkey"]["lengths"][0]["accuracy"].as_f64()
         );
     }
     assert_eq!(report["selected"]["variant"], "density=0.75,weight=0.9");
@@ -230,7 +232,7 @@ fn one_instance_or_a_slice_can_be_built_by_name() {
 #[test]
 fn a_matrix_over_the_limit_is_refused_before_anything_runs() {
     let p = project("[0.5, 0.6, 0.75]");
-    let out = p.run(&["--max-variants", "5", "plan", "recipe.yaml"]);
+    let out = p.run(&["plan", "recipe.yaml", "--max-variants", "5"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

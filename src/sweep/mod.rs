@@ -107,12 +107,12 @@ fn typed(text: &str) -> Value {
 
 /// The metrics of one eval `results.json`: `ppl.<text>` (perplexity on the
 /// text of that name) and `passkey.<length>` (retrieval accuracy). Other
-/// fields, `timing` among them, are not read.
-pub fn metrics_of(results: &Value) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
+/// fields, `timing` among them, are not read. Perplexity comes first.
+pub fn metrics_of(results: &Value) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
     let ppl = &results["perplexity"];
     if let (Some(text), Some(v)) = (ppl["text"]["name"].as_str(), ppl["perplexity"].as_f64()) {
-        out.insert(format!("ppl.{text}"), v);
+        out.push((format!("ppl.{text}"), v));
     }
     for l in results["passkey"]["lengths"]
         .as_array()
@@ -120,7 +120,7 @@ pub fn metrics_of(results: &Value) -> BTreeMap<String, f64> {
         .flatten()
     {
         if let (Some(len), Some(acc)) = (l["length"].as_u64(), l["accuracy"].as_f64()) {
-            out.insert(format!("passkey.{len}"), acc);
+            out.push((format!("passkey.{len}"), acc));
         }
     }
     out
@@ -160,7 +160,7 @@ impl SweepTable {
 
     /// Adds eval `name`'s metrics to its variant's row; an eval that is no
     /// instance goes to the row of the `model` it evaluated.
-    fn add(&mut self, name: &str, model: &str, metrics: BTreeMap<String, f64>) -> Result<()> {
+    fn add(&mut self, name: &str, model: &str, metrics: Vec<(String, f64)>) -> Result<()> {
         let (_, values) = split_instance(name);
         let label = if values.is_empty() {
             model.to_owned()
@@ -172,7 +172,7 @@ impl SweepTable {
                 self.axes.push(axis.clone());
             }
         }
-        for m in metrics.keys() {
+        for (m, _) in &metrics {
             if !self.metrics.contains(m) {
                 self.metrics.push(m.clone());
             }
