@@ -423,10 +423,8 @@ fn assignment(
 /// Collects the step names used as plain string values in `node`.
 fn collect_refs(node: &Node, names: &[String], out: &mut Refs) {
     match &node.value {
-        Value::Str(s) => {
-            if names.contains(s) && !out.plain.contains(s) {
-                out.plain.push(s.clone());
-            }
+        Value::Str(s) if names.contains(s) && !out.plain.contains(s) => {
+            out.plain.push(s.clone());
         }
         Value::Seq(items) => items.iter().for_each(|i| collect_refs(i, names, out)),
         Value::Map(entries) => entries
@@ -832,7 +830,7 @@ mod tests {
     }
 
     fn err(text: &str, max: usize) -> RecipeError {
-        run(text, max).err().expect("an error")
+        run(text, max).expect_err("an error")
     }
 
     #[test]
