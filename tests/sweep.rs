@@ -49,7 +49,11 @@ steps:
     report:
       evals: ['ppl[*]', base-ppl]
       select: {{metric: ppl.wiki, goal: min}}
-default: [sweep]
+  best:
+    select: {{report: sweep, models: ['merged[*]']}}
+  release:
+    package: {{model: best}}
+default: [release]
 "#
     )
 }
@@ -85,6 +89,7 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
         built,
         [
             "base-ppl",
+            "best",
             "merged[density=0.5,weight=0.9]",
             "merged[density=0.5,weight=1.0]",
             "merged[density=0.75,weight=0.9]",
@@ -93,6 +98,7 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
             "ppl[density=0.5,weight=1.0]",
             "ppl[density=0.75,weight=0.9]",
             "ppl[density=0.75,weight=1.0]",
+            "release",
             "shared",
             "sweep",
         ]
@@ -148,6 +154,24 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
     let png = std::fs::read(p.path("build/sweep/sweep/report.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
+    // The chosen variant is released, and its card names the sweep it won.
+    let card = std::fs::read_to_string(p.path("build/sweep/release/README.md")).unwrap();
+    assert!(
+        card.contains("This model is `merged[density=0.75,weight=0.9]`, chosen by the sweep `sweep` over density × weight (4 variants) for the lowest `ppl.wiki` (7.9000)."),
+        "{card}"
+    );
+    let config = read_json(&p, "build/sweep/release/config.json");
+    assert_eq!(
+        (
+            config["rms_norm_eps"].as_f64(),
+            config["rope_theta"].as_f64()
+        ),
+        (Some(0.75), Some(0.9))
+    );
+    assert!(!p
+        .path("build/sweep/release/yibuild-selection.json")
+        .exists());
+
     let out = p.run(&["report", "recipe.yaml"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -161,8 +185,9 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
         "{table}"
     );
 
-    // Adding a density builds only the new chains (and the report that
-    // gathers them); changing one value rebuilds only its chains.
+    // Adding a density builds only the new chains (and what gathers them:
+    // the report, the selection, the release whose card describes the sweep);
+    // changing one value rebuilds only its chains.
     p.write("recipe.yaml", &recipe("[0.5, 0.6, 0.75]"));
     let plan = p.run(&["plan", "recipe.yaml"]);
     let plan = String::from_utf8_lossy(&plan.stdout);
@@ -177,10 +202,12 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
     assert_eq!(
         with_status(&events, "built"),
         [
+            "best",
             "merged[density=0.6,weight=0.9]",
             "merged[density=0.6,weight=1.0]",
             "ppl[density=0.6,weight=0.9]",
             "ppl[density=0.6,weight=1.0]",
+            "release",
             "sweep",
         ]
     );
@@ -191,10 +218,12 @@ fn a_sweep_builds_every_variant_once_and_reports_their_own_numbers() {
     assert_eq!(
         with_status(&events, "built"),
         [
+            "best",
             "merged[density=0.8,weight=0.9]",
             "merged[density=0.8,weight=1.0]",
             "ppl[density=0.8,weight=0.9]",
             "ppl[density=0.8,weight=1.0]",
+            "release",
             "sweep",
         ]
     );

@@ -18,6 +18,7 @@ mod package;
 mod patch_config;
 mod report;
 mod run;
+pub mod select;
 
 /// The implementation of one step kind, parsed from its recipe entry.
 pub trait Step: Send + Sync + std::fmt::Debug {
@@ -137,6 +138,7 @@ pub const KINDS: &[&str] = &[
     "package",
     "run",
     "report",
+    "select",
 ];
 
 /// Parses the body of a step of kind `kind`.
@@ -147,6 +149,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
         "report" => Ok(Box::new(report::Report::parse(node, cx)?)),
+        "select" => Ok(Box::new(select::Select::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),

@@ -178,7 +178,8 @@ where
     }
     let label_x = |x: &f64| -> String {
         if numeric {
-            format!("{x}")
+            let text = format!("{x:.4}");
+            text.trim_end_matches('0').trim_end_matches('.').to_owned()
         } else {
             let i = x.round();
             if (x - i).abs() < 1e-9 && i >= 0.0 {
