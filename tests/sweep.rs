@@ -280,3 +280,64 @@ fn a_matrix_over_the_limit_is_refused_before_anything_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A merge sweep: each instance is byte-identical to the same merge written
+/// without a matrix, and the cache shares it between the two recipes.
+#[test]
+fn a_merge_instance_is_the_same_merge_written_by_hand() {
+    let p = Project::with_base();
+    let base = yibuild::fixtures::TinyLlama::default();
+    for (i, name) in ["ft-a", "ft-b"].iter().enumerate() {
+        yibuild::fixtures::write_finetune(
+            &base,
+            &p.path(&format!("models/{name}")),
+            7 + i as u64,
+            0.3,
+        )
+        .unwrap();
+    }
+    let merge = |density: &str| {
+        format!(
+            r#"
+      merge_method: dare_ties
+      base_model: base
+      models:
+        - model: ft-a
+          parameters:
+            density: {density}
+            weight: 0.5
+        - model: ft-b
+          parameters:
+            density: {density}
+            weight: 0.5
+      dtype: float32"#
+        )
+    };
+    let head = "yibuild: 1\nname: m\nsources:\n  base: ./models/base\n  ft-a: ./models/ft-a\n  ft-b: ./models/ft-b\nsteps:\n";
+    p.write(
+        "sweep.yaml",
+        &format!(
+            "{head}  merged:\n    matrix:\n      density: [0.5, 0.9]\n    merge:{}\n",
+            merge("${{ matrix.density }}")
+        ),
+    );
+    p.write(
+        "single.yaml",
+        &format!("{head}  by-hand:\n    merge:{}\n", merge("0.9")),
+    );
+    let (code, events, err) = p.build_json(&["sweep.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        with_status(&events, "built"),
+        ["merged[density=0.5]", "merged[density=0.9]"]
+    );
+    let (code, events, err) = p.build_json(&["single.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "cached"), ["by-hand"]);
+    let swept = common::tree_bytes(&p.path("build/m/merged[density=0.9]"));
+    assert_eq!(swept, common::tree_bytes(&p.path("build/m/by-hand")));
+    assert_ne!(
+        swept,
+        common::tree_bytes(&p.path("build/m/merged[density=0.5]"))
+    );
+}
