@@ -341,3 +341,28 @@ fn a_merge_instance_is_the_same_merge_written_by_hand() {
         common::tree_bytes(&p.path("build/m/merged[density=0.5]"))
     );
 }
+
+#[test]
+fn matrix_mistakes_are_recipe_errors_with_their_place() {
+    let p = project("[0.5, 0.75]");
+    let cases = [
+        ("matrix:", "matrx:", "did you mean `matrix`?"),
+        (
+            "rms_norm_eps: ${{ matrix.density }}",
+            "rms_norm_eps: ${{ matrix.densty }}",
+            "bad.yaml:18:23",
+        ),
+        (
+            "density: [0.5, 0.75]",
+            "density: []",
+            "axis `density` of step `merged` has no values",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        p.write("bad.yaml", &recipe("[0.5, 0.75]").replacen(from, to, 1));
+        let out = p.run(&["plan", "bad.yaml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(expected), "{to}: {err}");
+    }
+}

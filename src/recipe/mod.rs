@@ -93,7 +93,9 @@ const CARD_KEYS: &[&str] = &[
     "library_name",
     "base_model",
 ];
-const STEP_COMMON_KEYS: &[&str] = &["seed", "description"];
+// `matrix` is consumed by [`matrix::expand`] before a step is parsed; it is
+// listed so that a misspelt `matrx:` gets a "did you mean".
+const STEP_COMMON_KEYS: &[&str] = &["seed", "description", "matrix"];
 
 impl Recipe {
     /// Reads, parses and validates the recipe (or mergekit config) at `file`.
@@ -298,9 +300,10 @@ fn native_recipe(
             "`steps` must be a mapping of step names to steps",
         ));
     };
-    for (k, _) in entries {
+    for (k, v) in entries {
         let name = expect_str(diag, k, "steps")?;
         check_name(diag, k, &name)?;
+        step_kind(&name, k.span, v, diag)?;
         if sources.iter().any(|s| s.name == name) {
             return Err(diag.error(
                 k.span,
@@ -373,7 +376,13 @@ pub fn suggest<'a>(
     }
 }
 
-fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDef, RecipeError> {
+/// Checks a step's keys (one kind, common keys) and returns its kind and body.
+fn step_kind<'a>(
+    name: &str,
+    span: Span,
+    node: &'a Node,
+    diag: &Diag,
+) -> Result<(&'static str, &'a Node), RecipeError> {
     let Some(entries) = node.as_map() else {
         return Err(diag.error(
             node.span,
@@ -383,7 +392,7 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
             ),
         ));
     };
-    let mut kind: Option<(&str, &Node)> = None;
+    let mut kind: Option<(&'static str, &'a Node)> = None;
     for (k, v) in entries {
         let key = k.as_str().unwrap_or_default();
         if let Some(known) = steps::KINDS.iter().find(|kind| **kind == key) {
@@ -404,15 +413,19 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
             });
         }
     }
-    let Some((kind, body)) = kind else {
-        return Err(diag.error(
+    kind.ok_or_else(|| {
+        diag.error(
             span,
             format!(
                 "step `{name}` has no kind; expected one of: {}",
                 steps::KINDS.join(", ")
             ),
-        ));
-    };
+        )
+    })
+}
+
+fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDef, RecipeError> {
+    let (kind, body) = step_kind(name, span, node, diag)?;
     let seed = match node.get("seed") {
         None => None,
         Some(n) => match n.value {
