@@ -36,6 +36,8 @@ pub struct CardInput<'a> {
     pub quants: Vec<QuantFile>,
     /// Evaluations.
     pub evals: Vec<EvalSummary>,
+    /// How a sweep chose the model, when a `select` step did.
+    pub sweep: Option<String>,
 }
 
 /// The Hub ids among the recipe's sources (`base_model`).
@@ -198,6 +200,9 @@ pub fn render(input: &CardInput) -> String {
     out.push_str("\n## Lineage\n\n```mermaid\n");
     out.push_str(&facts.mermaid);
     out.push_str("```\n\n");
+    if let Some(sweep) = &input.sweep {
+        out.push_str(&format!("## Sweep\n\n{sweep}\n\n"));
+    }
     if !input.quants.is_empty() {
         out.push_str("## Quantizations\n\n| file | size |\n|---|---|\n");
         for q in &input.quants {

@@ -90,6 +90,7 @@ pub fn plan(
             src.describe()
         ));
     }
+    out.push_str(&matrix_summary(recipe, &states));
     let (mut fresh, mut build) = (0, 0);
     for (name, state) in &states {
         let kind = recipe.step(name).expect("planned step").step.kind();
@@ -184,6 +185,74 @@ pub fn fetch(recipe: &Recipe, opts: &BuildOptions, verbose: bool) -> Result<Stri
             src.describe(),
             artifacts[name].path.display()
         ));
+    }
+    Ok(out)
+}
+
+/// One line per expanded step of the plan: how many instances, over which
+/// axes, and how many of them are cached.
+fn matrix_summary(recipe: &Recipe, states: &[(String, State)]) -> String {
+    let mut out = String::new();
+    for m in &recipe.matrices {
+        let planned: Vec<&State> = m
+            .instances
+            .iter()
+            .filter_map(|i| states.iter().find(|(n, _)| *n == i.name).map(|(_, s)| s))
+            .collect();
+        if planned.is_empty() {
+            continue;
+        }
+        let cached = planned
+            .iter()
+            .filter(|s| matches!(s, State::Fresh { .. }))
+            .count();
+        out.push_str(&format!(
+            "{:>12} {}: {} of {} variants over {} ({cached} cached, {} to build)\n",
+            "matrix",
+            m.step,
+            planned.len(),
+            m.instances.len(),
+            m.axes.join(" × "),
+            planned.len() - cached
+        ));
+    }
+    out
+}
+
+/// `yibuild report`: the table of each report step of the recipe, read from
+/// its materialized `report.json` under the build directory.
+pub fn report(recipe: &Recipe, build_dir: &Path) -> Result<String> {
+    let steps: Vec<&str> = recipe
+        .steps
+        .iter()
+        .filter(|s| s.step.kind() == "report")
+        .map(|s| s.name.as_str())
+        .collect();
+    if steps.is_empty() {
+        bail!("recipe {} has no `report` step", recipe.file.display());
+    }
+    let mut out = String::new();
+    for step in steps {
+        let path = exec::output_dir(build_dir, recipe, step).join("report.json");
+        if !path.exists() {
+            bail!(
+                "`{step}` has not been built yet ({} is missing): run `yibuild {} {step}` first",
+                path.display(),
+                recipe.file.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))?;
+        let table = crate::sweep::from_report_json(&v);
+        out.push_str(&format!("{step}\n{}", table.terminal()));
+        if let Some(sel) = v["selected"]["variant"].as_str() {
+            out.push_str(&format!(
+                "selected: {sel} ({} {})\n",
+                v["selected"]["goal"].as_str().unwrap_or_default(),
+                v["selected"]["metric"].as_str().unwrap_or_default()
+            ));
+        }
     }
     Ok(out)
 }

@@ -70,8 +70,11 @@ pub fn select_targets(
             recipe.default.clone()
         });
     }
+    let mut selected = Vec::new();
     for t in named {
-        if recipe.step(t).is_none() {
+        if let Some(steps) = recipe.resolve_target(t) {
+            selected.extend(steps);
+        } else {
             let names = recipe.steps.iter().map(|s| s.name.as_str());
             let hint = suggest(
                 crate::recipe::diag::RecipeError::file(&recipe.file, ""),
@@ -88,7 +91,7 @@ pub fn select_targets(
             .into());
         }
     }
-    Ok(named.to_vec())
+    Ok(selected)
 }
 
 /// The paths of a step's source inputs (step inputs are not built yet).

@@ -10,8 +10,8 @@
 pub mod cache;
 pub mod card;
 pub mod commands;
-pub mod exec;
 pub mod eval;
+pub mod exec;
 pub mod fixtures;
 pub mod freshness;
 pub mod gguf;
@@ -21,5 +21,6 @@ pub mod merge;
 pub mod recipe;
 pub mod report;
 pub mod steps;
+pub mod sweep;
 pub mod tensor;
 pub mod tokenizer;

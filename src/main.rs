@@ -11,7 +11,7 @@ use yibuild::commands;
 use yibuild::exec::{BuildOptions, InputError};
 use yibuild::hub::HubOptions;
 use yibuild::recipe::diag::RecipeError;
-use yibuild::recipe::Recipe;
+use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
 
 /// A declarative build system for language models.
@@ -80,6 +80,9 @@ struct Common {
     /// Resolve Hub revisions again and rewrite their yibuild.lock entries.
     #[arg(long, global = true)]
     update_lock: bool,
+    /// The most instances one step's `matrix:` may expand to.
+    #[arg(long, global = true, default_value_t = yibuild::recipe::matrix::DEFAULT_MAX_VARIANTS)]
+    max_variants: usize,
 }
 
 impl Common {
@@ -114,6 +117,8 @@ enum Command {
     Status { recipe: PathBuf },
     /// Which input or parameter changed since a step last built.
     Explain { recipe: PathBuf, step: String },
+    /// Print the table of a sweep's report steps (after building them).
+    Report { recipe: PathBuf },
     /// The DAG as DOT or mermaid.
     Graph {
         recipe: PathBuf,
@@ -171,12 +176,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Recipe> {
-    Ok(Recipe::load(path)?)
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = cli.common;
+    let parse_opts = ParseOptions {
+        max_variants: c.max_variants,
+    };
+    let load = |path: &std::path::Path| -> anyhow::Result<Recipe> {
+        Ok(Recipe::load_with(path, &parse_opts)?)
+    };
     let print = |s: String| {
         print!("{s}");
         Ok(ExitCode::SUCCESS)
@@ -200,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Explain { recipe, step }) => {
             print(commands::explain(&load(&recipe)?, &c.cache_dir, &step)?)
         }
+        Some(Command::Report { recipe }) => print(commands::report(&load(&recipe)?, &c.build_dir)?),
         Some(Command::Graph { recipe, format }) => {
             print(commands::graph(&load(&recipe)?, &format)?)
         }
@@ -245,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Gc { yes }) => print(format!("{}\n", commands::gc(&c.cache_dir, yes)?)),
         Some(Command::Clean { recipe }) => {
-            let recipe = recipe.as_deref().map(load).transpose()?;
+            let recipe = recipe.as_deref().map(&load).transpose()?;
             let removed = commands::clean(&c.build_dir, recipe.as_ref())?;
             eprintln!("{:>12} {}", "Removed", removed.display());
             Ok(ExitCode::SUCCESS)

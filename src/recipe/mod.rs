@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod fields;
+pub mod matrix;
 pub mod source;
 pub mod yaml;
 
@@ -18,6 +19,7 @@ use serde_json::json;
 use crate::steps::{self, ParseContext, Step};
 use diag::{did_you_mean, Diag, RecipeError};
 use fields::{expect_str, Fields};
+pub use matrix::{Expansion, ParseOptions};
 pub use source::{Source, SourceSpec};
 use yaml::{Node, Span, Value};
 
@@ -72,6 +74,8 @@ pub struct Recipe {
     pub steps: Vec<StepDef>,
     /// Default targets (`default:`; all leaves when absent).
     pub default: Vec<String>,
+    /// The steps a `matrix:` expanded, with their instances (see [`matrix`]).
+    pub matrices: Vec<Expansion>,
 }
 
 const TOP_KEYS: &[&str] = &["yibuild", "name", "card", "sources", "steps", "default"];
@@ -89,18 +93,30 @@ const CARD_KEYS: &[&str] = &[
     "library_name",
     "base_model",
 ];
-const STEP_COMMON_KEYS: &[&str] = &["seed", "description"];
+// `matrix` is consumed by [`matrix::expand`] before a step is parsed; it is
+// listed so that a misspelt `matrx:` gets a "did you mean".
+const STEP_COMMON_KEYS: &[&str] = &["seed", "description", "matrix"];
 
 impl Recipe {
     /// Reads, parses and validates the recipe (or mergekit config) at `file`.
     pub fn load(file: &Path) -> Result<Recipe, RecipeError> {
+        Recipe::load_with(file, &ParseOptions::default())
+    }
+
+    /// [`Recipe::load`] with options from the command line (`--max-variants`).
+    pub fn load_with(file: &Path, opts: &ParseOptions) -> Result<Recipe, RecipeError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| RecipeError::file(file, format!("cannot read recipe: {e}")))?;
-        Recipe::parse(file, &text)
+        Recipe::parse_with(file, &text, opts)
     }
 
     /// Parses recipe text as if read from `file`.
     pub fn parse(file: &Path, text: &str) -> Result<Recipe, RecipeError> {
+        Recipe::parse_with(file, text, &ParseOptions::default())
+    }
+
+    /// [`Recipe::parse`] with options from the command line.
+    pub fn parse_with(file: &Path, text: &str, opts: &ParseOptions) -> Result<Recipe, RecipeError> {
         let diag = Diag::new(file, text);
         let docs = yaml::parse_documents(text)
             .map_err(|e| diag.error(e.span, format!("invalid YAML: {}", e.message)))?;
@@ -133,7 +149,7 @@ impl Recipe {
                     diag.error(docs[1].span, "a recipe is one YAML document; found several")
                 );
             }
-            native_recipe(first, &diag, &dir)?
+            native_recipe(first, &diag, &dir, opts)?
         };
         recipe.file = file.to_path_buf();
         recipe.text = text.to_owned();
@@ -170,6 +186,41 @@ impl Recipe {
         self.steps.iter().find(|s| s.name == name)
     }
 
+    /// The steps a target name selects: the step itself; every instance of an
+    /// expanded step for its plain name or `name[*]`; and for `name[a=v]` the
+    /// instances with those values (a subset of the axes may be given). None
+    /// when nothing matches.
+    pub fn resolve_target(&self, name: &str) -> Option<Vec<String>> {
+        if self.step(name).is_some() {
+            return Some(vec![name.to_owned()]);
+        }
+        let (base, filter) = match name.split_once('[') {
+            Some((base, rest)) => (base, Some(rest.strip_suffix(']')?)),
+            None => (name, None),
+        };
+        let expansion = self.matrices.iter().find(|e| e.step == base)?;
+        let wanted: Vec<(&str, &str)> = match filter {
+            None | Some("*") => Vec::new(),
+            Some(f) => f
+                .split(',')
+                .map(|kv| kv.split_once('='))
+                .collect::<Option<_>>()?,
+        };
+        let selected: Vec<String> = expansion
+            .instances
+            .iter()
+            .filter(|i| {
+                wanted.iter().all(|(axis, value)| {
+                    i.values
+                        .iter()
+                        .any(|(a, v)| a == axis && matrix::json_text(v) == *value)
+                })
+            })
+            .map(|i| i.name.clone())
+            .collect();
+        (!selected.is_empty()).then_some(selected)
+    }
+
     /// The source named `name`.
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)
@@ -195,7 +246,12 @@ impl Recipe {
     }
 }
 
-fn native_recipe(doc: &Node, diag: &Diag, dir: &Path) -> Result<Recipe, RecipeError> {
+fn native_recipe(
+    doc: &Node,
+    diag: &Diag,
+    dir: &Path,
+    opts: &ParseOptions,
+) -> Result<Recipe, RecipeError> {
     let f = Fields::new(diag, doc, "the recipe", TOP_KEYS)?;
     f.finish()?;
     let version = f.req("yibuild")?;
@@ -244,32 +300,23 @@ fn native_recipe(doc: &Node, diag: &Diag, dir: &Path) -> Result<Recipe, RecipeEr
             "`steps` must be a mapping of step names to steps",
         ));
     };
-    let mut steps = Vec::new();
     for (k, v) in entries {
         let name = expect_str(diag, k, "steps")?;
         check_name(diag, k, &name)?;
+        step_kind(&name, k.span, v, diag)?;
         if sources.iter().any(|s| s.name == name) {
             return Err(diag.error(
                 k.span,
                 format!("`{name}` is both a source and a step; names must be unique"),
             ));
         }
-        steps.push(parse_step(&name, k.span, v, diag)?);
     }
-    let default = f.opt_str_list("default")?;
-    if let Some(node) = f.opt("default") {
-        let items: Vec<&Node> = node.as_seq().map_or(vec![node], |s| s.iter().collect());
-        for (target, item) in default.iter().zip(items) {
-            if !steps.iter().any(|s: &StepDef| &s.name == target) {
-                let err = diag.error(
-                    item.span,
-                    format!("default target `{target}` is not a step"),
-                );
-                return Err(suggest(err, target, steps.iter().map(|s| s.name.as_str())));
-            }
-        }
-    }
-    Ok(Recipe {
+    let (expanded, matrices) = matrix::expand(entries, diag, opts)?;
+    let steps = expanded
+        .into_iter()
+        .map(|s| parse_step(&s.name, s.span, &s.body, diag))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut recipe = Recipe {
         name,
         file: PathBuf::new(),
         dir: dir.to_path_buf(),
@@ -277,8 +324,28 @@ fn native_recipe(doc: &Node, diag: &Diag, dir: &Path) -> Result<Recipe, RecipeEr
         card,
         sources,
         steps,
-        default,
-    })
+        default: Vec::new(),
+        matrices,
+    };
+    let written = f.opt_str_list("default")?;
+    if let Some(node) = f.opt("default") {
+        let items: Vec<&Node> = node.as_seq().map_or(vec![node], |s| s.iter().collect());
+        for (target, item) in written.iter().zip(items) {
+            let Some(selected) = recipe.resolve_target(target) else {
+                let err = diag.error(
+                    item.span,
+                    format!("default target `{target}` is not a step"),
+                );
+                return Err(suggest(
+                    err,
+                    target,
+                    recipe.steps.iter().map(|s| s.name.as_str()),
+                ));
+            };
+            recipe.default.extend(selected);
+        }
+    }
+    Ok(recipe)
 }
 
 fn check_name(diag: &Diag, node: &Node, name: &str) -> Result<(), RecipeError> {
@@ -309,7 +376,13 @@ pub fn suggest<'a>(
     }
 }
 
-fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDef, RecipeError> {
+/// Checks a step's keys (one kind, common keys) and returns its kind and body.
+fn step_kind<'a>(
+    name: &str,
+    span: Span,
+    node: &'a Node,
+    diag: &Diag,
+) -> Result<(&'static str, &'a Node), RecipeError> {
     let Some(entries) = node.as_map() else {
         return Err(diag.error(
             node.span,
@@ -319,7 +392,7 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
             ),
         ));
     };
-    let mut kind: Option<(&str, &Node)> = None;
+    let mut kind: Option<(&'static str, &'a Node)> = None;
     for (k, v) in entries {
         let key = k.as_str().unwrap_or_default();
         if let Some(known) = steps::KINDS.iter().find(|kind| **kind == key) {
@@ -340,15 +413,19 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
             });
         }
     }
-    let Some((kind, body)) = kind else {
-        return Err(diag.error(
+    kind.ok_or_else(|| {
+        diag.error(
             span,
             format!(
                 "step `{name}` has no kind; expected one of: {}",
                 steps::KINDS.join(", ")
             ),
-        ));
-    };
+        )
+    })
+}
+
+fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDef, RecipeError> {
+    let (kind, body) = step_kind(name, span, node, diag)?;
     let seed = match node.get("seed") {
         None => None,
         Some(n) => match n.value {
@@ -451,5 +528,6 @@ fn mergekit_recipe(docs: &[Node], diag: &Diag, dir: &Path) -> Result<Recipe, Rec
         sources: sources.into_values().collect(),
         steps,
         default: last,
+        matrices: Vec::new(),
     })
 }

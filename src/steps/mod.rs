@@ -18,7 +18,9 @@ mod merge;
 mod package;
 mod patch_config;
 mod quantize;
+mod report;
 mod run;
+pub mod select;
 mod tokenizer;
 
 /// The implementation of one step kind, parsed from its recipe entry.
@@ -138,6 +140,8 @@ pub const KINDS: &[&str] = &[
     "eval",
     "package",
     "run",
+    "report",
+    "select",
 ];
 
 /// Parses the body of a step of kind `kind`.
@@ -150,6 +154,8 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
         "eval" => Ok(Box::new(eval::Eval::parse(node, cx)?)),
         "quantize" => Ok(Box::new(quantize::Quantize::parse(node, cx)?)),
+        "report" => Ok(Box::new(report::Report::parse(node, cx)?)),
+        "select" => Ok(Box::new(select::Select::parse(node, cx)?)),
         _ => Err(cx.diag.error(
             node.span,
             format!("step kind `{kind}` is not implemented yet"),

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};
 
-use super::files::{link_or_copy, link_tree};
+use super::files::{link_or_copy, link_tree, read_json};
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::cache::memo::list_files;
 use crate::card::{self, CardInput, EvalSummary, QuantFile};
@@ -33,7 +33,8 @@ pub struct Package {
     facts: Option<RecipeFacts>,
 }
 
-fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> {
+/// A list of references (or one) under `key`.
+pub(super) fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> {
     match f.opt(key) {
         None => Ok(Vec::new()),
         Some(n) => match n.as_seq() {
@@ -161,7 +162,13 @@ impl Step for Package {
             .context("internal: package step not bound to its recipe")?;
         let out = ctx.out_dir;
         let model = &ctx.input(&self.model.name)?.path;
-        link_tree(model, out, &|rel| rel == "README.md")?;
+        link_tree(model, out, &|rel| {
+            rel == "README.md" || rel == super::select::SELECTION_FILE
+        })?;
+        let sweep = match read_json(&model.join(super::select::SELECTION_FILE)) {
+            Ok(selection) => Some(super::select::card_paragraph(&selection)),
+            Err(_) => None,
+        };
         let mut quants = Vec::new();
         for q in &self.quantized {
             let dir = &ctx.input(&q.name)?.path;
@@ -183,7 +190,7 @@ impl Step for Package {
         let mut evals = Vec::new();
         for e in &self.evals {
             let path = ctx.input(&e.name)?.path.join("results.json");
-            let mut results = super::files::read_json(&path)
+            let mut results = read_json(&path)
                 .with_context(|| format!("eval step `{}` has no results.json", e.name))?;
             if let Some(obj) = results.as_object_mut() {
                 obj.remove("timing");
@@ -199,6 +206,7 @@ impl Step for Package {
             overrides: &self.card,
             quants,
             evals,
+            sweep,
         };
         std::fs::write(out.join("README.md"), card::render(&input))?;
         let digests: BTreeMap<&String, &String> =

@@ -14,7 +14,8 @@ use crate::recipe::fields::Fields;
 use crate::recipe::yaml::Node;
 
 /// A `run` step: `sh -c COMMAND` with `YIBUILD_IN_<NAME>` pointing at each input
-/// and `YIBUILD_OUT` at the directory it must fill.
+/// (an input that is one instance of a sweep also as `YIBUILD_IN_<STEP>`) and
+/// `YIBUILD_OUT` at the directory it must fill.
 #[derive(Debug, Clone)]
 pub struct Run {
     command: String,
@@ -115,7 +116,22 @@ impl Step for Run {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for input in &self.inputs {
-            cmd.env(input_env_var(&input.name), &ctx.input(&input.name)?.path);
+            let path = &ctx.input(&input.name)?.path;
+            cmd.env(input_env_var(&input.name), path);
+            // An instance of a sweep (`merged[density=0.5]`) is also reachable
+            // by its step's name, so one command serves every instance.
+            if let Some((base, _)) = input.name.split_once('[') {
+                let prefix = format!("{base}[");
+                if self
+                    .inputs
+                    .iter()
+                    .filter(|i| i.name.starts_with(&prefix))
+                    .count()
+                    == 1
+                {
+                    cmd.env(input_env_var(base), path);
+                }
+            }
         }
         // SAFETY: prctl is async-signal-safe; the command dies with yibuild, so
         // a killed build leaves no orphan writing into the cache.
