@@ -343,30 +343,6 @@ pub fn write_finetune(base: &TinyLlama, dir: &Path, seed: u64, scale: f32) -> Re
     write_byte_level_tokenizer(dir, base.tokenizer_vocab)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tensor::ModelTensors;
-
-    #[test]
-    fn writes_loadable_sharded_model_and_tokenizer() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = TinyLlama {
-            shards: 2,
-            ..Default::default()
-        };
-        m.write(dir.path()).unwrap();
-        let t = ModelTensors::open(dir.path()).unwrap();
-        assert_eq!(t.names().len(), m.tensor_shapes().len());
-        let emb = t.read_f32("model.embed_tokens.weight").unwrap();
-        assert_eq!(emb.len(), 320 * 64);
-        let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
-        assert_eq!(tok.get_vocab_size(true), 320);
-        let enc = tok.encode("the cat sat", false).unwrap();
-        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "the cat sat");
-    }
-}
-
 /// The seed recipe's eight Hub sources (recipe name, Hub id), base first.
 pub const YI_SEED_SOURCES: [(&str, &str); 8] = [
     ("yi-llama", "chargoddard/Yi-34B-200K-Llama"),
@@ -441,4 +417,28 @@ fn finetune_values(base: &TinyLlama, seed: u64, scale: f32) -> Vec<(String, Vec<
             (name, shape, tuned)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::ModelTensors;
+
+    #[test]
+    fn writes_loadable_sharded_model_and_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TinyLlama {
+            shards: 2,
+            ..Default::default()
+        };
+        m.write(dir.path()).unwrap();
+        let t = ModelTensors::open(dir.path()).unwrap();
+        assert_eq!(t.names().len(), m.tensor_shapes().len());
+        let emb = t.read_f32("model.embed_tokens.weight").unwrap();
+        assert_eq!(emb.len(), 320 * 64);
+        let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(tok.get_vocab_size(true), 320);
+        let enc = tok.encode("the cat sat", false).unwrap();
+        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "the cat sat");
+    }
 }
