@@ -28,7 +28,32 @@ pub fn build(
     } else {
         Box::new(HumanReporter::new(verbose, quiet))
     };
-    exec::build(recipe, opts, reporter.as_ref())
+    let summary = exec::build(recipe, opts, reporter.as_ref())?;
+    if !json && !quiet {
+        print!("{}", eval_tables(recipe, &opts.build_dir, &summary));
+    }
+    Ok(summary)
+}
+
+/// The results of every eval step the build finished (built or cached), as one
+/// table in recipe order.
+fn eval_tables(recipe: &Recipe, build_dir: &Path, summary: &Summary) -> String {
+    let finished = |n: &String| summary.built.contains(n) || summary.cached.contains(n);
+    let results: Vec<_> = recipe
+        .steps
+        .iter()
+        .filter(|s| s.step.kind() == "eval" && finished(&s.name))
+        .filter_map(|s| {
+            let path = exec::output_dir(build_dir, recipe, &s.name).join("results.json");
+            crate::eval::results::read_results(&path).ok()
+        })
+        .collect();
+    let table = crate::eval::results::format_summary(&results);
+    if table.is_empty() {
+        table
+    } else {
+        format!("\n{table}")
+    }
 }
 
 fn plan_states(
@@ -372,8 +397,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((value * mult as f64) as u64)
 }
 
-/// `yibuild inspect PATH`: a model folder's architecture, sizes, vocabularies,
-/// special tokens and chat template.
+/// `yibuild inspect PATH`: for a model folder, its architecture, sizes,
+/// vocabularies, special tokens and chat template; for a `.gguf` file, its
+/// metadata and tensors.
 pub fn inspect(path: &Path) -> Result<String> {
-    crate::tokenizer::inspect::inspect_model(path)
+    if path.is_file() {
+        crate::gguf::inspect_gguf(path)
+    } else {
+        crate::tokenizer::inspect::inspect_model(path)
+    }
 }

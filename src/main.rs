@@ -134,7 +134,7 @@ enum Command {
         #[arg(long, default_value_t = yibuild::merge::DEFAULT_SEED)]
         random_seed: u64,
     },
-    /// Describe a model folder: architecture, dtype, parameters, vocab sizes, specials, template.
+    /// Describe a model folder (architecture, dtype, parameters, vocab sizes, specials, template) or a .gguf file.
     Inspect { path: PathBuf },
     /// Re-hash every cache object and check every action.
     Verify,

@@ -144,3 +144,86 @@ pub fn format_table(r: &EvalResults) -> String {
     }
     out
 }
+
+/// One table for many eval steps: a row per evaluated model (in the order
+/// given), a column per perplexity text, then passkey accuracy per length.
+/// This is what a build prints after its evals, and what the README shows.
+pub fn format_summary(results: &[EvalResults]) -> String {
+    let mut models: Vec<&str> = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
+    let mut cells: std::collections::BTreeMap<(String, String), String> = Default::default();
+    for r in results {
+        if !models.contains(&r.model.name.as_str()) {
+            models.push(&r.model.name);
+        }
+        let mut put = |col: String, value: String| {
+            if !columns.contains(&col) {
+                columns.push(col.clone());
+            }
+            cells.insert((r.model.name.clone(), col), value);
+        };
+        if let Some(p) = &r.perplexity {
+            put(
+                format!("ppl {}", p.text.name),
+                format!("{:.3}", p.result.perplexity),
+            );
+        }
+        if let Some(pk) = &r.passkey {
+            for l in &pk.lengths {
+                put(
+                    format!("passkey@{}", l.length),
+                    format!("{:.0}%", 100.0 * l.accuracy),
+                );
+            }
+        }
+    }
+    if columns.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<Vec<String>> = vec![std::iter::once("model".to_owned())
+        .chain(columns.iter().cloned())
+        .collect()];
+    for m in &models {
+        let mut row = vec![m.to_string()];
+        row.extend(columns.iter().map(|c| {
+            cells
+                .get(&(m.to_string(), c.clone()))
+                .cloned()
+                .unwrap_or_else(|| "-".to_owned())
+        }));
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (n, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", line.join(" | ")));
+        if n == 0 {
+            let sep: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == 0 {
+                        "-".repeat(*w)
+                    } else {
+                        format!("{}:", "-".repeat(w - 1))
+                    }
+                })
+                .collect();
+            out.push_str(&format!("| {} |\n", sep.join(" | ")));
+        }
+    }
+    out
+}

@@ -15,7 +15,7 @@ use crate::eval::model::{check_weights, LlamaConfig, WeightSource};
 use crate::eval::passkey::{passkey, PasskeySpec};
 use crate::eval::perplexity::{perplexity, PerplexitySpec, Protocol};
 use crate::eval::results::{
-    format_table, EvalResults, ModelInfo, PerplexitySection, TextInfo, Timing, RESULTS_VERSION,
+    EvalResults, ModelInfo, PerplexitySection, TextInfo, Timing, RESULTS_VERSION,
 };
 use crate::eval::{open_backend, Backend};
 use crate::recipe::diag::RecipeError;
@@ -413,9 +413,6 @@ impl Step for Eval {
             &ctx.out_dir.join("results.json"),
             &serde_json::to_value(&results)?,
         )?;
-        for line in format_table(&results).lines() {
-            (ctx.log)(line);
-        }
         Ok(())
     }
 }
