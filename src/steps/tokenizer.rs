@@ -112,9 +112,10 @@ impl TokenizerStep {
     }
 }
 
-/// Adds the ids of `extra_eos` tokens to `eos_token_id` (as a list) and the
-/// strings that are not single tokens to `stop_strings`, which transformers'
-/// `generate` honours and the model card lists.
+/// Adds the ids of `extra_eos` tokens to `eos_token_id` (as a list) and every
+/// string to `stop_strings`, which transformers' `generate` honours and the
+/// model card lists: a model can spell a special token out of ordinary tokens
+/// (the seed's Capybara writes `</s>` as text), which no token id catches.
 fn add_extra_eos(generation: &mut Json, vocab: &Vocab, extra_eos: &[String]) {
     let mut ids: Vec<u64> = match &generation["eos_token_id"] {
         Json::Number(n) => n.as_u64().into_iter().collect(),
@@ -134,11 +135,13 @@ fn add_extra_eos(generation: &mut Json, vocab: &Vocab, extra_eos: &[String]) {
         .filter_map(|s| s.as_str().map(str::to_owned))
         .collect();
     for text in extra_eos {
-        match vocab.id(text) {
-            Some(id) if !ids.contains(&u64::from(id)) => ids.push(id.into()),
-            Some(_) => {}
-            None if !stops.contains(text) => stops.push(text.clone()),
-            None => {}
+        if let Some(id) = vocab.id(text).map(u64::from) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        if !stops.contains(text) {
+            stops.push(text.clone());
         }
     }
     generation["eos_token_id"] = json!(ids);
@@ -737,7 +740,10 @@ mod tests {
         assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
         let generation = read_json(&out.join("generation_config.json")).unwrap();
         assert_eq!(generation["eos_token_id"], json!([2, 320]));
-        assert_eq!(generation["stop_strings"], json!(["\n###"]));
+        assert_eq!(
+            generation["stop_strings"],
+            json!(["<|im_end|>", "</s>", "\n###"])
+        );
         assert_eq!(generation["bos_token_id"], 1);
         assert_eq!(
             std::fs::read(donor.join("tokenizer_config.json")).unwrap(),
