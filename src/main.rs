@@ -16,12 +16,7 @@ use yibuild::steps::Device;
 
 /// A declarative build system for language models.
 #[derive(Parser)]
-#[command(
-    name = "yibuild",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "yibuild", version, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

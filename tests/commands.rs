@@ -43,6 +43,12 @@ fn graph_as_dot_and_mermaid() {
     let p = Project::with_base();
     p.write("recipe.yaml", RECIPE);
     let dot = stdout(&p.run(&["graph", "recipe.yaml"]));
+    let flags_first = p.run(&["--cache-dir", "elsewhere", "graph", "recipe.yaml"]);
+    assert_eq!(
+        stdout(&flags_first),
+        dot,
+        "global flags may come before the subcommand"
+    );
     assert!(dot.starts_with("digraph \"cmds\""), "{dot}");
     assert!(
         dot.contains("\"base\" -> \"a\";") && dot.contains("\"a\" -> \"b\";"),
