@@ -1,4 +1,4 @@
-//! The `results.json` an eval step writes, and the compact table printed after it.
+//! The `results.json` an eval step writes, and the table printed after a build.
 //!
 //! Everything except the top-level `timing` object is a deterministic function
 //! of the inputs, the parameters and the device kind; `timing` (seconds,
@@ -97,52 +97,6 @@ pub fn read_results(path: &std::path::Path) -> anyhow::Result<EvalResults> {
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{} is not an eval results file: {e}", path.display()))
-}
-
-/// A compact, aligned table of an eval step's results for the terminal.
-pub fn format_table(r: &EvalResults) -> String {
-    let mut rows: Vec<[String; 3]> = Vec::new();
-    if let Some(p) = &r.perplexity {
-        let res = &p.result;
-        let setting = match res.stride {
-            Some(s) => format!("{} ctx {} stride {s}", res.protocol.name(), res.context),
-            None => format!("{} ctx {}", res.protocol.name(), res.context),
-        };
-        rows.push([
-            format!("perplexity ({})", p.text.name),
-            setting,
-            format!(
-                "{:.4} ± {:.4}  ({} tokens scored)",
-                res.perplexity, res.perplexity_uncertainty, res.scored_tokens
-            ),
-        ]);
-    }
-    if let Some(pk) = &r.passkey {
-        for l in &pk.lengths {
-            rows.push([
-                "passkey".to_owned(),
-                format!("{} tokens, 1 of {}", l.length, pk.candidates),
-                format!("{:.0}% ({}/{})", 100.0 * l.accuracy, l.correct, l.trials),
-            ]);
-        }
-    }
-    if let Some(tps) = r.timing.perplexity_tokens_per_second {
-        rows.push([
-            "speed".to_owned(),
-            r.device.clone(),
-            format!("{tps:.1} tokens/s"),
-        ]);
-    }
-    let w0 = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
-    let w1 = rows.iter().map(|r| r[1].chars().count()).max().unwrap_or(0);
-    let mut out = format!(
-        "eval of `{}` ({}, {})\n",
-        r.model.name, r.model.storage, r.timing.device
-    );
-    for [a, b, c] in rows {
-        out.push_str(&format!("  {a:<w0$}  {b:<w1$}  {c}\n"));
-    }
-    out
 }
 
 /// One table for many eval steps: a row per evaluated model (in the order
