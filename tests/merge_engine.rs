@@ -285,9 +285,15 @@ fn bad_inputs_name_the_model_and_tensor() {
         "{err}"
     );
 
-    // Union tokenizers are refused in one place, for now.
-    let err = failing(&root, &format!("tokenizer_source: union\n{DARE_TIES}"));
-    assert!(err.contains("`tokenizer_source: union`"), "{err}");
+    // Extra tokens and padding need the union vocabulary.
+    let err = failing(
+        &root,
+        &format!("tokenizer: {{source: base, pad_to_multiple_of: 8}}\n{DARE_TIES}"),
+    );
+    assert!(
+        err.contains("`tokenizer.pad_to_multiple_of` is only supported with `source: union`"),
+        "{err}"
+    );
 }
 
 /// The bounded-memory check runs the merge in a child process (this test

@@ -59,6 +59,32 @@ pub enum TokenizerSource {
     Model(ModelRef),
 }
 
+/// A token listed under `tokenizer.tokens` (mergekit's per-token settings),
+/// with its model references by name; the plan turns it into a
+/// [`crate::tokenizer::union::TokenSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEntry {
+    /// The token text (added to the union vocabulary if missing).
+    pub token: String,
+    /// Where its embedding row comes from; `None` keeps the default rules.
+    pub source: Option<TokenRule>,
+    /// Apply `source` to every model, even those that have the token.
+    pub force: bool,
+}
+
+/// A `tokenizer.tokens.<token>.source` setting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenRule {
+    /// `source: MODEL`: that model's row of the same token.
+    Model(ModelRef),
+    /// `{kind: model_token, model, token}`: that model's row of another token.
+    ModelToken(ModelRef, String),
+    /// `{kind: model_token, model, token_id}`: that model's row by id.
+    ModelTokenId(ModelRef, u32),
+    /// `{kind: zero}`: zeros.
+    Zero,
+}
+
 /// A parsed mergekit configuration.
 #[derive(Debug, Clone)]
 pub struct MergeConfig {
@@ -81,6 +107,10 @@ pub struct MergeConfig {
     pub tokenizer: TokenizerSource,
     /// Span of the tokenizer setting, for errors.
     pub tokenizer_span: Span,
+    /// `tokenizer.tokens` (union vocabularies only).
+    pub tokens: Vec<TokenEntry>,
+    /// `tokenizer.pad_to_multiple_of` (union vocabularies only).
+    pub pad_to_multiple_of: Option<usize>,
     /// `chat_template`: a built-in name or literal Jinja.
     pub chat_template: Option<String>,
     /// The config text, written verbatim to `mergekit_config.yml`.
@@ -254,7 +284,15 @@ fn parse_slice(diag: &Diag, node: &Node) -> Result<OutputSlice, RecipeError> {
     })
 }
 
-fn parse_tokenizer(diag: &Diag, f: &Fields) -> Result<(TokenizerSource, Span), RecipeError> {
+/// The tokenizer settings of a merge configuration.
+struct TokenizerSettings {
+    source: TokenizerSource,
+    span: Span,
+    tokens: Vec<TokenEntry>,
+    pad_to_multiple_of: Option<usize>,
+}
+
+fn parse_tokenizer(diag: &Diag, f: &Fields) -> Result<TokenizerSettings, RecipeError> {
     let from_value = |node: &Node, key: &str| -> Result<TokenizerSource, RecipeError> {
         Ok(match node.as_str() {
             Some("union") => TokenizerSource::Union,
@@ -262,12 +300,18 @@ fn parse_tokenizer(diag: &Diag, f: &Fields) -> Result<(TokenizerSource, Span), R
             _ => TokenizerSource::Model(parse_model_ref(diag, node, key)?),
         })
     };
+    let plain = |source, span| TokenizerSettings {
+        source,
+        span,
+        tokens: Vec::new(),
+        pad_to_multiple_of: None,
+    };
     match (f.opt("tokenizer_source"), f.opt("tokenizer")) {
         (Some(a), Some(_)) => Err(diag.error(
             a.span,
             "`tokenizer_source` and `tokenizer` are mutually exclusive",
         )),
-        (Some(n), None) => Ok((from_value(n, "tokenizer_source")?, n.span)),
+        (Some(n), None) => Ok(plain(from_value(n, "tokenizer_source")?, n.span)),
         (None, Some(n)) => {
             let t = Fields::new(
                 diag,
@@ -276,21 +320,113 @@ fn parse_tokenizer(diag: &Diag, f: &Fields) -> Result<(TokenizerSource, Span), R
                 &["source", "tokens", "pad_to_multiple_of"],
             )?;
             t.finish()?;
-            for key in ["tokens", "pad_to_multiple_of"] {
-                if let Some(extra) = t.opt(key) {
-                    return Err(diag.error(
-                        extra.span,
-                        format!("`tokenizer.{key}` is not supported yet"),
-                    ));
+            // mergekit's `tokenizer:` section defaults to the union vocabulary.
+            let (source, span) = match t.opt("source") {
+                Some(s) => (from_value(s, "source")?, s.span),
+                None => (TokenizerSource::Union, n.span),
+            };
+            if source != TokenizerSource::Union {
+                for key in ["tokens", "pad_to_multiple_of"] {
+                    if let Some(extra) = t.opt(key) {
+                        return Err(diag.error(
+                            extra.span,
+                            format!("`tokenizer.{key}` is only supported with `source: union`"),
+                        ));
+                    }
                 }
             }
-            // mergekit's `tokenizer:` section defaults to the union vocabulary.
-            match t.opt("source") {
-                Some(s) => Ok((from_value(s, "source")?, s.span)),
-                None => Ok((TokenizerSource::Union, n.span)),
+            let pad = t.opt_u64("pad_to_multiple_of")?;
+            if let (Some(0), Some(node)) = (pad, t.opt("pad_to_multiple_of")) {
+                return Err(diag.error(node.span, "`pad_to_multiple_of` must be at least 1"));
+            }
+            let tokens = match t.opt("tokens") {
+                Some(node) => parse_tokens(diag, node)?,
+                None => Vec::new(),
+            };
+            Ok(TokenizerSettings {
+                source,
+                span,
+                tokens,
+                pad_to_multiple_of: pad.map(|p| p as usize),
+            })
+        }
+        (None, None) => Ok(plain(TokenizerSource::Base, Span::default())),
+    }
+}
+
+/// `tokenizer.tokens`: a mapping from token text to `{source, force}`.
+fn parse_tokens(diag: &Diag, node: &Node) -> Result<Vec<TokenEntry>, RecipeError> {
+    let Some(map) = node.as_map() else {
+        return Err(diag.error(
+            node.span,
+            "`tokenizer.tokens` must map each token to its settings",
+        ));
+    };
+    let mut out = Vec::new();
+    for (key, settings) in map {
+        let Some(token) = key.as_str() else {
+            return Err(diag.error(key.span, "a token must be a string"));
+        };
+        let mut entry = TokenEntry {
+            token: token.to_owned(),
+            source: None,
+            force: false,
+        };
+        if settings.value != Value::Null {
+            let f = Fields::new(
+                diag,
+                settings,
+                format!("token `{token}`"),
+                &["source", "force"],
+            )?;
+            f.finish()?;
+            entry.force = f.opt_bool("force")?.unwrap_or(false);
+            entry.source = f
+                .opt("source")
+                .map(|s| parse_token_rule(diag, s))
+                .transpose()?;
+            if entry.force && entry.source.is_none() {
+                return Err(diag.error(
+                    settings.span,
+                    format!("token `{token}`: `force` needs a `source`"),
+                ));
             }
         }
-        (None, None) => Ok((TokenizerSource::Base, Span::default())),
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// A token's `source`: a model reference, `{kind: model_token, model,
+/// token | token_id}` or `{kind: zero}`.
+fn parse_token_rule(diag: &Diag, node: &Node) -> Result<TokenRule, RecipeError> {
+    if node.get("kind").is_none() {
+        return Ok(TokenRule::Model(parse_model_ref(diag, node, "source")?));
+    }
+    let f = Fields::new(
+        diag,
+        node,
+        "`source`",
+        &["kind", "model", "token", "token_id"],
+    )?;
+    f.finish()?;
+    match f.req_str("kind")?.as_str() {
+        "zero" => Ok(TokenRule::Zero),
+        "model_token" => {
+            let model = parse_model_ref(diag, f.req("model")?, "model")?;
+            match (f.opt_str("token")?, f.opt_u64("token_id")?) {
+                (Some(t), None) => Ok(TokenRule::ModelToken(model, t)),
+                (None, Some(id)) => Ok(TokenRule::ModelTokenId(model, id as u32)),
+                _ => Err(diag.error(
+                    node.span,
+                    "`kind: model_token` needs exactly one of `token` and `token_id`",
+                )),
+            }
+        }
+        other => Err(diag.error(
+            f.req("kind")?.span,
+            format!("unknown token source kind `{other}` (expected `model_token` or `zero`)"),
+        )),
     }
 }
 
@@ -383,7 +519,7 @@ impl MergeConfig {
                 ))
             }
         };
-        let (tokenizer, tokenizer_span) = parse_tokenizer(diag, &f)?;
+        let tokenizer = parse_tokenizer(diag, &f)?;
         let config = MergeConfig {
             method,
             slices,
@@ -392,8 +528,10 @@ impl MergeConfig {
             parameters: parse_parameters(diag, f.opt("parameters"))?,
             dtype: parse_dtype(diag, &f, "dtype")?,
             out_dtype: parse_dtype(diag, &f, "out_dtype")?,
-            tokenizer,
-            tokenizer_span,
+            tokenizer: tokenizer.source,
+            tokenizer_span: tokenizer.span,
+            tokens: tokenizer.tokens,
+            pad_to_multiple_of: tokenizer.pad_to_multiple_of,
             chat_template: f.opt_str("chat_template")?,
             text: text.to_owned(),
             json: node.to_json(),

@@ -14,8 +14,9 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::plan::{InputModel, MergePlan, TensorJob};
-use crate::tensor::{PlannedTensor, ShardedWriter};
+use super::plan::{InputModel, MergePlan, PlanUnion, TensorJob};
+use crate::tensor::{ModelTensors, PlannedTensor, ShardedWriter};
+use crate::tokenizer::union::remap_rows;
 
 /// Elements decoded or encoded per parallel task.
 const BLOCK: usize = 1 << 16;
@@ -54,6 +55,9 @@ pub struct Chunks<'a> {
     /// The job.
     pub job: &'a TensorJob,
     models: &'a [InputModel],
+    /// The union vocabulary and its models' tensors in union order, for jobs
+    /// whose rows are re-indexed ([`TensorJob::remapped`]).
+    union: Option<(&'a PlanUnion, Vec<&'a ModelTensors>)>,
     chunk_rows: usize,
     /// A tensor that fits in one chunk is decoded once for all passes.
     cache: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
@@ -92,6 +96,9 @@ impl Chunks<'_> {
     /// Unmaps output rows `rows` of every input (see
     /// [`crate::tensor::ModelTensors::release`]).
     fn release(&self, rows: Range<usize>) {
+        if self.job.remapped {
+            return;
+        }
         for (i, input) in self.job.inputs.iter().enumerate() {
             let storage = self.storage_rows(i, &rows);
             self.models[input.model]
@@ -112,7 +119,7 @@ impl Chunks<'_> {
         let mut start = 0;
         while start < rows {
             let end = (start + self.chunk_rows).min(rows);
-            if end < rows {
+            if end < rows && !self.job.remapped {
                 let next = end..(end + self.chunk_rows).min(rows);
                 for (i, input) in self.job.inputs.iter().enumerate() {
                     self.models[input.model]
@@ -121,9 +128,17 @@ impl Chunks<'_> {
                 }
             }
             let elems = (start * row_len)..(end * row_len);
+            let remap = self.union.as_ref().filter(|_| self.job.remapped);
+            let models = self.models;
             bufs.par_iter_mut().zip(&self.job.inputs).try_for_each(
                 |(buf, input)| -> Result<()> {
-                    let model = &self.models[input.model];
+                    let model = &models[input.model];
+                    if let Some((union, tensors)) = remap {
+                        let member = union.member(input.model);
+                        *buf = remap_rows(&union.vocab, member, tensors, &input.tensor, start..end)
+                            .with_context(|| format!("model `{}`", model.name))?;
+                        return check_finite(buf, model, &input.tensor, elems.start);
+                    }
                     let info = model.tensors.require(&input.tensor)?;
                     let size = info.dtype.size();
                     let bytes =
@@ -139,15 +154,10 @@ impl Chunks<'_> {
                                 .position(|v| !v.is_finite())
                                 .map(|p| b * BLOCK + p)
                         });
-                    if let Some(p) = bad {
-                        bail!(
-                            "model `{}`: tensor `{}` contains NaN or infinity (element {})",
-                            model.name,
-                            input.tensor,
-                            elems.start + p
-                        );
+                    match bad {
+                        Some(p) => non_finite(model, &input.tensor, elems.start + p),
+                        None => Ok(()),
                     }
-                    Ok(())
                 },
             )?;
             self.release(start..end);
@@ -158,6 +168,22 @@ impl Chunks<'_> {
             *self.cache.borrow_mut() = Some(bufs);
         }
         Ok(())
+    }
+}
+
+/// The error for a NaN or infinity at `element` of a model's tensor.
+fn non_finite(model: &InputModel, tensor: &str, element: usize) -> Result<()> {
+    bail!(
+        "model `{}`: tensor `{tensor}` contains NaN or infinity (element {element})",
+        model.name
+    )
+}
+
+/// Checks re-indexed rows starting at output element `first`.
+fn check_finite(values: &[f32], model: &InputModel, tensor: &str, first: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(p) => non_finite(model, tensor, first + p),
+        None => Ok(()),
     }
 }
 
@@ -224,6 +250,10 @@ pub fn run(
                 let chunks = Chunks {
                     job,
                     models: &plan.models,
+                    union: plan.union.as_ref().map(|u| {
+                        let tensors = u.members.iter().map(|m| &plan.models[*m].tensors);
+                        (u, tensors.collect())
+                    }),
                     chunk_rows: (elements / job.row_len().max(1)).max(1),
                     cache: std::cell::RefCell::new(None),
                 };

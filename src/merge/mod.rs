@@ -36,8 +36,13 @@
 //!   `1/density`).
 //! - Tensors are written in Hugging Face order (embeddings, layers, head), not
 //!   alphabetically; `vocab_size` is set to the output embedding rows.
-//! - Not supported yet (each a clear error): `tokenizer_source: union`,
-//!   `tokenizer.tokens`/`pad_to_multiple_of`, LoRA references, `modules:`,
+//! - `tokenizer_source: union` (and `tokenizer:`) re-indexes every model's
+//!   embedding and head rows to the union vocabulary
+//!   ([`crate::tokenizer::union`]) as the rows are read, chunk by chunk, so
+//!   the method sees aligned rows; `tokenizer.tokens` and
+//!   `pad_to_multiple_of` are accepted only with `source: union` (mergekit
+//!   also permutes embeddings to a `base` or model tokenizer plus `tokens`).
+//! - Not supported yet (each a clear error): LoRA references, `modules:`,
 //!   multi-document configs, `nuslerp_row_wise` without flattening, built-in
 //!   chat templates other than `chatml`, `arcee_fusion`.
 

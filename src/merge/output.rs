@@ -24,14 +24,6 @@ const TOKENIZER_FILES: &[&str] = &[
     "generation_config.json",
 ];
 
-/// The single place that refuses `tokenizer_source: union` until the
-/// tokenizer library's union builder is wired in.
-pub fn union_tokenizer_unsupported() -> String {
-    "`tokenizer_source: union` (and `tokenizer:` without a `source`, which defaults to union) \
-     is not supported yet; use `base` or a model name"
-        .to_owned()
-}
-
 /// Writes config.json from the donor's, with the output dtype, layer count and
 /// vocabulary size.
 fn write_config(plan: &MergePlan, out: &Path) -> Result<()> {
@@ -70,10 +62,15 @@ fn builtin_chat_template(name: &str) -> Option<&'static str> {
 /// Copies the donor's tokenizer files and applies `chat_template`.
 fn write_tokenizer(config: &MergeConfig, plan: &MergePlan, out: &Path) -> Result<()> {
     let donor = &plan.models[plan.tokenizer_donor];
-    for file in TOKENIZER_FILES {
-        let src = donor.dir.join(file);
-        if src.is_file() {
-            link_or_copy(&src, &out.join(file))?;
+    match &plan.union {
+        Some(union) => union.vocab.write_tokenizer(&donor.dir, out)?,
+        None => {
+            for file in TOKENIZER_FILES {
+                let src = donor.dir.join(file);
+                if src.is_file() {
+                    link_or_copy(&src, &out.join(file))?;
+                }
+            }
         }
     }
     let Some(template) = &config.chat_template else {

@@ -9,14 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
-use super::config::{MergeConfig, ModelRef, OutputSlice, SliceSource, TokenizerSource};
+use super::config::{
+    MergeConfig, ModelRef, OutputSlice, SliceSource, TokenEntry, TokenRule, TokenizerSource,
+};
 use super::method::{BaseRole, Method, ParamDefault, ParamSpec};
 use super::params::{lookup, ParamValue, Parameters};
 use super::rng::MaskStream;
 use crate::tensor::{DType, ModelTensors};
+use crate::tokenizer::union::{union_vocab, TokenSource, TokenSpec, UnionVocab};
 
 /// An opened input model.
 #[derive(Debug)]
@@ -68,6 +71,9 @@ pub struct TensorJob {
     pub base: Option<usize>,
     /// Resolved global parameters.
     pub globals: BTreeMap<&'static str, ParamValue>,
+    /// The inputs' rows are read re-indexed to the union vocabulary
+    /// ([`MergePlan::union`]) rather than straight from storage.
+    pub remapped: bool,
 }
 
 impl TensorJob {
@@ -129,6 +135,79 @@ pub struct MergePlan {
     pub vocab_rows: Option<usize>,
     /// The output `torch_dtype`.
     pub torch_dtype: Option<DType>,
+    /// The union vocabulary, with `tokenizer_source: union`.
+    pub union: Option<PlanUnion>,
+}
+
+/// A union vocabulary (`tokenizer_source: union`) and how its model numbering
+/// (base first) maps to [`MergePlan::models`].
+#[derive(Debug)]
+pub struct PlanUnion {
+    /// The vocabulary and every model's row sources.
+    pub vocab: UnionVocab,
+    /// Union model index → index into [`MergePlan::models`].
+    pub members: Vec<usize>,
+}
+
+impl PlanUnion {
+    /// The union's index of plan model `model`.
+    pub fn member(&self, model: usize) -> usize {
+        self.members
+            .iter()
+            .position(|m| *m == model)
+            .expect("every merged model is a member of the union")
+    }
+
+    /// Builds the union of the models' vocabularies, `donor` (the base) first,
+    /// resolving the model names in `tokens`.
+    fn build(
+        models: &[InputModel],
+        index: &BTreeMap<String, usize>,
+        donor: usize,
+        tokens: &[TokenEntry],
+        pad_to_multiple_of: Option<usize>,
+    ) -> Result<PlanUnion> {
+        let members: Vec<usize> = std::iter::once(donor)
+            .chain((0..models.len()).filter(|m| *m != donor))
+            .collect();
+        let member = |r: &ModelRef| -> Result<usize> {
+            let Some(m) = index.get(&r.name) else {
+                bail!(
+                    "`tokenizer.tokens` names model `{}`, which is not part of the merge",
+                    r.name
+                );
+            };
+            Ok(members.iter().position(|x| x == m).unwrap_or(0))
+        };
+        let specs = tokens
+            .iter()
+            .map(|t| {
+                let source = match &t.source {
+                    None => None,
+                    Some(TokenRule::Zero) => Some(TokenSource::Zero),
+                    Some(TokenRule::Model(r)) => Some(TokenSource::Model(member(r)?)),
+                    Some(TokenRule::ModelToken(r, tok)) => {
+                        Some(TokenSource::ModelToken(member(r)?, tok.clone()))
+                    }
+                    Some(TokenRule::ModelTokenId(r, id)) => {
+                        Some(TokenSource::ModelTokenId(member(r)?, *id))
+                    }
+                };
+                Ok(TokenSpec {
+                    token: t.token.clone(),
+                    source,
+                    force: t.force,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let others: Vec<&Path> = members[1..]
+            .iter()
+            .map(|m| models[*m].dir.as_path())
+            .collect();
+        let vocab = union_vocab(&models[donor].dir, &others, &specs, pad_to_multiple_of)
+            .context("building the union vocabulary")?;
+        Ok(PlanUnion { vocab, members })
+    }
 }
 
 /// Splits `model.layers.12.mlp.up_proj.weight` into
@@ -247,6 +326,7 @@ struct Planner<'c> {
     problems: Problems,
     seed: u64,
     jobs: Vec<TensorJob>,
+    union: Option<PlanUnion>,
 }
 
 /// Sources appended for a base model listed nowhere else; they have no parameters.
@@ -424,6 +504,7 @@ impl<'c> Planner<'c> {
         let Some(shape) = self.output_shape(&out_name, &shapes, s.base) else {
             return;
         };
+        let remapped = self.union.is_some() && is_embedding(&out_name) && shape.len() == 2;
         let job = TensorJob {
             dtype: self
                 .config
@@ -435,6 +516,7 @@ impl<'c> Planner<'c> {
             inputs: job_inputs,
             base: s.base,
             globals,
+            remapped,
         };
         if let Err(e) = super::methods::validate(method, &job) {
             self.problems.add(format!("tensor `{}`: {e}", job.name));
@@ -444,7 +526,8 @@ impl<'c> Planner<'c> {
     }
 
     /// The output shape: all inputs must agree, except embedding rows, which are
-    /// cropped to the base's rows (or the smallest, without a base).
+    /// cropped to the base's rows (or the smallest, without a base), or are
+    /// the union vocabulary's rows.
     fn output_shape(
         &mut self,
         name: &str,
@@ -458,9 +541,14 @@ impl<'c> Planner<'c> {
         if embedding && base.is_none() {
             out[0] = shapes.iter().map(|(_, s, _)| s[0]).min().unwrap_or(out[0]);
         }
+        if let (true, Some(union)) = (embedding, &self.union) {
+            out[0] = union.vocab.rows;
+        }
         let mut ok = true;
         for (model, shape, _) in shapes {
-            let fits = if embedding {
+            let fits = if embedding && self.union.is_some() {
+                shape.len() == 2 && shape[1] == out[1]
+            } else if embedding {
                 shape.len() == 2 && shape[1] == out[1] && shape[0] >= out[0]
             } else {
                 shape == ref_shape
@@ -571,8 +659,20 @@ impl MergePlan {
                 Err(e) => problems.add(format!("{e:#}")),
             }
         }
-        if config.tokenizer == TokenizerSource::Union {
-            problems.add(super::output::union_tokenizer_unsupported());
+        let first = config.referenced_models()[0].name.clone();
+        let donor_name = config.base_model.as_ref().map_or(first, |b| b.name.clone());
+        let mut union = None;
+        if config.tokenizer == TokenizerSource::Union && problems.0.is_empty() {
+            match PlanUnion::build(
+                &models,
+                &index,
+                index[&donor_name],
+                &config.tokens,
+                config.pad_to_multiple_of,
+            ) {
+                Ok(u) => union = Some(u),
+                Err(e) => problems.add(format!("{e:#}")),
+            }
         }
         let mut planner = Planner {
             config,
@@ -581,6 +681,7 @@ impl MergePlan {
             problems,
             seed,
             jobs: Vec::new(),
+            union,
         };
         let extra = config
             .base_model
@@ -618,11 +719,10 @@ impl MergePlan {
             problems,
             jobs,
             index,
+            union,
             ..
         } = planner;
         problems.check()?;
-        let first = config.referenced_models()[0].name.clone();
-        let donor_name = config.base_model.as_ref().map_or(first, |b| b.name.clone());
         let config_donor = index[&donor_name];
         let tokenizer_donor = match &config.tokenizer {
             TokenizerSource::Model(m) => index[&m.name],
@@ -641,6 +741,7 @@ impl MergePlan {
             out_layers,
             vocab_rows,
             torch_dtype: config.out_dtype.or(config.dtype),
+            union,
         })
     }
 

@@ -7,9 +7,6 @@
 //! `pad_to_multiple_of` do): a new token then starts as an "average" token
 //! instead of a random or zero vector, which keeps logits sane.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
@@ -18,7 +15,7 @@ use serde_json::Value as Json;
 
 use super::vocab::ModelRows;
 use crate::steps::files::{read_json, write_json};
-use crate::tensor::{ModelTensors, TensorInfo};
+use crate::tensor::{ModelTensors, PlannedTensor, ShardedWriter, TensorInfo};
 
 /// What to do when the tokenizer and the embedding rows disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,35 +107,24 @@ pub fn resize_embeddings(src: &Path, dst: &Path, new_rows: usize) -> Result<Vec<
         if !names.iter().any(|n| targets.contains(n)) {
             continue;
         }
-        let mut views = Vec::with_capacity(names.len());
+        let mut resized = Vec::with_capacity(names.len());
         for name in &names {
             let info = tensors.require(name)?;
-            let bytes = tensors.bytes(name)?;
-            let view = if targets.contains(name) {
+            let tensor = if targets.contains(name) {
                 let tensor = ResizedTensor::new(&tensors, name, info, new_rows)?;
-                size_change += safetensors::View::data_len(&tensor) as i64 - bytes.len() as i64;
+                size_change += tensor.byte_len() as i64 - tensors.bytes(name)?.len() as i64;
                 tensor
             } else {
-                ResizedTensor {
-                    dtype: info.dtype.to_safetensors(),
-                    shape: info.shape.clone(),
-                    kept: bytes,
-                    fill: Vec::new(),
-                    fill_rows: 0,
-                }
+                ResizedTensor::unchanged(&tensors, name, info)?
             };
-            views.push((name.to_string(), view));
+            resized.push(tensor);
         }
         let file = path
             .file_name()
             .context("shard path without a file name")?
             .to_string_lossy()
             .into_owned();
-        // serialize_to_file asks each view for its bytes only while writing
-        // it, so at most one resized tensor is in memory at a time.
-        // TODO(lead): switch to the streaming writer of src/tensor/writer.rs.
-        safetensors::serialize_to_file(views, shard_metadata(path)?, &dst.join(&file))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.join(&file).display()))?;
+        write_shard(dst, &file, &resized)?;
         written.push(file);
     }
     let index = src.join("model.safetensors.index.json");
@@ -172,16 +158,33 @@ pub fn resize_embeddings(src: &Path, dst: &Path, new_rows: usize) -> Result<Vec<
 
 /// A tensor of a rewritten shard: its first rows borrowed from the input
 /// mapping, then `fill_rows` copies of the encoded `fill` row (the mean row).
-/// Its bytes are assembled only when the writer asks for them.
+/// The writer streams it without ever assembling it.
 struct ResizedTensor<'a> {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
+    planned: PlannedTensor,
     kept: &'a [u8],
     fill: Vec<u8>,
     fill_rows: usize,
 }
 
 impl<'a> ResizedTensor<'a> {
+    /// `name` as it is.
+    fn unchanged(
+        tensors: &'a ModelTensors,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<ResizedTensor<'a>> {
+        Ok(ResizedTensor {
+            planned: PlannedTensor {
+                name: name.to_owned(),
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+            },
+            kept: tensors.bytes(name)?,
+            fill: Vec::new(),
+            fill_rows: 0,
+        })
+    }
+
     /// `name` with `new_rows` rows: the first rows kept, new rows set to the
     /// mean of all existing rows (computed in f64, rounded once).
     fn new(
@@ -197,42 +200,39 @@ impl<'a> ResizedTensor<'a> {
             let mean = mean_rows(tensors, name, 0..info.rows())?;
             info.dtype.encode_into(&mean, &mut fill);
         }
-        let mut shape = info.shape.clone();
-        shape[0] = new_rows;
-        Ok(ResizedTensor {
-            dtype: info.dtype.to_safetensors(),
-            shape,
-            kept: &tensors.bytes(name)?[..keep * row_bytes],
-            fill,
-            fill_rows: new_rows - keep,
-        })
+        let mut tensor = ResizedTensor::unchanged(tensors, name, info)?;
+        tensor.planned.shape[0] = new_rows;
+        tensor.kept = &tensor.kept[..keep * row_bytes];
+        tensor.fill = fill;
+        tensor.fill_rows = new_rows - keep;
+        Ok(tensor)
+    }
+
+    fn byte_len(&self) -> usize {
+        self.kept.len() + self.fill_rows * self.fill.len()
     }
 }
 
-impl safetensors::View for ResizedTensor<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        if self.fill_rows == 0 {
-            return Cow::Borrowed(self.kept);
+/// Streams `tensors` into `dir/file` with the [`ShardedWriter`] (one shard,
+/// written under a temporary name first so that no partial file is left
+/// under the final one).
+fn write_shard(dir: &Path, file: &str, tensors: &[ResizedTensor]) -> Result<()> {
+    let staging = dir.join(format!(".resize-{file}"));
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let planned = tensors.iter().map(|t| t.planned.clone()).collect();
+    let mut writer = ShardedWriter::create(&staging, planned, u64::MAX)?;
+    for tensor in tensors {
+        writer.write(tensor.kept)?;
+        for _ in 0..tensor.fill_rows {
+            writer.write(&tensor.fill)?;
         }
-        let mut out = Vec::with_capacity(self.data_len());
-        out.extend_from_slice(self.kept);
-        for _ in 0..self.fill_rows {
-            out.extend_from_slice(&self.fill);
-        }
-        Cow::Owned(out)
     }
-
-    fn data_len(&self) -> usize {
-        self.kept.len() + self.fill_rows * self.fill.len()
-    }
+    let written = writer.finish()?;
+    let target = dir.join(file);
+    std::fs::rename(&written[0], &target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    std::fs::remove_dir(&staging).with_context(|| format!("cannot remove {}", staging.display()))
 }
 
 /// The mean of rows `rows` of tensor `name`, read in bounded chunks and
@@ -256,23 +256,4 @@ pub fn mean_rows(tensors: &ModelTensors, name: &str, rows: Range<usize>) -> Resu
     }
     let n = rows.len().max(1) as f64;
     Ok(sum.iter().map(|s| (s / n) as f32).collect())
-}
-
-/// The `__metadata__` of a safetensors file's header (e.g. `format: pt`).
-fn shard_metadata(path: &Path) -> Result<Option<HashMap<String, String>>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut header)?;
-    let header: Json = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
-    Ok(header.get("__metadata__").and_then(|m| {
-        m.as_object().map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-    }))
 }
