@@ -1,17 +1,23 @@
 //! The model card (README.md) of a release: Hugging Face front matter plus a
 //! body written from what the build knows.
 
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value as Json};
 
+use crate::eval::results::EvalResults;
 use crate::recipe::RecipeFacts;
+use crate::tensor::ModelTensors;
 
-/// One evaluation's results, as read from an eval step's `results.json`.
+/// One evaluation's results, as read from an eval step's `results.json`
+/// (its wall-clock `timing` cleared, so the card is reproducible).
 #[derive(Debug, Clone)]
 pub struct EvalSummary {
     /// The eval step's name.
     pub step: String,
     /// The parsed results.
-    pub results: Json,
+    pub results: EvalResults,
 }
 
 /// One quantized file of the release.
@@ -21,6 +27,8 @@ pub struct QuantFile {
     pub file: String,
     /// Size in bytes.
     pub size: u64,
+    /// The quantize step that made it.
+    pub step: String,
 }
 
 /// Everything the card is written from.
@@ -38,6 +46,15 @@ pub struct CardInput<'a> {
     pub evals: Vec<EvalSummary>,
     /// How a sweep chose the model, when a `select` step did.
     pub sweep: Option<String>,
+    /// Parameter count of the released model (for bits per weight).
+    pub parameters: Option<u64>,
+    /// The model's own chat template (`tokenizer_config.json`), used when the
+    /// recipe's card names none.
+    pub chat_template: Option<String>,
+    /// Stop strings from the model's `generation_config.json`.
+    pub stop_strings: Vec<String>,
+    /// `(file, sha256)` of the release files other than the card itself.
+    pub checksums: Vec<(String, String)>,
 }
 
 /// The Hub ids among the recipe's sources (`base_model`).
@@ -50,13 +67,28 @@ pub fn hub_ids(facts: &RecipeFacts) -> Vec<String> {
         .collect()
 }
 
-/// The YAML front matter as JSON (emitted as YAML by [`render`]).
-pub fn front_matter(input: &CardInput) -> Map<String, Json> {
-    let facts = input.facts;
-    let mut card = facts.card.clone();
+/// The recipe's `card:` section with the package step's overrides applied.
+fn card_fields(input: &CardInput) -> Map<String, Json> {
+    let mut card = input.facts.card.clone();
     for (k, v) in input.overrides {
         card.insert(k.clone(), v.clone());
     }
+    card
+}
+
+/// The merge steps' parameters (`{config, seed}`), in recipe order.
+fn merge_steps(facts: &RecipeFacts) -> impl Iterator<Item = (&str, &Json)> {
+    facts
+        .steps
+        .iter()
+        .filter(|(_, kind, _)| kind == "merge")
+        .map(|(name, _, p)| (name.as_str(), p))
+}
+
+/// The YAML front matter as JSON (emitted as YAML by [`render`]).
+pub fn front_matter(input: &CardInput) -> Map<String, Json> {
+    let facts = input.facts;
+    let card = card_fields(input);
     let mut fm = Map::new();
     for key in ["license", "license_name", "license_link", "language"] {
         if let Some(v) = card.get(key) {
@@ -67,15 +99,9 @@ pub fn front_matter(input: &CardInput) -> Map<String, Json> {
         Some(v) => v.clone(),
         None => json!(hub_ids(facts)),
     };
-    let merge_methods: Vec<String> = facts
-        .steps
-        .iter()
-        .filter(|(_, kind, _)| kind == "merge")
-        .filter_map(|(_, _, p)| {
-            p.pointer("/config/merge_method")
-                .and_then(Json::as_str)
-                .map(str::to_owned)
-        })
+    let merge_methods: Vec<String> = merge_steps(facts)
+        .filter_map(|(_, p)| p.pointer("/config/merge_method").and_then(Json::as_str))
+        .map(str::to_owned)
         .collect();
     if bases.as_array().is_some_and(|a| !a.is_empty()) || bases.is_string() {
         fm.insert("base_model".to_owned(), bases);
@@ -112,7 +138,64 @@ pub fn front_matter(input: &CardInput) -> Map<String, Json> {
             .cloned()
             .unwrap_or(json!("text-generation")),
     );
+    if let Some(index) = model_index(input) {
+        fm.insert("model-index".to_owned(), index);
+    }
     fm
+}
+
+/// Perplexity rounded for display and metadata (4 decimals).
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// `model-index`: one result per perplexity measured on the released model
+/// itself. Local text names are not Hub dataset ids, so the dataset is named
+/// by its recipe name as both `type` and `name`.
+fn model_index(input: &CardInput) -> Option<Json> {
+    let results: Vec<Json> = input
+        .evals
+        .iter()
+        .filter(|e| e.results.model.name == input.model_step)
+        .filter_map(|e| e.results.perplexity.as_ref())
+        .map(|p| {
+            json!({
+                "task": {"type": "text-generation"},
+                "dataset": {"type": p.text.name, "name": p.text.name},
+                "metrics": [{
+                    "type": "perplexity",
+                    "value": round4(p.result.perplexity),
+                    "name": format!("Perplexity (context {}, {})", p.result.context, p.result.protocol.name()),
+                }],
+            })
+        })
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    Some(json!([{"name": input.facts.name, "results": results}]))
+}
+
+/// The paper (or documentation) of a merge method, when known.
+pub fn method_link(method: &str) -> Option<(&'static str, &'static str)> {
+    Some(match method {
+        "linear" => ("Model soups", "https://arxiv.org/abs/2203.05482"),
+        "task_arithmetic" => ("Task arithmetic", "https://arxiv.org/abs/2212.04089"),
+        "ties" => ("TIES-Merging", "https://arxiv.org/abs/2306.01708"),
+        "dare_ties" | "dare_linear" => ("DARE", "https://arxiv.org/abs/2311.03099"),
+        "breadcrumbs" | "breadcrumbs_ties" => {
+            ("Model Breadcrumbs", "https://arxiv.org/abs/2312.06795")
+        }
+        "model_stock" => ("Model Stock", "https://arxiv.org/abs/2403.19522"),
+        "della" | "della_linear" => ("DELLA-Merging", "https://arxiv.org/abs/2406.11617"),
+        "sce" => ("SCE", "https://arxiv.org/abs/2408.07990"),
+        "slerp" => ("SLERP (Shoemake)", "https://en.wikipedia.org/wiki/Slerp"),
+        "karcher" | "nuslerp" | "multislerp" | "ram" | "nearswap" | "passthrough" => (
+            "mergekit documentation",
+            "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
+        ),
+        _ => return None,
+    })
 }
 
 /// Emits JSON as block-style YAML that `yaml.safe_load` reads back to the same value.
@@ -171,74 +254,400 @@ fn scalar(v: &Json) -> String {
     }
 }
 
+/// A `card:` text field (overrides first).
+fn card_text<'c>(card: &'c Map<String, Json>, key: &str) -> Option<&'c str> {
+    card.get(key).and_then(Json::as_str)
+}
+
+/// "Merge details": method with its paper, base model, models with weight
+/// and density, and the seed, per merge step.
+fn merge_section(facts: &RecipeFacts) -> String {
+    let mut out = String::new();
+    for (name, params) in merge_steps(facts) {
+        let config = &params["config"];
+        let method = config["merge_method"].as_str().unwrap_or("?");
+        out.push_str(&format!("## Merge details (`{name}`)\n\n"));
+        match method_link(method) {
+            Some((title, url)) => {
+                out.push_str(&format!("- Method: `{method}` ([{title}]({url}))\n"))
+            }
+            None => out.push_str(&format!("- Method: `{method}`\n")),
+        }
+        if let Some(base) = config["base_model"].as_str() {
+            out.push_str(&format!("- Base model: `{base}`\n"));
+        }
+        if let Some(seed) = params["seed"].as_u64() {
+            out.push_str(&format!("- Seed: {seed}\n"));
+        }
+        if let Some(models) = config["models"].as_array() {
+            out.push_str("\n| model | weight | density |\n|---|---|---|\n");
+            for m in models {
+                let (model, p) = match m {
+                    Json::String(s) => (s.as_str(), &Json::Null),
+                    other => (other["model"].as_str().unwrap_or("?"), &other["parameters"]),
+                };
+                let cell = |k: &str| match &p[k] {
+                    Json::Null => "–".to_owned(),
+                    v => v.to_string(),
+                };
+                out.push_str(&format!(
+                    "| `{model}` | {} | {} |\n",
+                    cell("weight"),
+                    cell("density")
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The recipe as the build saw it (from its facts, so comments and
+/// formatting do not change the package's key).
+fn recipe_yaml(facts: &RecipeFacts) -> String {
+    let mut steps = Map::new();
+    for (name, kind, params) in &facts.steps {
+        let mut params = params.clone();
+        if let Some(p) = params.as_object_mut() {
+            p.remove("recipe");
+        }
+        steps.insert(name.clone(), json!({ kind: params }));
+    }
+    let sources: Map<String, Json> = facts
+        .sources
+        .iter()
+        .map(|(n, f)| (n.clone(), json!(f)))
+        .collect();
+    let mut recipe = Map::new();
+    recipe.insert("name".to_owned(), json!(facts.name));
+    if !facts.card.is_empty() {
+        recipe.insert("card".to_owned(), Json::Object(facts.card.clone()));
+    }
+    recipe.insert("sources".to_owned(), Json::Object(sources));
+    recipe.insert("steps".to_owned(), Json::Object(steps));
+    to_yaml(&Json::Object(recipe), 0)
+}
+
+/// The step an evaluated model was quantized from, if it is a quantize step.
+fn quantized_from<'f>(facts: &'f RecipeFacts, step: &str) -> Option<&'f str> {
+    facts
+        .steps
+        .iter()
+        .find(|(n, k, _)| n == step && k == "quantize")
+        .and_then(|(_, _, p)| p["model"].as_str())
+}
+
+/// Perplexity of `eval` minus that of the unquantized model's eval on the
+/// same text, protocol and context, when the model is a quantization.
+fn perplexity_delta(input: &CardInput, eval: &EvalSummary) -> Option<f64> {
+    let parent = quantized_from(input.facts, &eval.results.model.name)?;
+    let mine = eval.results.perplexity.as_ref()?;
+    input
+        .evals
+        .iter()
+        .filter(|e| e.results.model.name == parent)
+        .filter_map(|e| e.results.perplexity.as_ref())
+        .find(|p| {
+            p.text.name == mine.text.name
+                && p.result.protocol == mine.result.protocol
+                && p.result.context == mine.result.context
+        })
+        .map(|p| mine.result.perplexity - p.result.perplexity)
+}
+
+/// "Evaluation": one row per perplexity and passkey length, labelled with
+/// the evaluated model's name.
+fn eval_section(input: &CardInput) -> String {
+    if input.evals.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## Evaluation\n\n| model | metric | text | protocol | context | value | Δ vs unquantized |\n|---|---|---|---|---|---|---|\n",
+    );
+    for e in &input.evals {
+        let r = &e.results;
+        if let Some(p) = &r.perplexity {
+            let delta = perplexity_delta(input, e).map_or("–".to_owned(), |d| format!("{d:+.4}"));
+            out.push_str(&format!(
+                "| `{}` | perplexity | `{}` | {} | {} | {:.4} ± {:.4} | {delta} |\n",
+                r.model.name,
+                p.text.name,
+                p.result.protocol.name(),
+                p.result.context,
+                p.result.perplexity,
+                p.result.perplexity_uncertainty
+            ));
+        }
+        if let Some(pk) = &r.passkey {
+            for l in &pk.lengths {
+                out.push_str(&format!(
+                    "| `{}` | passkey (1 of {}) | – | – | {} | {}/{} ({:.0}%) | – |\n",
+                    r.model.name,
+                    pk.candidates,
+                    l.length,
+                    l.correct,
+                    l.trials,
+                    100.0 * l.accuracy
+                ));
+            }
+        }
+    }
+    let devices: std::collections::BTreeSet<&str> = input
+        .evals
+        .iter()
+        .map(|e| e.results.device.as_str())
+        .collect();
+    out.push_str(&format!(
+        "\nComputed by yibuild's eval step on {}; protocols as named (llama.cpp: non-overlapping windows scoring their second half).\n\n",
+        devices.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    out
+}
+
+/// The quantization type in a quantize step's file name (`name-Q8_0.gguf` → `Q8_0`).
+fn quant_type(file: &str) -> &str {
+    let stem = file.strip_suffix(".gguf").unwrap_or(file);
+    stem.rsplit(['-', '.']).next().unwrap_or(stem)
+}
+
+/// "Quantizations": file, type, size, bits per weight, perplexity delta.
+fn quant_section(input: &CardInput) -> String {
+    if input.quants.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## Quantizations\n\n| file | type | size | bits per weight | perplexity Δ |\n|---|---|---|---|---|\n",
+    );
+    for q in &input.quants {
+        let bpw = input
+            .parameters
+            .filter(|&n| n > 0)
+            .map_or("–".to_owned(), |n| {
+                format!("{:.2}", q.size as f64 * 8.0 / n as f64)
+            });
+        let delta = input
+            .evals
+            .iter()
+            .filter(|e| e.results.model.name == q.step)
+            .find_map(|e| perplexity_delta(input, e))
+            .map_or("–".to_owned(), |d| format!("{d:+.4}"));
+        out.push_str(&format!(
+            "| `{}` | {} | {:.2} MiB | {bpw} | {delta} |\n",
+            q.file,
+            quant_type(&q.file),
+            q.size as f64 / (1 << 20) as f64
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+/// "Prompt template": the recipe's `prompt_template` (builtin name or Jinja)
+/// or the model's own, rendered on a sample conversation, and the stop strings.
+fn prompt_section(input: &CardInput, card: &Map<String, Json>) -> String {
+    use crate::tokenizer::templates::{
+        render as render_chat, resolve_template, sample_conversation,
+    };
+    let template = match card_text(card, "prompt_template") {
+        Some(t) => resolve_template(t).ok(),
+        None => input.chat_template.clone(),
+    };
+    let mut stops: Vec<String> = match card.get("stop_strings") {
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(Json::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    for s in &input.stop_strings {
+        if !stops.contains(s) {
+            stops.push(s.clone());
+        }
+    }
+    let sample =
+        template.and_then(|t| render_chat(&t, &sample_conversation(), &Default::default()).ok());
+    if sample.is_none() && stops.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("## Prompt template\n\n");
+    if let Some(s) = sample {
+        out.push_str(&format!("```text\n{s}\n```\n\n"));
+    }
+    if !stops.is_empty() {
+        let list: Vec<String> = stops.iter().map(|s| format!("`{s}`")).collect();
+        out.push_str(&format!("Stop strings: {}\n\n", list.join(", ")));
+    }
+    out
+}
+
 /// The whole README.md.
 pub fn render(input: &CardInput) -> String {
     let facts = input.facts;
+    let card = card_fields(input);
     let fm = front_matter(input);
     let mut out = format!(
         "---\n{}---\n\n# {}\n\n",
         to_yaml(&Json::Object(fm), 0),
         facts.name
     );
-    let summary = input
-        .overrides
-        .get("summary")
-        .or_else(|| facts.card.get("summary"))
-        .and_then(Json::as_str);
-    match summary {
+    match card_text(&card, "summary") {
         Some(s) => out.push_str(&format!("{s}\n\n")),
         None => out.push_str(&format!(
-            "Built with [yibuild](https://github.com/) from a recipe of {} sources and {} steps.\n\n",
+            "`{}` built by yibuild from {} sources in {} steps{}.\n\n",
+            input.model_step,
             facts.sources.len(),
-            facts.steps.len()
+            facts.steps.len(),
+            if input.quants.is_empty() {
+                String::new()
+            } else {
+                format!(", with {} quantized files", input.quants.len())
+            }
         )),
     }
-    out.push_str("## Sources\n\n| name | from |\n|---|---|\n");
-    for (name, from) in &facts.sources {
-        out.push_str(&format!("| {name} | {from} |\n"));
-    }
-    out.push_str("\n## Lineage\n\n```mermaid\n");
-    out.push_str(&facts.mermaid);
-    out.push_str("```\n\n");
+    out.push_str(&merge_section(facts));
     if let Some(sweep) = &input.sweep {
         out.push_str(&format!("## Sweep\n\n{sweep}\n\n"));
     }
-    if !input.quants.is_empty() {
-        out.push_str("## Quantizations\n\n| file | size |\n|---|---|\n");
-        for q in &input.quants {
-            out.push_str(&format!(
-                "| {} | {:.1} MiB |\n",
-                q.file,
-                q.size as f64 / (1 << 20) as f64
-            ));
-        }
-        out.push('\n');
+    if !facts.mermaid.is_empty() {
+        out.push_str(&format!(
+            "## Lineage\n\n```mermaid\n{}```\n\n",
+            facts.mermaid
+        ));
     }
-    if !input.evals.is_empty() {
-        out.push_str("## Evaluation\n\n");
-        for e in &input.evals {
-            out.push_str(&format!(
-                "### {}\n\n```json\n{}\n```\n\n",
-                e.step,
-                serde_json::to_string_pretty(&e.results).unwrap_or_default()
-            ));
+    out.push_str(&eval_section(input));
+    out.push_str(&quant_section(input));
+    out.push_str(&prompt_section(input, &card));
+    for (key, title) in [("notes", "Notes"), ("running", "Running advice")] {
+        if let Some(text) = card_text(&card, key) {
+            out.push_str(&format!("## {title}\n\n{text}\n\n"));
         }
     }
-    for key in ["notes"] {
-        if let Some(text) = input
-            .overrides
-            .get(key)
-            .or_else(|| facts.card.get(key))
-            .and_then(Json::as_str)
-        {
-            out.push_str(&format!("## Notes\n\n{text}\n\n"));
-        }
+    if !facts.steps.is_empty() && !facts.digest.is_empty() {
+        out.push_str(&format!(
+            "## Recipe\n\n```yaml\n{}```\n\n",
+            recipe_yaml(facts)
+        ));
+        out.push_str(&format!(
+            "## Reproduce\n\n```sh\nyibuild {}.yaml\n```\n\nyibuild {} · recipe digest `{}`\n\n",
+            facts.name,
+            env!("CARGO_PKG_VERSION"),
+            facts.digest
+        ));
     }
-    out.push_str(&format!(
-        "## Reproduce\n\n```sh\nyibuild {}.yaml\n```\n\nyibuild {} · recipe digest `{}`\n",
-        facts.name,
-        env!("CARGO_PKG_VERSION"),
-        facts.digest
-    ));
+    if !input.checksums.is_empty() {
+        out.push_str("## Checksums (sha256)\n\n```text\n");
+        for (file, sum) in &input.checksums {
+            out.push_str(&format!("{sum}  {file}\n"));
+        }
+        out.push_str("```\n");
+    }
     out
+}
+
+/// Parameter count of a safetensors model folder (the sum of its tensors'
+/// element counts), read from the headers only.
+pub fn parameter_count(dir: &Path) -> Result<u64> {
+    let tensors = ModelTensors::open(dir)?;
+    Ok(tensors
+        .names()
+        .iter()
+        .filter_map(|n| tensors.info(n))
+        .map(|i| i.numel() as u64)
+        .sum())
+}
+
+/// What a model folder itself says for its card: its chat template and its
+/// generation config's stop strings.
+pub fn folder_prompt(dir: &Path) -> (Option<String>, Vec<String>) {
+    let read = |f: &str| -> Json {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Json::Null)
+    };
+    let template = read("tokenizer_config.json")["chat_template"]
+        .as_str()
+        .map(str::to_owned);
+    let stops = match &read("generation_config.json")["stop_strings"] {
+        Json::Array(a) => a
+            .iter()
+            .filter_map(Json::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Json::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    (template, stops)
+}
+
+/// A card for an existing model folder (`yibuild card MODEL_DIR`), for
+/// models built before yibuild: the merge details come from its
+/// `mergekit_config.yml` when present, the base models are the Hub ids that
+/// config names, and the prompt from its tokenizer and generation configs.
+pub fn card_for_folder(dir: &Path) -> Result<String> {
+    if !dir.join("config.json").is_file() {
+        bail!("{} has no config.json: not a model folder", dir.display());
+    }
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".to_owned());
+    let config_path = dir.join("mergekit_config.yml");
+    let (mut sources, mut steps) = (Vec::new(), Vec::new());
+    if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path)?;
+        let docs = crate::recipe::yaml::parse_documents(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+        let config = docs
+            .first()
+            .map(|d| d.to_json())
+            .with_context(|| format!("{} is empty", config_path.display()))?;
+        let mut models: Vec<&str> = config["base_model"].as_str().into_iter().collect();
+        if let Some(list) = config["models"].as_array() {
+            models.extend(
+                list.iter()
+                    .filter_map(|m| m.as_str().or(m["model"].as_str())),
+            );
+        }
+        for m in models {
+            let hub = !m.starts_with('.') && !m.starts_with('/') && m.matches('/').count() == 1;
+            let from = if hub {
+                format!("hf://{m}")
+            } else {
+                m.to_owned()
+            };
+            if !sources.iter().any(|(n, _)| n == m) {
+                sources.push((m.to_owned(), from));
+            }
+        }
+        steps.push((
+            "merge".to_owned(),
+            "merge".to_owned(),
+            json!({ "config": config }),
+        ));
+    }
+    let facts = RecipeFacts {
+        name,
+        digest: String::new(),
+        card: Map::new(),
+        sources,
+        steps,
+        mermaid: String::new(),
+    };
+    let (chat_template, stop_strings) = folder_prompt(dir);
+    let overrides = Map::new();
+    Ok(render(&CardInput {
+        facts: &facts,
+        model_step: "model",
+        overrides: &overrides,
+        quants: Vec::new(),
+        evals: Vec::new(),
+        sweep: None,
+        parameters: parameter_count(dir).ok(),
+        chat_template,
+        stop_strings,
+        checksums: Vec::new(),
+    }))
 }

@@ -131,6 +131,13 @@ enum Command {
     },
     /// Describe a model folder (architecture, dtype, parameters, vocab sizes, specials, template) or a .gguf file.
     Inspect { path: PathBuf },
+    /// Write a model card for an existing model folder (stdout, or README.md with --write).
+    Card {
+        dir: PathBuf,
+        /// Write DIR/README.md instead of printing.
+        #[arg(long)]
+        write: bool,
+    },
     /// Re-hash every cache object and check every action.
     Verify,
     /// Remove cache entries no build references (dry run unless --yes).
@@ -230,6 +237,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Inspect { path }) => print(commands::inspect(&path)?),
+        Some(Command::Card { dir, write }) => {
+            let card = yibuild::card::card_for_folder(&dir)?;
+            if !write {
+                return print(card);
+            }
+            let readme = dir.join("README.md");
+            std::fs::write(&readme, card)?;
+            eprintln!("{:>12} {}", "Wrote", readme.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Verify) => {
             let problems = commands::verify(&c.cache_dir)?;
             for p in &problems {

@@ -4,7 +4,7 @@
 //! Every byte of the release is a function of the inputs and the recipe facts,
 //! so two builds anywhere give identical folders and archives.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
@@ -17,6 +17,7 @@ use super::files::{link_or_copy, link_tree, read_json};
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::cache::memo::list_files;
 use crate::card::{self, CardInput, EvalSummary, QuantFile};
+use crate::eval::results::read_results;
 use crate::recipe::diag::RecipeError;
 use crate::recipe::fields::Fields;
 use crate::recipe::yaml::Node;
@@ -123,6 +124,36 @@ fn write_archive(dir: &Path, files: &[String], dest: &Path, prefix: &str) -> Res
     Ok(())
 }
 
+/// `build-report.json`: the yibuild version, the recipe and its digest, the
+/// sources as pinned, every step with its kind and parameters, the package's
+/// inputs with their content digests, and the device kinds evals ran on. No
+/// wall-clock timings or host names: the release is byte-reproducible, and
+/// timings live in the build's event stream (`--json`) instead.
+fn build_report(facts: &RecipeFacts, ctx: &StepContext, devices: &BTreeSet<String>) -> Json {
+    let digests: BTreeMap<&String, &String> =
+        ctx.inputs.iter().map(|(k, a)| (k, &a.digest)).collect();
+    let steps: Vec<Json> = facts
+        .steps
+        .iter()
+        .map(|(n, k, p)| {
+            let mut p = p.clone();
+            if let Some(o) = p.as_object_mut() {
+                o.remove("recipe");
+            }
+            json!({"name": n, "kind": k, "params": p})
+        })
+        .collect();
+    json!({
+        "yibuild": env!("CARGO_PKG_VERSION"),
+        "recipe": facts.name,
+        "recipe_digest": facts.digest,
+        "sources": facts.sources.iter().map(|(n, d)| json!({"name": n, "from": d})).collect::<Vec<_>>(),
+        "steps": steps,
+        "inputs": digests,
+        "eval_devices": devices,
+    })
+}
+
 impl Step for Package {
     fn kind(&self) -> &'static str {
         "package"
@@ -184,22 +215,30 @@ impl Step for Package {
                 quants.push(QuantFile {
                     size: std::fs::metadata(out.join(&name))?.len(),
                     file: name,
+                    step: q.name.clone(),
                 });
             }
         }
         let mut evals = Vec::new();
         for e in &self.evals {
             let path = ctx.input(&e.name)?.path.join("results.json");
-            let mut results = read_json(&path)
-                .with_context(|| format!("eval step `{}` has no results.json", e.name))?;
-            if let Some(obj) = results.as_object_mut() {
-                obj.remove("timing");
-            }
+            let mut results = read_results(&path)
+                .with_context(|| format!("eval step `{}` has no usable results.json", e.name))?;
+            // Wall-clock figures differ run to run; the release must not.
+            results.timing = Default::default();
             evals.push(EvalSummary {
                 step: e.name.clone(),
                 results,
             });
         }
+        let devices: BTreeSet<String> = evals.iter().map(|e| e.results.device.clone()).collect();
+        let mut files = list_files(out)?;
+        files.sort();
+        let checksums: Vec<(String, String)> = files
+            .par_iter()
+            .map(|rel| Ok((rel.clone(), sha256_file(&out.join(rel))?)))
+            .collect::<Result<_>>()?;
+        let (chat_template, stop_strings) = card::folder_prompt(model);
         let input = CardInput {
             facts,
             model_step: &self.model.name,
@@ -207,20 +246,18 @@ impl Step for Package {
             quants,
             evals,
             sweep,
+            parameters: card::parameter_count(model).ok(),
+            chat_template,
+            stop_strings,
+            checksums,
         };
         std::fs::write(out.join("README.md"), card::render(&input))?;
-        let digests: BTreeMap<&String, &String> =
-            ctx.inputs.iter().map(|(k, a)| (k, &a.digest)).collect();
-        let report = json!({
-            "yibuild": env!("CARGO_PKG_VERSION"),
-            "recipe": facts.name,
-            "recipe_digest": facts.digest,
-            "sources": facts.sources.iter().map(|(n, d)| json!({"name": n, "from": d})).collect::<Vec<_>>(),
-            "steps": facts.steps.iter().map(|(n, k, _)| json!({"name": n, "kind": k})).collect::<Vec<_>>(),
-            "inputs": digests,
-        });
-        super::files::write_json(&out.join("build-report.json"), &report)?;
-        let files = list_files(out)?;
+        super::files::write_json(
+            &out.join("build-report.json"),
+            &build_report(facts, ctx, &devices),
+        )?;
+        let mut files = list_files(out)?;
+        files.sort();
         let sums: Vec<String> = files
             .par_iter()
             .map(|rel| Ok(format!("{}  {rel}\n", sha256_file(&out.join(rel))?)))
