@@ -599,7 +599,7 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
     if config_path.is_file() {
         let text = std::fs::read_to_string(&config_path)?;
         let docs = crate::recipe::yaml::parse_documents(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {}", config_path.display(), e.message))?;
         let config = docs
             .first()
             .map(|d| d.to_json())

@@ -88,6 +88,7 @@ const CARD_KEYS: &[&str] = &[
     "stop_strings",
     "summary",
     "notes",
+    "running",
     "tags",
     "pipeline_tag",
     "library_name",

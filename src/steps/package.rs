@@ -126,12 +126,23 @@ fn write_archive(dir: &Path, files: &[String], dest: &Path, prefix: &str) -> Res
 
 /// `build-report.json`: the yibuild version, the recipe and its digest, the
 /// sources as pinned, every step with its kind and parameters, the package's
-/// inputs with their content digests, and the device kinds evals ran on. No
-/// wall-clock timings or host names: the release is byte-reproducible, and
-/// timings live in the build's event stream (`--json`) instead.
-fn build_report(facts: &RecipeFacts, ctx: &StepContext, devices: &BTreeSet<String>) -> Json {
-    let digests: BTreeMap<&String, &String> =
-        ctx.inputs.iter().map(|(k, a)| (k, &a.digest)).collect();
+/// model and quantizations with their content digests, and the device kinds
+/// evals ran on. No wall-clock timings or host names: the release is
+/// byte-reproducible, and timings live in the build's event stream (`--json`)
+/// instead. Eval outputs carry their own timings, so their digests vary run to
+/// run and are left out; their results are in the card.
+fn build_report(
+    facts: &RecipeFacts,
+    ctx: &StepContext,
+    evals: &[InputRef],
+    devices: &BTreeSet<String>,
+) -> Json {
+    let digests: BTreeMap<&String, &String> = ctx
+        .inputs
+        .iter()
+        .filter(|(k, _)| !evals.iter().any(|e| &e.name == *k))
+        .map(|(k, a)| (k, &a.digest))
+        .collect();
     let steps: Vec<Json> = facts
         .steps
         .iter()
@@ -254,7 +265,7 @@ impl Step for Package {
         std::fs::write(out.join("README.md"), card::render(&input))?;
         super::files::write_json(
             &out.join("build-report.json"),
-            &build_report(facts, ctx, &devices),
+            &build_report(facts, ctx, &self.evals, &devices),
         )?;
         let mut files = list_files(out)?;
         files.sort();
