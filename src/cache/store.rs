@@ -22,7 +22,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::key::KeyInputs;
 use super::manifest::{Entry, Manifest};
@@ -345,16 +345,6 @@ impl Cache {
             }
         }
         Ok((dead_actions, dead_objects, bytes))
-    }
-
-    /// Fails if an action names `hash` but the object is missing: used by
-    /// callers that need to trust a lookup they made earlier.
-    pub fn require_object(&self, hash: &str) -> Result<PathBuf> {
-        let path = self.object_path(hash);
-        if !path.is_file() {
-            bail!("cache object {hash} is missing; run `yibuild verify`");
-        }
-        Ok(path)
     }
 }
 
