@@ -81,30 +81,45 @@ fn pack_high_bits(levels: &[u8], qh: &mut [u8]) {
     qh.copy_from_slice(&bits.to_le_bytes());
 }
 
-/// Q4_0 (18 bytes: f16 d, 16 bytes of nibbles; x = (q − 8)·d).
-pub fn quantize_q4_0(x: &[f32], imatrix: Option<(&[f32], f32)>, out: &mut [u8]) {
-    let mut levels = [0u8; QK];
+/// The scale and levels of a symmetric block with levels `0..2·half`
+/// (x = (q − half)·d): ggml's `quantize_row_q4_0`/`q5_0` reference, or its
+/// importance-weighted search when an imatrix is given. Writes d at `out[0..2]`.
+fn symmetric_block(
+    x: &[f32],
+    imatrix: Option<(&[f32], f32)>,
+    half: i32,
+    levels: &mut [u8; QK],
+    out: &mut [u8],
+) {
     match imatrix {
         None => {
             let (max, _) = signed_absmax(x);
-            let d = max / -8.0;
+            let d = max / -(half as f32);
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             write_f16(out, 0, d);
+            let offset = half as f32 + 0.5;
+            let top = (2 * half - 1) as i8;
             for (l, &v) in levels.iter_mut().zip(x) {
-                *l = ((v * id + 8.5) as i8).min(15) as u8;
+                *l = ((v * id + offset) as i8).min(top) as u8;
             }
         }
         Some((qw, sigma2)) => {
             let mut w = [0.0f32; QK];
             imatrix_weights(x, qw, sigma2, &mut w);
             let mut l8 = [0i8; QK];
-            let d = make_qx_quants(8, x, &mut l8, 1, Some(&w));
+            let d = make_qx_quants(half, x, &mut l8, 1, Some(&w));
             write_f16(out, 0, d);
             for (l, v) in levels.iter_mut().zip(l8) {
                 *l = v as u8;
             }
         }
     }
+}
+
+/// Q4_0 (18 bytes: f16 d, 16 bytes of nibbles; x = (q − 8)·d).
+pub fn quantize_q4_0(x: &[f32], imatrix: Option<(&[f32], f32)>, out: &mut [u8]) {
+    let mut levels = [0u8; QK];
+    symmetric_block(x, imatrix, 8, &mut levels, out);
     pack_nibbles(&levels, &mut out[2..18]);
 }
 
@@ -118,27 +133,7 @@ pub fn quantize_q4_1(x: &[f32], imatrix: Option<(&[f32], f32)>, out: &mut [u8]) 
 /// Q5_0 (22 bytes: f16 d, u32 fifth bits, nibbles; x = (q − 16)·d).
 pub fn quantize_q5_0(x: &[f32], imatrix: Option<(&[f32], f32)>, out: &mut [u8]) {
     let mut levels = [0u8; QK];
-    match imatrix {
-        None => {
-            let (max, _) = signed_absmax(x);
-            let d = max / -16.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            write_f16(out, 0, d);
-            for (l, &v) in levels.iter_mut().zip(x) {
-                *l = ((v * id + 16.5) as i8).min(31) as u8;
-            }
-        }
-        Some((qw, sigma2)) => {
-            let mut w = [0.0f32; QK];
-            imatrix_weights(x, qw, sigma2, &mut w);
-            let mut l8 = [0i8; QK];
-            let d = make_qx_quants(16, x, &mut l8, 1, Some(&w));
-            write_f16(out, 0, d);
-            for (l, v) in levels.iter_mut().zip(l8) {
-                *l = v as u8;
-            }
-        }
-    }
+    symmetric_block(x, imatrix, 16, &mut levels, out);
     pack_high_bits(&levels, &mut out[2..6]);
     pack_nibbles(&levels, &mut out[6..22]);
 }
