@@ -1,0 +1,154 @@
+//! Project settings shared by every build in a directory tree: the remote
+//! cache and the executor, read from `.yibuild.yaml`.
+//!
+//! The file is found like cargo finds `.cargo/config.toml`: in the current
+//! directory or the nearest parent that has one (or the file named by
+//! `YIBUILD_CONFIG`). Command-line flags override environment variables, which
+//! override the file. A bad file is a bad recipe: exit code 2, with the place.
+//!
+//! ```yaml
+//! remote_cache:
+//!   url: s3://team-models/yibuild
+//!   mode: read-write        # read | read-write | push-only
+//!   endpoint: https://minio.internal:9000
+//!   region: us-east-1
+//!   required: false
+//! executor: local           # or slurm
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::recipe::diag::{Diag, RecipeError};
+use crate::recipe::fields::Fields;
+use crate::recipe::yaml::parse_documents;
+
+/// The name of the project settings file.
+pub const CONFIG_FILE: &str = ".yibuild.yaml";
+
+/// What `.yibuild.yaml` says; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectConfig {
+    /// The file these settings came from, if any.
+    pub file: Option<PathBuf>,
+    /// `remote_cache:`.
+    pub remote_cache: Option<RemoteCacheSettings>,
+    /// `executor:` (`local` or `slurm`).
+    pub executor: Option<String>,
+}
+
+/// The `remote_cache:` section.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoteCacheSettings {
+    /// `s3://bucket/prefix`.
+    pub url: Option<String>,
+    /// `read`, `read-write` or `push-only`.
+    pub mode: Option<String>,
+    /// An explicit endpoint for stores other than AWS (MinIO, R2, Ceph).
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: Option<String>,
+    /// Fail the build instead of building locally when the remote is unusable.
+    pub required: Option<bool>,
+}
+
+impl ProjectConfig {
+    /// Finds and reads the project settings for a build started in `cwd`:
+    /// `$YIBUILD_CONFIG` if set, else the nearest `.yibuild.yaml` in `cwd` or
+    /// a parent. No file means default settings.
+    pub fn discover(cwd: &Path) -> Result<ProjectConfig, RecipeError> {
+        if let Some(path) = std::env::var_os("YIBUILD_CONFIG").filter(|p| !p.is_empty()) {
+            return ProjectConfig::load(Path::new(&path));
+        }
+        for dir in cwd.ancestors() {
+            let candidate = dir.join(CONFIG_FILE);
+            if candidate.is_file() {
+                return ProjectConfig::load(&candidate);
+            }
+        }
+        Ok(ProjectConfig::default())
+    }
+
+    /// Reads one settings file.
+    pub fn load(path: &Path) -> Result<ProjectConfig, RecipeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RecipeError::file(path, format!("cannot read project settings: {e}")))?;
+        let mut config = ProjectConfig::parse(path, &text)?;
+        config.file = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Parses settings text; `path` names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<ProjectConfig, RecipeError> {
+        let diag = Diag::new(path, text);
+        let docs = parse_documents(text).map_err(|e| diag.error(e.span, e.message))?;
+        let Some(root) = docs.first() else {
+            return Ok(ProjectConfig::default());
+        };
+        let top = Fields::new(
+            &diag,
+            root,
+            "project settings",
+            &["remote_cache", "executor"],
+        )?;
+        let remote_cache = match top.opt("remote_cache") {
+            Some(node) => {
+                let f = Fields::new(
+                    &diag,
+                    node,
+                    "`remote_cache`",
+                    &["url", "mode", "endpoint", "region", "required"],
+                )?;
+                let settings = RemoteCacheSettings {
+                    url: f.opt_str("url")?,
+                    mode: f.opt_str("mode")?,
+                    endpoint: f.opt_str("endpoint")?,
+                    region: f.opt_str("region")?,
+                    required: f.opt_bool("required")?,
+                };
+                f.finish()?;
+                Some(settings)
+            }
+            None => None,
+        };
+        let executor = top.opt_str("executor")?;
+        top.finish()?;
+        Ok(ProjectConfig {
+            file: None,
+            remote_cache,
+            executor,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_key() {
+        let text = "remote_cache:\n  url: s3://b/p\n  mode: read\n  endpoint: http://127.0.0.1:9000\n  region: eu-west-1\n  required: true\nexecutor: local\n";
+        let c = ProjectConfig::parse(Path::new(".yibuild.yaml"), text).unwrap();
+        let r = c.remote_cache.unwrap();
+        assert_eq!(r.url.as_deref(), Some("s3://b/p"));
+        assert_eq!(r.mode.as_deref(), Some("read"));
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(r.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(r.required, Some(true));
+        assert_eq!(c.executor.as_deref(), Some("local"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_place() {
+        let text = "remote_cache:\n  urll: s3://b/p\n";
+        let err = ProjectConfig::parse(Path::new(".yibuild.yaml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(".yibuild.yaml:2:3"), "{msg}");
+        assert!(msg.contains("did you mean `url`"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = ProjectConfig::parse(Path::new(".yibuild.yaml"), "").unwrap();
+        assert_eq!(c, ProjectConfig::default());
+    }
+}
