@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
 use crate::exec::{self, BuildOptions};
 use crate::freshness::{self, State};
 use crate::graph::BuildGraph;
 use crate::hub::api::HubClient;
 use crate::hub::download::human_bytes;
-use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
+use crate::hub::{pin_offline, HubConfig, HubSourceState};
 use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
 
@@ -60,36 +61,43 @@ fn plan_states(
     recipe: &Recipe,
     cache_dir: &Path,
     targets: &[String],
+    remote: Option<&RemoteCache>,
 ) -> Result<Vec<(String, State)>> {
     let graph = BuildGraph::new(recipe);
     let targets = exec::select_targets(recipe, &graph, targets)?;
     let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_unlocked(cache_dir)?;
-    Ok(freshness::analyze(recipe, &plan, &cache))
+    Ok(freshness::analyze(recipe, &plan, &cache, remote))
 }
 
 /// `yibuild plan`: what would run and why, without running it. Hub sources
 /// show what is left to download; an unpinned one is looked up on the Hub
-/// (one request, nothing written) unless `hub.offline`.
-pub fn plan(
-    recipe: &Recipe,
-    cache_dir: &Path,
-    targets: &[String],
-    json: bool,
-    hub: HubOptions,
-) -> Result<String> {
-    let hub = HubConfig::from_env(hub);
+/// (one request, nothing written) unless `hub.offline`. With a remote cache,
+/// steps it holds are shown with the bytes left to download.
+pub fn plan(recipe: &Recipe, opts: &BuildOptions, json: bool) -> Result<String> {
+    let hub = HubConfig::from_env(opts.hub);
     let graph = BuildGraph::new(recipe);
-    let selected = exec::select_targets(recipe, &graph, targets)?;
+    let selected = exec::select_targets(recipe, &graph, &opts.targets)?;
     let order = graph.plan(recipe, &selected);
-    let states = plan_states(recipe, cache_dir, targets)?;
     let mut out = String::new();
+    let remote = match opts.remote.as_ref().map(RemoteCache::connect) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!("warning: {e:#}; planning without it");
+            None
+        }
+        None => None,
+    };
+    let states = plan_states(recipe, &opts.cache_dir, &opts.targets, remote.as_ref())?;
     if json {
         for (name, state) in &states {
             let step = recipe.step(name).expect("planned step");
             let v = match state {
                 State::Fresh { key } => {
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "cached", "key": key})
+                }
+                State::Remote { key, bytes } => {
+                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "remote", "key": key, "bytes": bytes})
                 }
                 State::Stale { key, reasons, .. } => {
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons})
@@ -116,13 +124,22 @@ pub fn plan(
         ));
     }
     out.push_str(&matrix_summary(recipe, &states));
-    let (mut fresh, mut build) = (0, 0);
+    let (mut fresh, mut build, mut remote_steps, mut remote_bytes) = (0, 0, 0, 0);
     for (name, state) in &states {
         let kind = recipe.step(name).expect("planned step").step.kind();
         match state {
             State::Fresh { .. } => {
                 fresh += 1;
                 out.push_str(&format!("{:>12} {name} ({kind})\n", "cached"));
+            }
+            State::Remote { bytes, .. } => {
+                remote_steps += 1;
+                remote_bytes += bytes;
+                out.push_str(&format!(
+                    "{:>12} {name} ({kind}): {} to download\n",
+                    "remote",
+                    human_bytes(*bytes)
+                ));
             }
             State::Stale { reasons, .. } => {
                 build += 1;
@@ -134,7 +151,14 @@ pub fn plan(
             }
         }
     }
-    out.push_str(&format!("{build} to build, {fresh} cached\n"));
+    out.push_str(&format!("{build} to build, {fresh} cached"));
+    if remote_steps > 0 {
+        out.push_str(&format!(
+            ", {remote_steps} from the remote cache ({} to download)",
+            human_bytes(remote_bytes)
+        ));
+    }
+    out.push('\n');
     Ok(out)
 }
 
@@ -227,10 +251,7 @@ fn matrix_summary(recipe: &Recipe, states: &[(String, State)]) -> String {
         if planned.is_empty() {
             continue;
         }
-        let cached = planned
-            .iter()
-            .filter(|s| matches!(s, State::Fresh { .. }))
-            .count();
+        let cached = planned.iter().filter(|s| s.is_available()).count();
         out.push_str(&format!(
             "{:>12} {}: {} of {} variants over {} ({cached} cached, {} to build)\n",
             "matrix",
@@ -285,11 +306,12 @@ pub fn report(recipe: &Recipe, build_dir: &Path) -> Result<String> {
 /// `yibuild status`: fresh / stale / missing for every step.
 pub fn status(recipe: &Recipe, cache_dir: &Path) -> Result<String> {
     let all: Vec<String> = recipe.steps.iter().map(|s| s.name.clone()).collect();
-    let states = plan_states(recipe, cache_dir, &all)?;
+    let states = plan_states(recipe, cache_dir, &all, None)?;
     let mut out = String::new();
     for (name, state) in states {
         let word = match state {
             State::Fresh { .. } => "fresh",
+            State::Remote { .. } => "remote",
             State::Stale {
                 built_before: true, ..
             } => "stale",
@@ -309,13 +331,16 @@ pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str) -> Result<String> 
         ))
         .into());
     }
-    let states = plan_states(recipe, cache_dir, &[step.to_owned()])?;
+    let states = plan_states(recipe, cache_dir, &[step.to_owned()], None)?;
     let (_, state) = states
         .into_iter()
         .find(|(n, _)| n == step)
         .expect("target is planned");
     Ok(match state {
         State::Fresh { key } => format!("`{step}` is fresh (key {})\n", &key[..16]),
+        State::Remote { key, .. } => {
+            format!("`{step}` is in the remote cache (key {})\n", &key[..16])
+        }
         State::Stale { reasons, .. } => {
             let mut s = format!("`{step}` must be rebuilt:\n");
             for r in reasons {
@@ -406,4 +431,90 @@ pub fn inspect(path: &Path) -> Result<String> {
     } else {
         crate::tokenizer::inspect::inspect_model(path)
     }
+}
+
+/// Which way `yibuild cache push|pull` moves outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// Upload the recipe's locally cached outputs.
+    Push,
+    /// Download every output of the recipe the remote cache holds.
+    Pull,
+}
+
+/// `yibuild cache push|pull RECIPE`: seeds the remote cache from a finished
+/// local build, or warms the local cache (before going offline, say). Steps
+/// neither side has are listed, not built.
+pub fn cache_transfer(recipe: &Recipe, opts: &BuildOptions, direction: Transfer) -> Result<String> {
+    let Some(settings) = &opts.remote else {
+        return Err(exec::InputError(
+            "no remote cache is configured (--remote-cache, YIBUILD_REMOTE_CACHE or remote_cache in .yibuild.yaml)"
+                .to_owned(),
+        )
+        .into());
+    };
+    if direction == Transfer::Push && !settings.mode.writes() {
+        return Err(exec::InputError(format!(
+            "the remote cache {} is read-only here (mode read)",
+            settings.url
+        ))
+        .into());
+    }
+    let remote = RemoteCache::connect(settings)?;
+    let cache = Cache::open_locked(&opts.cache_dir, &|| {
+        eprintln!("{:>12} waiting for the cache lock", "Blocking")
+    })?;
+    let graph = BuildGraph::new(recipe);
+    let targets = exec::select_targets(recipe, &graph, &opts.targets)?;
+    let plan = graph.plan(recipe, &targets);
+    let lookup = (direction == Transfer::Pull).then_some(&remote);
+    let (mut moved, mut bytes, mut missing) = (0, 0, 0);
+    let mut out = String::new();
+    for (name, state) in freshness::analyze(recipe, &plan, &cache, lookup) {
+        match (direction, state) {
+            (Transfer::Push, State::Fresh { key }) => {
+                let manifest = cache.lookup(&key).expect("a fresh step is in the cache");
+                let pushed = remote.push(&cache, &key, &manifest)?;
+                moved += 1;
+                bytes += pushed.bytes;
+                out.push_str(&format!(
+                    "{:>12} {name} ({} uploaded)\n",
+                    "pushed",
+                    human_bytes(pushed.bytes)
+                ));
+            }
+            (Transfer::Pull, State::Remote { key, .. }) => {
+                let manifest = remote
+                    .lookup(&key)?
+                    .ok_or_else(|| anyhow::anyhow!("the remote entry of `{name}` disappeared"))?;
+                let fetched = remote.pull(&cache, &key, &manifest)?;
+                moved += 1;
+                bytes += fetched;
+                out.push_str(&format!(
+                    "{:>12} {name} ({} downloaded)\n",
+                    "pulled",
+                    human_bytes(fetched)
+                ));
+            }
+            (_, State::Fresh { .. }) => {}
+            (_, _) => {
+                missing += 1;
+                let side = match direction {
+                    Transfer::Push => "not built locally",
+                    Transfer::Pull => "not in the remote cache",
+                };
+                out.push_str(&format!("{:>12} {name}: {side}\n", "skipped"));
+            }
+        }
+    }
+    cache.memo().save()?;
+    let verb = match direction {
+        Transfer::Push => "pushed",
+        Transfer::Pull => "pulled",
+    };
+    out.push_str(&format!(
+        "{moved} {verb} ({}), {missing} skipped\n",
+        human_bytes(bytes)
+    ));
+    Ok(out)
 }

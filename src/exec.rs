@@ -7,17 +7,24 @@
 //! the output into the cache, and record the action. Outputs are materialized
 //! into `build/<recipe>/<step>/` by hardlink. A failed step stops its
 //! dependents; unrelated branches finish.
+//!
+//! With a remote cache, a local miss is looked up remotely and, on a hit,
+//! downloaded instead of built; what is built is uploaded in the background
+//! while the build goes on, and the build waits for the uploads at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::cache::remote::{RemoteCache, RemoteError, RemoteSettings};
 use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
 use crate::graph::BuildGraph;
+use crate::hub::download::human_bytes;
 use crate::hub::{HubConfig, HubFetch, HubOptions};
 use crate::recipe::{suggest, Recipe, StepDef};
 use crate::report::{Reporter, StepStatus, Summary};
@@ -42,6 +49,8 @@ pub struct BuildOptions {
     pub targets: Vec<String>,
     /// `--offline`, `--update-lock` and progress bars for Hub sources.
     pub hub: HubOptions,
+    /// The shared remote cache, if one is configured.
+    pub remote: Option<RemoteSettings>,
 }
 
 /// An error in what the user asked for (unknown target, missing source, a
@@ -177,13 +186,14 @@ pub fn prepare_sources(
 /// are not downloaded (a CI runner with the yibuild cache but an empty Hub
 /// cache fetches nothing). Their artifacts carry the lock digest and the
 /// snapshot path, which no step will read. Also returns the steps found
-/// cached, which need no pre-flight check. Both are empty for recipes
-/// without Hub sources.
+/// cached (locally or remotely), which need no pre-flight check. Both are
+/// empty for recipes without Hub sources.
 fn hub_sources_not_needed(
     recipe: &Recipe,
     graph: &BuildGraph,
     plan: &[String],
     cache: &Cache,
+    remote: Option<&RemoteCache>,
     hub: &HubConfig,
 ) -> (BTreeMap<String, Artifact>, BTreeSet<String>) {
     let mut out = BTreeMap::new();
@@ -193,9 +203,9 @@ fn hub_sources_not_needed(
     if hub.update_lock || !has_hub {
         return (out, BTreeSet::new());
     }
-    let fresh: BTreeSet<String> = crate::freshness::analyze(recipe, plan, cache)
+    let fresh: BTreeSet<String> = crate::freshness::analyze(recipe, plan, cache, remote)
         .into_iter()
-        .filter(|(_, s)| matches!(s, crate::freshness::State::Fresh { .. }))
+        .filter(|(_, s)| s.is_available())
         .map(|(n, _)| n)
         .collect();
     for name in plan {
@@ -251,16 +261,18 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let targets = select_targets(recipe, &graph, &opts.targets)?;
     let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
+    let remote = Remote::connect(opts.remote.as_ref(), reporter)?;
     let hub = HubConfig::from_env(opts.hub);
-    let (skipped, fresh) = hub_sources_not_needed(recipe, &graph, &plan, &cache, &hub);
+    let (skipped, fresh) =
+        hub_sources_not_needed(recipe, &graph, &plan, &cache, remote.readable(), &hub);
     let to_prepare: Vec<String> = plan
         .iter()
         .filter(|n| !skipped.contains_key(*n) && !fresh.contains(*n))
         .cloned()
         .collect();
-    let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &|name, line| {
-        reporter.note(name, line)
-    })?;
+    let log = |name: &str, line: &str| reporter.note(name, line);
+    let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &log)?;
+    let mut unprepared: BTreeSet<String> = skipped.keys().cloned().collect();
     artifacts.extend(skipped);
     let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
@@ -270,9 +282,21 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let mut summary = Summary::default();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut running: BTreeMap<String, u64> = BTreeMap::new();
+    // Remote lookups, once per key; steps whose remote entry was refused.
+    let mut remote_hits: BTreeMap<String, Option<Manifest>> = BTreeMap::new();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
     let (tx, rx) = mpsc::channel::<Finished>();
 
     std::thread::scope(|scope| -> Result<()> {
+        let (upload_tx, upload_rx) = mpsc::channel::<(String, String, Manifest)>();
+        let uploader = remote.writable().map(|r| {
+            let cache = &cache;
+            scope.spawn(move || {
+                for (name, key, manifest) in upload_rx {
+                    r.upload(cache, &name, &key, &manifest);
+                }
+            })
+        });
         loop {
             let mut i = 0;
             while i < pending.len() {
@@ -306,6 +330,40 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     summary.cached.push(step.name.clone());
                     continue;
                 }
+                let remote_hit = match remote.readable() {
+                    Some(_) if refused.contains(&step.name) => None,
+                    Some(_) => remote_hits
+                        .entry(key.clone())
+                        .or_insert_with(|| remote.lookup(&key))
+                        .clone(),
+                    None => None,
+                };
+                if running.len() >= opts.jobs.max(1) {
+                    i += 1;
+                    continue;
+                }
+                if let (Some(manifest), Some(r)) = (remote_hit, remote.readable()) {
+                    pending.remove(i);
+                    running.insert(step.name.clone(), 0);
+                    reporter.started(&step.name);
+                    let tx = tx.clone();
+                    let cache = &cache;
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let result = r
+                            .pull(cache, &key, &manifest)
+                            .map(|bytes| (manifest, bytes));
+                        tx.send(Finished {
+                            name: step.name.clone(),
+                            key,
+                            key_inputs,
+                            outcome: Outcome::Restored(result),
+                            seconds: started.elapsed().as_secs_f64(),
+                        })
+                        .ok();
+                    });
+                    continue;
+                }
                 let step_inputs: BTreeMap<String, Artifact> = step
                     .step
                     .inputs()
@@ -326,8 +384,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     step.step.memory_estimate(&probe)
                 };
                 let used: u64 = running.values().sum();
-                let fits = running.is_empty() || used + mem <= opts.mem_budget;
-                if running.len() >= opts.jobs.max(1) || !fits {
+                if !running.is_empty() && used + mem > opts.mem_budget {
                     i += 1;
                     continue;
                 }
@@ -359,7 +416,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                         name: step.name.clone(),
                         key,
                         key_inputs,
-                        result,
+                        outcome: Outcome::Built(result),
                         seconds: started.elapsed().as_secs_f64(),
                     })
                     .ok();
@@ -371,29 +428,33 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
             let done = rx.recv().expect("a running step reports back");
             running.remove(&done.name);
             let step = recipe.step(&done.name).expect("planned step exists");
-            match done.result {
-                Ok(manifest) => {
-                    let dest = recipe_build_dir.join(&step.name);
-                    publish(
-                        &cache,
-                        recipe,
-                        step,
-                        &dest,
-                        &done.key,
-                        done.key_inputs,
-                        &manifest,
-                    )?;
-                    artifacts.insert(
-                        step.name.clone(),
-                        Artifact {
-                            path: dest,
-                            digest: manifest.digest(),
-                        },
-                    );
-                    reporter.finished(&step.name, StepStatus::Built, &done.key, done.seconds, None);
-                    summary.built.push(step.name.clone());
+            let (manifest, status) = match done.outcome {
+                Outcome::Built(Ok(manifest)) => {
+                    upload_tx
+                        .send((step.name.clone(), done.key.clone(), manifest.clone()))
+                        .ok();
+                    (manifest, StepStatus::Built)
                 }
-                Err(e) => {
+                Outcome::Restored(Ok((manifest, bytes))) => {
+                    reporter.note(
+                        &step.name,
+                        &format!("downloaded {} from the remote cache", human_bytes(bytes)),
+                    );
+                    (manifest, StepStatus::Restored)
+                }
+                Outcome::Restored(Err(e)) => {
+                    remote.refused(&step.name, &e)?;
+                    refused.insert(step.name.clone());
+                    let needed: Vec<String> = graph
+                        .inputs(&step.name)
+                        .into_iter()
+                        .filter(|i| unprepared.remove(i))
+                        .collect();
+                    artifacts.extend(prepare_sources(recipe, &needed, &cache, &hub, &log)?);
+                    pending.push(step);
+                    continue;
+                }
+                Outcome::Built(Err(e)) => {
                     reporter.finished(
                         &step.name,
                         StepStatus::Failed,
@@ -403,11 +464,42 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     );
                     failed.insert(step.name.clone());
                     summary.failed.push(step.name.clone());
+                    continue;
                 }
+            };
+            let dest = recipe_build_dir.join(&step.name);
+            publish(
+                &cache,
+                recipe,
+                step,
+                &dest,
+                &done.key,
+                done.key_inputs,
+                &manifest,
+            )?;
+            artifacts.insert(
+                step.name.clone(),
+                Artifact {
+                    path: dest,
+                    digest: manifest.digest(),
+                },
+            );
+            reporter.finished(&step.name, status, &done.key, done.seconds, None);
+            match status {
+                StepStatus::Restored => {
+                    summary.cached.push(step.name.clone());
+                    summary.remote.push(step.name.clone());
+                }
+                _ => summary.built.push(step.name.clone()),
             }
+        }
+        drop(upload_tx);
+        if let Some(uploader) = uploader {
+            uploader.join().expect("the uploader does not panic");
         }
         Ok(())
     })?;
+    remote.finish()?;
     cache.memo().save()?;
     summary.seconds = start.elapsed().as_secs_f64();
     reporter.done(&summary);
@@ -418,8 +510,139 @@ struct Finished {
     name: String,
     key: String,
     key_inputs: KeyInputs,
-    result: Result<Manifest>,
+    outcome: Outcome,
     seconds: f64,
+}
+
+/// How a step that left the queue ended: run here, or downloaded.
+enum Outcome {
+    Built(Result<Manifest>),
+    Restored(Result<(Manifest, u64), RemoteError>),
+}
+
+/// The remote cache as one build uses it. The first time it cannot be
+/// reached it is turned off for the rest of the build with one warning (or,
+/// with `required`, the build fails).
+struct Remote<'a> {
+    cache: Option<RemoteCache>,
+    off: AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+    reporter: &'a dyn Reporter,
+}
+
+impl<'a> Remote<'a> {
+    /// Connects to the configured remote; one that cannot be used is a
+    /// warning and a local build, or an error when it is required.
+    fn connect(
+        settings: Option<&RemoteSettings>,
+        reporter: &'a dyn Reporter,
+    ) -> Result<Remote<'a>> {
+        let cache = match settings.map(RemoteCache::connect) {
+            None => None,
+            Some(Ok(remote)) => Some(remote),
+            Some(Err(e)) if settings.is_some_and(|s| s.required) => {
+                return Err(e.context("the remote cache is required (--remote-cache-required)"))
+            }
+            Some(Err(e)) => {
+                reporter.warning(&format!("{e:#}; building without it"));
+                None
+            }
+        };
+        Ok(Remote {
+            cache,
+            off: AtomicBool::new(false),
+            failure: Default::default(),
+            reporter,
+        })
+    }
+
+    fn usable(&self) -> Option<&RemoteCache> {
+        self.cache
+            .as_ref()
+            .filter(|_| !self.off.load(Ordering::Relaxed))
+    }
+
+    /// The remote, if hits may be restored from it.
+    fn readable(&self) -> Option<&RemoteCache> {
+        self.usable().filter(|r| r.settings().mode.reads())
+    }
+
+    /// The remote, if built outputs may be uploaded to it.
+    fn writable(&self) -> Option<&Self> {
+        self.usable()
+            .filter(|r| r.settings().mode.writes())
+            .map(|_| self)
+    }
+
+    /// The remote's manifest for `key`; errors are reported and read as a miss.
+    fn lookup(&self, key: &str) -> Option<Manifest> {
+        let r = self.readable()?;
+        match r.lookup(key) {
+            Ok(hit) => hit,
+            Err(RemoteError::Corrupt(what)) => {
+                self.reporter.warning(&format!(
+                    "remote cache {}: {what}; ignored",
+                    r.settings().url
+                ));
+                None
+            }
+            Err(e) => {
+                self.unreachable(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// A restore of `step` failed: report it; the step is built here instead.
+    fn refused(&self, step: &str, e: &RemoteError) -> Result<()> {
+        match e {
+            RemoteError::Corrupt(what) => self.reporter.warning(&format!(
+                "step `{step}`: the remote cache's entry is damaged ({what}); it was not used and the step is built here"
+            )),
+            RemoteError::Unreachable(_) => self.unreachable(&e.to_string()),
+            RemoteError::Local(e) => return Err(anyhow::anyhow!("{e:#}")),
+        }
+        Ok(())
+    }
+
+    /// Uploads a built step, reporting the outcome as a note or a warning.
+    fn upload(&self, cache: &Cache, step: &str, key: &str, manifest: &Manifest) {
+        let Some(r) = self.usable() else {
+            return;
+        };
+        match r.push(cache, key, manifest) {
+            Ok(p) => self.reporter.note(
+                step,
+                &format!("uploaded {} to the remote cache", human_bytes(p.bytes)),
+            ),
+            Err(e) => self.unreachable(&format!("{e:#}")),
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        if self.off.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let url = self
+            .cache
+            .as_ref()
+            .map_or("", |r| r.settings().url.as_str());
+        *self.failure.lock().expect("remote failure lock") = Some(why.to_owned());
+        self.reporter.warning(&format!(
+            "remote cache {url} failed ({why}); the rest of the build does not use it"
+        ));
+    }
+
+    /// Fails the build if the remote was required and failed during it.
+    fn finish(&self) -> Result<()> {
+        let required = self.cache.as_ref().is_some_and(|r| r.settings().required);
+        match self.failure.lock().expect("remote failure lock").take() {
+            Some(why) if required => Err(anyhow::anyhow!(
+                "the remote cache is required (--remote-cache-required) and failed: {why}"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Runs one step into a fresh temporary directory and stores its output.

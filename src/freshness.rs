@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
 
+use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, KeyInputs};
 use crate::exec::key_inputs;
 use crate::graph::BuildGraph;
@@ -21,6 +22,13 @@ pub enum State {
         /// The current key.
         key: String,
     },
+    /// The remote cache holds the output for the current key.
+    Remote {
+        /// The current key.
+        key: String,
+        /// Bytes to download (objects the local cache already has excluded).
+        bytes: u64,
+    },
     /// Must be built; `reasons` says why (never built, or what changed).
     Stale {
         /// The current key, when all inputs are known.
@@ -32,9 +40,24 @@ pub enum State {
     },
 }
 
+impl State {
+    /// Whether the output exists, locally or remotely: nothing will run.
+    pub fn is_available(&self) -> bool {
+        !matches!(self, State::Stale { .. })
+    }
+}
+
 /// The state of every step in `plan`, in plan order. Sources that cannot be
-/// read are described in the reasons of the steps that need them.
-pub fn analyze(recipe: &Recipe, plan: &[String], cache: &Cache) -> Vec<(String, State)> {
+/// read are described in the reasons of the steps that need them. With a
+/// `remote` cache that may be read, local misses are looked up there (one
+/// small request each; a remote that fails is asked nothing more).
+pub fn analyze(
+    recipe: &Recipe,
+    plan: &[String],
+    cache: &Cache,
+    remote: Option<&RemoteCache>,
+) -> Vec<(String, State)> {
+    let mut remote = remote.filter(|r| r.settings().mode.reads());
     let mut artifacts: BTreeMap<String, Artifact> = BTreeMap::new();
     let mut missing: BTreeMap<String, String> = BTreeMap::new();
     for name in plan {
@@ -88,7 +111,16 @@ pub fn analyze(recipe: &Recipe, plan: &[String], cache: &Cache) -> Vec<(String, 
         let state = match key_inputs(step, &artifacts) {
             Some(inputs) => {
                 let key = inputs.key();
-                match cache.lookup(&key) {
+                let remote_hit = || match remote?.lookup(&key) {
+                    Ok(hit) => hit,
+                    Err(_) => {
+                        remote = None;
+                        None
+                    }
+                };
+                let local = cache.lookup(&key);
+                let found = local.clone().or_else(remote_hit);
+                match found {
                     Some(manifest) => {
                         artifacts.insert(
                             name.clone(),
@@ -97,7 +129,17 @@ pub fn analyze(recipe: &Recipe, plan: &[String], cache: &Cache) -> Vec<(String, 
                                 digest: manifest.digest(),
                             },
                         );
-                        State::Fresh { key }
+                        if local.is_some() {
+                            State::Fresh { key }
+                        } else {
+                            let bytes = manifest
+                                .files
+                                .iter()
+                                .filter(|e| !cache.has_object(e))
+                                .map(|e| e.size)
+                                .sum();
+                            State::Remote { key, bytes }
+                        }
                     }
                     None => State::Stale {
                         reasons: match &record {

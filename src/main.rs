@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use yibuild::commands;
+use yibuild::commands::{self, Transfer};
 use yibuild::exec::{BuildOptions, InputError};
 use yibuild::hub::HubOptions;
+use yibuild::project::{ProjectConfig, RemoteOverrides};
 use yibuild::recipe::diag::RecipeError;
 use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
@@ -78,14 +79,33 @@ struct Common {
     /// The most instances one step's `matrix:` may expand to.
     #[arg(long, global = true, default_value_t = yibuild::recipe::matrix::DEFAULT_MAX_VARIANTS)]
     max_variants: usize,
+    /// Shared remote cache, s3://bucket/prefix (or `remote_cache.url` in .yibuild.yaml).
+    #[arg(long, global = true, env = "YIBUILD_REMOTE_CACHE")]
+    remote_cache: Option<String>,
+    /// What builds may do with the remote cache: read-write, read or push-only.
+    #[arg(long, global = true, env = "YIBUILD_REMOTE_CACHE_MODE")]
+    remote_cache_mode: Option<String>,
+    /// Endpoint of an S3-compatible store other than AWS (MinIO, R2, Ceph).
+    #[arg(long, global = true, env = "YIBUILD_REMOTE_CACHE_ENDPOINT")]
+    remote_cache_endpoint: Option<String>,
+    /// Fail instead of building locally when the remote cache cannot be used.
+    #[arg(long, global = true)]
+    remote_cache_required: bool,
 }
 
 impl Common {
-    fn build_options(&self, targets: Vec<String>) -> BuildOptions {
+    fn build_options(&self, targets: Vec<String>) -> anyhow::Result<BuildOptions> {
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        BuildOptions {
+        let project = ProjectConfig::discover(&std::env::current_dir()?)?;
+        let remote = project.remote_settings(&RemoteOverrides {
+            url: self.remote_cache.clone(),
+            mode: self.remote_cache_mode.clone(),
+            endpoint: self.remote_cache_endpoint.clone(),
+            required: self.remote_cache_required,
+        })?;
+        Ok(BuildOptions {
             cache_dir: self.cache_dir.clone(),
             build_dir: self.build_dir.clone(),
             jobs: self.jobs.unwrap_or(threads),
@@ -98,7 +118,8 @@ impl Common {
                 update_lock: self.update_lock,
                 progress: !self.json && !self.quiet,
             },
-        }
+            remote,
+        })
     }
 }
 
@@ -138,6 +159,11 @@ enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Move a recipe's outputs between the local and the remote cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Re-hash every cache object and check every action.
     Verify,
     /// Remove cache entries no build references (dry run unless --yes).
@@ -148,6 +174,14 @@ enum Command {
     },
     /// Remove materialized outputs under the build directory.
     Clean { recipe: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Upload the recipe's locally cached outputs to the remote cache.
+    Push { recipe: PathBuf, steps: Vec<String> },
+    /// Download the recipe's outputs the remote cache holds.
+    Pull { recipe: PathBuf, steps: Vec<String> },
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -192,17 +226,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Some(Command::Plan { recipe, steps }) => {
-            let hub = c.build_options(Vec::new()).hub;
-            print(commands::plan(
-                &load(&recipe)?,
-                &c.cache_dir,
-                &steps,
-                c.json,
-                hub,
-            )?)
+            let opts = c.build_options(steps)?;
+            print(commands::plan(&load(&recipe)?, &opts, c.json)?)
         }
         Some(Command::Fetch { recipe, steps }) => {
-            let opts = c.build_options(steps);
+            let opts = c.build_options(steps)?;
             print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)
         }
         Some(Command::Status { recipe }) => print(commands::status(&load(&recipe)?, &c.cache_dir)?),
@@ -247,6 +275,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{:>12} {}", "Wrote", readme.display());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Cache { action }) => {
+            let (recipe, steps, direction) = match action {
+                CacheAction::Push { recipe, steps } => (recipe, steps, Transfer::Push),
+                CacheAction::Pull { recipe, steps } => (recipe, steps, Transfer::Pull),
+            };
+            let opts = c.build_options(steps)?;
+            print(commands::cache_transfer(&load(&recipe)?, &opts, direction)?)
+        }
         Some(Command::Verify) => {
             let problems = commands::verify(&c.cache_dir)?;
             for p in &problems {
@@ -272,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
-            let opts = c.build_options(cli.steps);
+            let opts = c.build_options(cli.steps)?;
             let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
             Ok(if summary.ok() {
                 ExitCode::SUCCESS

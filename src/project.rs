@@ -18,6 +18,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cache::remote::{RemoteMode, RemoteSettings};
+use crate::exec::InputError;
 use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::fields::Fields;
 use crate::recipe::yaml::parse_documents;
@@ -120,6 +122,51 @@ impl ProjectConfig {
     }
 }
 
+/// The remote cache options given on the command line or in the
+/// environment; each one that is set overrides the project file.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOverrides {
+    /// `--remote-cache` / `YIBUILD_REMOTE_CACHE`.
+    pub url: Option<String>,
+    /// `--remote-cache-mode` / `YIBUILD_REMOTE_CACHE_MODE`.
+    pub mode: Option<String>,
+    /// `--remote-cache-endpoint` / `YIBUILD_REMOTE_CACHE_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// `--remote-cache-required`.
+    pub required: bool,
+}
+
+impl ProjectConfig {
+    /// The remote cache to use: none unless a URL is set somewhere. A bad
+    /// mode is an [`InputError`] naming where it came from.
+    pub fn remote_settings(
+        &self,
+        overrides: &RemoteOverrides,
+    ) -> Result<Option<RemoteSettings>, InputError> {
+        let file = self.remote_cache.clone().unwrap_or_default();
+        let Some(url) = overrides.url.clone().or(file.url) else {
+            return Ok(None);
+        };
+        let mode = match (&overrides.mode, &file.mode) {
+            (Some(m), _) => {
+                RemoteMode::parse(m).map_err(|e| InputError(format!("--remote-cache-mode: {e}")))?
+            }
+            (None, Some(m)) => RemoteMode::parse(m).map_err(|e| {
+                let place = self.file.as_deref().unwrap_or(Path::new(CONFIG_FILE));
+                InputError(format!("{}: remote_cache.mode: {e}", place.display()))
+            })?,
+            (None, None) => RemoteMode::default(),
+        };
+        Ok(Some(RemoteSettings {
+            url,
+            mode,
+            endpoint: overrides.endpoint.clone().or(file.endpoint),
+            region: file.region,
+            required: overrides.required || file.required.unwrap_or(false),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +191,41 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(".yibuild.yaml:2:3"), "{msg}");
         assert!(msg.contains("did you mean `url`"), "{msg}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = "remote_cache:\n  url: s3://file/p\n  mode: read\n  required: true\n";
+        let c = ProjectConfig::parse(Path::new(".yibuild.yaml"), text).unwrap();
+        let from_file = c
+            .remote_settings(&RemoteOverrides::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_file.url, "s3://file/p");
+        assert_eq!(from_file.mode, RemoteMode::Read);
+        assert!(from_file.required);
+        let flags = RemoteOverrides {
+            url: Some("s3://flag/q".into()),
+            mode: Some("push-only".into()),
+            ..Default::default()
+        };
+        let s = c.remote_settings(&flags).unwrap().unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.mode),
+            ("s3://flag/q", RemoteMode::PushOnly)
+        );
+        let bad = RemoteOverrides {
+            mode: Some("write".into()),
+            ..Default::default()
+        };
+        let err = c.remote_settings(&bad).unwrap_err().to_string();
+        assert!(err.contains("`write` is not a remote cache mode"), "{err}");
+        assert_eq!(
+            ProjectConfig::default()
+                .remote_settings(&RemoteOverrides::default())
+                .unwrap(),
+            None
+        );
     }
 
     #[test]

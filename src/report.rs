@@ -15,6 +15,8 @@ pub enum StepStatus {
     Built,
     /// Taken from the cache.
     Cached,
+    /// Downloaded from the remote cache.
+    Restored,
     /// Failed (or was skipped because an input failed).
     Failed,
 }
@@ -24,7 +26,7 @@ impl StepStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Built => "built",
-            StepStatus::Cached => "cached",
+            StepStatus::Cached | StepStatus::Restored => "cached",
             StepStatus::Failed => "failed",
         }
     }
@@ -35,8 +37,10 @@ impl StepStatus {
 pub struct Summary {
     /// Steps that ran.
     pub built: Vec<String>,
-    /// Steps taken from the cache.
+    /// Steps taken from the cache (local or remote).
     pub cached: Vec<String>,
+    /// The cached steps that were downloaded from the remote cache.
+    pub remote: Vec<String>,
     /// Steps that failed or could not run because an input failed.
     pub failed: Vec<String>,
     /// Wall time of the build.
@@ -62,6 +66,9 @@ pub trait Reporter: Sync {
     fn started(&self, step: &str);
     /// A step produced a line of progress or a note.
     fn note(&self, step: &str, line: &str);
+    /// Something the user should know that does not fail the build (a
+    /// remote cache that cannot be reached, a refused remote entry).
+    fn warning(&self, message: &str);
     /// A step finished. `detail` is the failure cause for failed steps.
     fn finished(
         &self,
@@ -106,6 +113,9 @@ impl Reporter for JsonReporter {
     fn note(&self, step: &str, line: &str) {
         self.emit(json!({"event": "note", "step": step, "message": line}));
     }
+    fn warning(&self, message: &str) {
+        self.emit(json!({"event": "warning", "message": message}));
+    }
     fn finished(
         &self,
         step: &str,
@@ -118,10 +128,13 @@ impl Reporter for JsonReporter {
         if let Some(d) = detail {
             v["error"] = json!(d);
         }
+        if status == StepStatus::Restored {
+            v["remote"] = json!(true);
+        }
         self.emit(v);
     }
     fn done(&self, s: &Summary) {
-        self.emit(json!({"event": "finished", "ok": s.ok(), "built": s.built, "cached": s.cached, "failed": s.failed, "seconds": s.seconds}));
+        self.emit(json!({"event": "finished", "ok": s.ok(), "built": s.built, "cached": s.cached, "remote": s.remote, "failed": s.failed, "seconds": s.seconds}));
     }
 }
 
@@ -171,9 +184,23 @@ impl HumanReporter {
         } else {
             format!("{verb:>12} {message}")
         };
+        self.println(line);
+    }
+
+    /// Prints a line above the progress bar (or plainly without one).
+    fn println(&self, line: String) {
         match &self.bar {
             Some(bar) if !bar.is_hidden() => bar.println(line),
             _ => eprintln!("{line}"),
+        }
+    }
+
+    /// A label like `error` or `warning`, coloured on a terminal.
+    fn label(&self, text: &str, colour: &str) -> String {
+        if self.color {
+            format!("\x1b[1;{colour}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
         }
     }
 }
@@ -213,6 +240,9 @@ impl Reporter for HumanReporter {
             bar.set_message(format!("{step}: {line}"));
         }
     }
+    fn warning(&self, message: &str) {
+        self.println(format!("{}: {message}", self.label("warning", "33")));
+    }
     fn finished(
         &self,
         step: &str,
@@ -226,21 +256,16 @@ impl Reporter for HumanReporter {
         }
         match status {
             StepStatus::Cached if !self.quiet => self.status("Cached", step, "32"),
+            StepStatus::Restored if !self.quiet => self.status("Restored", step, "32"),
             StepStatus::Built if !self.quiet => {
                 self.status("Built", &format!("{step} in {seconds:.1}s"), "32")
             }
             StepStatus::Failed => {
                 let msg = detail.unwrap_or("failed");
-                let head = if self.color {
-                    "\x1b[1;31merror\x1b[0m"
-                } else {
-                    "error"
-                };
-                let line = format!("{head}: step `{step}` failed: {msg}");
-                match &self.bar {
-                    Some(bar) if !bar.is_hidden() => bar.println(line),
-                    _ => eprintln!("{line}"),
-                }
+                self.println(format!(
+                    "{}: step `{step}` failed: {msg}",
+                    self.label("error", "31")
+                ));
             }
             _ => {}
         }
@@ -253,6 +278,9 @@ impl Reporter for HumanReporter {
             format!("{} built", s.built.len()),
             format!("{} cached", s.cached.len()),
         ];
+        if !s.remote.is_empty() {
+            parts[1].push_str(&format!(" ({} from the remote cache)", s.remote.len()));
+        }
         if !s.failed.is_empty() {
             parts.push(format!("{} failed", s.failed.len()));
         }

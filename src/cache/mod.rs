@@ -4,6 +4,7 @@
 pub mod key;
 pub mod manifest;
 pub mod memo;
+pub mod remote;
 pub mod store;
 
 pub use key::{canonical_json, KeyInputs, CACHE_FORMAT};

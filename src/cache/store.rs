@@ -8,6 +8,7 @@
 //! actions/ab/<key>.json   the output manifest of the step with that key
 //! records/<recipe>/<step>.json   what the step was last built from (for explain/status)
 //! tmp/   outputs of running steps; anything here at startup is debris of a killed build
+//! partial/<hash>   objects being downloaded from the remote cache (kept to resume)
 //! memo.json   file-identity → blake3 memo
 //! lock   held exclusively by a running build
 //! ```
@@ -74,7 +75,7 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root` without locking it: for
     /// read-only commands (plan, status, explain).
     pub fn open_unlocked(root: &Path) -> Result<Cache> {
-        for sub in ["objects", "actions", "records", "tmp"] {
+        for sub in ["objects", "actions", "records", "tmp", "partial"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }
@@ -124,8 +125,47 @@ impl Cache {
         &self.memo
     }
 
-    fn object_path(&self, hash: &str) -> PathBuf {
+    /// Where the object with blake3 `hash` lives (read-only; it may not exist).
+    pub fn object_path(&self, hash: &str) -> PathBuf {
         self.root.join("objects").join(&hash[..2]).join(&hash[2..])
+    }
+
+    /// Whether the object store has `entry`'s file with the right size.
+    pub fn has_object(&self, entry: &Entry) -> bool {
+        std::fs::metadata(self.object_path(&entry.hash)).is_ok_and(|m| m.size() == entry.size)
+    }
+
+    /// Where a download of object `hash` is assembled; it survives a killed
+    /// build so the download can resume.
+    pub fn partial_path(&self, hash: &str) -> PathBuf {
+        self.root.join("partial").join(hash)
+    }
+
+    /// Moves a complete file whose blake3 the caller has verified to be `hash`
+    /// into the object store, read-only.
+    pub fn adopt_object(&self, hash: &str, file: &Path, exec: bool) -> Result<()> {
+        let object = self.object_path(hash);
+        std::fs::create_dir_all(object.parent().unwrap())?;
+        File::open(file)?.sync_all()?;
+        let mode = if exec { 0o555 } else { 0o444 };
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(file, &object)
+            .with_context(|| format!("cannot store {}", object.display()))?;
+        self.memo.remember(&std::fs::metadata(&object)?, hash);
+        Ok(())
+    }
+
+    /// Records the action `key` → `manifest`, whose objects must all be
+    /// present (the remote cache calls this after downloading them).
+    pub fn record_action(&self, key: &str, manifest: &Manifest) -> Result<()> {
+        anyhow::ensure!(
+            manifest.files.iter().all(|e| self.has_object(e)),
+            "cannot record action {key}: some of its objects are missing"
+        );
+        write_atomic(
+            &self.action_path(key),
+            &serde_json::to_vec_pretty(manifest)?,
+        )
     }
 
     fn action_path(&self, key: &str) -> PathBuf {
@@ -159,9 +199,7 @@ impl Cache {
     pub fn lookup(&self, key: &str) -> Option<Manifest> {
         let bytes = std::fs::read(self.action_path(key)).ok()?;
         let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
-        let complete = manifest.files.iter().all(|e| {
-            std::fs::metadata(self.object_path(&e.hash)).is_ok_and(|m| m.size() == e.size)
-        });
+        let complete = manifest.files.iter().all(|e| self.has_object(e));
         complete.then_some(manifest)
     }
 
@@ -173,31 +211,21 @@ impl Cache {
             let path = dir.join(&rel);
             let (hash, meta) = self.memo.hash_file(&path)?;
             let exec = meta.permissions().mode() & 0o111 != 0;
-            let object = self.object_path(&hash);
-            if std::fs::metadata(&object).is_ok_and(|m| m.size() == meta.size()) {
-                std::fs::remove_file(&path).ok();
-            } else {
-                std::fs::create_dir_all(object.parent().unwrap())?;
-                File::open(&path)?.sync_all()?;
-                let mode = if exec { 0o555 } else { 0o444 };
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-                std::fs::rename(&path, &object)
-                    .with_context(|| format!("cannot store {}", object.display()))?;
-                let meta = std::fs::metadata(&object)?;
-                self.memo.remember(&meta, &hash);
-            }
-            entries.push(Entry {
+            let entry = Entry {
                 path: rel,
                 size: meta.size(),
                 hash,
                 exec,
-            });
+            };
+            if self.has_object(&entry) {
+                std::fs::remove_file(&path).ok();
+            } else {
+                self.adopt_object(&entry.hash, &path, exec)?;
+            }
+            entries.push(entry);
         }
         let manifest = Manifest::new(entries);
-        write_atomic(
-            &self.action_path(key),
-            &serde_json::to_vec_pretty(&manifest)?,
-        )?;
+        self.record_action(key, &manifest)?;
         Ok(manifest)
     }
 
@@ -311,8 +339,8 @@ impl Cache {
         Ok(out)
     }
 
-    /// Removes actions that no build record references and objects that no kept
-    /// action references. Returns (actions, objects, bytes) that were (or, with
+    /// Removes actions that no build record references, objects that no kept
+    /// action references, and interrupted remote downloads. Returns (actions, objects, bytes) that were (or, with
     /// `dry_run`, would be) removed.
     pub fn gc(&self, dry_run: bool) -> Result<(usize, usize, u64)> {
         let mut live_keys = std::collections::HashSet::new();
@@ -335,7 +363,10 @@ impl Cache {
             }
         }
         let (mut dead_objects, mut bytes) = (0, 0);
-        for (hash, path) in self.objects()? {
+        let partial_downloads = list_files(&self.root.join("partial"))?
+            .into_iter()
+            .map(|rel| (String::new(), self.root.join("partial").join(rel)));
+        for (hash, path) in self.objects()?.into_iter().chain(partial_downloads) {
             if !live_objects.contains(&hash) {
                 dead_objects += 1;
                 bytes += std::fs::metadata(&path)?.size();

@@ -1,0 +1,260 @@
+//! The shared remote cache: the same two tables as the local cache (objects
+//! by blake3, actions by step key) in an S3-compatible bucket, so CI runners
+//! and colleagues reuse each other's builds.
+//!
+//! Layout under `s3://bucket/prefix/`: `objects/ab/cdef…` and
+//! `actions/ab/<key>.json`, exactly as on disk. The protocol keeps the bucket
+//! sound without locks: objects are immutable and named by their content, so
+//! concurrent uploads of one object write the same bytes; an action is put
+//! only after all its objects, and with `If-None-Match: *`, so the first
+//! writer's entry stays. Downloads are verified before they enter the local
+//! cache; a corrupt object is reported, never used, and (when this build may
+//! write) deleted so the rebuilt output can replace it.
+
+mod s3;
+mod transfer;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+pub use s3::S3Location;
+pub use transfer::{CONCURRENCY, PART_SIZE};
+
+use super::{Cache, Manifest};
+
+/// What a build may do with the remote cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteMode {
+    /// Restore hits and upload what was built (the default).
+    #[default]
+    ReadWrite,
+    /// Restore hits, never write: for untrusted jobs such as pull requests.
+    Read,
+    /// Upload what was built, never restore: for a builder that seeds the cache.
+    PushOnly,
+}
+
+impl RemoteMode {
+    /// Parses `read`, `read-write` or `push-only`.
+    pub fn parse(text: &str) -> Result<RemoteMode> {
+        Ok(match text {
+            "read-write" => RemoteMode::ReadWrite,
+            "read" => RemoteMode::Read,
+            "push-only" => RemoteMode::PushOnly,
+            _ => bail!("`{text}` is not a remote cache mode (read, read-write or push-only)"),
+        })
+    }
+
+    /// Whether hits are restored.
+    pub fn reads(self) -> bool {
+        self != RemoteMode::PushOnly
+    }
+
+    /// Whether built outputs are uploaded.
+    pub fn writes(self) -> bool {
+        self != RemoteMode::Read
+    }
+}
+
+/// Where the remote cache is and how to use it, after flags, environment and
+/// `.yibuild.yaml` are combined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSettings {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    /// What the build may do.
+    pub mode: RemoteMode,
+    /// An explicit endpoint for stores other than AWS.
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: Option<String>,
+    /// Fail instead of building locally when the remote is unusable.
+    pub required: bool,
+}
+
+/// Why a remote operation did not deliver.
+#[derive(Debug)]
+pub enum RemoteError {
+    /// The store could not be reached or refused the request (network,
+    /// credentials, permissions): the rest of the build should not keep trying.
+    Unreachable(anyhow::Error),
+    /// The remote entry is damaged (bad JSON, missing or corrupt object): this
+    /// step is rebuilt; other entries are still used.
+    Corrupt(String),
+    /// Writing into the local cache failed.
+    Local(anyhow::Error),
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteError::Unreachable(e) => write!(f, "{e:#}"),
+            RemoteError::Corrupt(what) => f.write_str(what),
+            RemoteError::Local(e) => write!(f, "local cache: {e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Bytes sent (objects the bucket already had are not sent again).
+    pub bytes: u64,
+    /// Whether this upload wrote the action entry (false when another writer
+    /// had already put it).
+    pub action_written: bool,
+}
+
+/// An open remote cache.
+pub struct RemoteCache {
+    settings: RemoteSettings,
+    location: S3Location,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for RemoteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteCache({})", self.settings.url)
+    }
+}
+
+impl RemoteCache {
+    /// Opens the bucket and checks that it answers (one HEAD request), so a
+    /// misconfigured remote is reported once, up front.
+    pub fn connect(settings: &RemoteSettings) -> Result<RemoteCache> {
+        let location = S3Location::parse(&settings.url)?;
+        let store = s3::open(
+            &location,
+            settings.endpoint.as_deref(),
+            settings.region.as_deref(),
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(CONCURRENCY)
+            .thread_name("yibuild-remote")
+            .enable_all()
+            .build()
+            .context("cannot start the remote cache's I/O threads")?;
+        let remote = RemoteCache {
+            settings: settings.clone(),
+            location,
+            store,
+            runtime,
+        };
+        let probe = remote.location.path("actions/.probe");
+        match remote.runtime.block_on(remote.store.head(&probe)) {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(remote),
+            Err(e) => bail!("remote cache {} is not usable: {e}", settings.url),
+        }
+    }
+
+    /// The settings it was opened with.
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.settings
+    }
+
+    fn action_path(&self, key: &str) -> object_store::path::Path {
+        self.location
+            .path(&format!("actions/{}/{key}.json", &key[..2]))
+    }
+
+    fn object_path(&self, hash: &str) -> object_store::path::Path {
+        self.location
+            .path(&format!("objects/{}/{}", &hash[..2], &hash[2..]))
+    }
+
+    /// The output manifest the bucket has for step `key`, if any.
+    pub fn lookup(&self, key: &str) -> Result<Option<Manifest>, RemoteError> {
+        let path = self.action_path(key);
+        let bytes = self.runtime.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let Some(bytes) = bytes.map_err(|e| RemoteError::Unreachable(e.into()))? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) if m.files.iter().all(|e| is_hash(&e.hash)) => Ok(Some(m)),
+            _ => {
+                self.forget(&path);
+                Err(RemoteError::Corrupt(format!(
+                    "the action entry {path} is not a valid manifest"
+                )))
+            }
+        }
+    }
+
+    /// Downloads the objects of `manifest` that the local cache lacks, then
+    /// records the action `key` locally. Returns the bytes fetched. A corrupt
+    /// object is deleted from the bucket when this build may write, so that
+    /// the local rebuild's upload replaces it.
+    pub fn pull(&self, cache: &Cache, key: &str, manifest: &Manifest) -> Result<u64, RemoteError> {
+        let mut fetched = 0;
+        for entry in manifest.files.iter().filter(|e| !cache.has_object(e)) {
+            let path = self.object_path(&entry.hash);
+            let got =
+                self.runtime
+                    .block_on(transfer::download(self.store.as_ref(), &path, cache, entry));
+            match got {
+                Ok(n) => fetched += n,
+                Err(e @ RemoteError::Corrupt(_)) => {
+                    self.forget(&path);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        cache
+            .record_action(key, manifest)
+            .map_err(RemoteError::Local)?;
+        Ok(fetched)
+    }
+
+    /// Uploads the objects of `manifest` the bucket lacks, then the action
+    /// entry, which is created only if no other writer has put it.
+    pub fn push(&self, cache: &Cache, key: &str, manifest: &Manifest) -> Result<Pushed> {
+        self.runtime.block_on(async {
+            let mut pushed = Pushed::default();
+            for entry in &manifest.files {
+                let local = cache.object_path(&entry.hash);
+                let remote = self.object_path(&entry.hash);
+                pushed.bytes += transfer::upload(self.store.as_ref(), &remote, &local, entry.size)
+                    .await
+                    .with_context(|| format!("cannot upload object {}", entry.hash))?;
+            }
+            let body = serde_json::to_vec_pretty(manifest)?;
+            let options = PutOptions::from(PutMode::Create);
+            match self
+                .store
+                .put_opts(&self.action_path(key), body.into(), options)
+                .await
+            {
+                Ok(_) => pushed.action_written = true,
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("cannot upload the action entry of {key}")))
+                }
+            }
+            Ok(pushed)
+        })
+    }
+
+    /// Deletes a damaged remote entry, when this build may write.
+    fn forget(&self, path: &object_store::path::Path) {
+        if self.settings.mode.writes() {
+            self.runtime.block_on(self.store.delete(path)).ok();
+        }
+    }
+}
+
+fn is_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
