@@ -2,6 +2,8 @@
 //! temporary folder with SigV4 authentication. Objects of bucket `B` are the
 //! files under `root/B/`, so tests can inspect and damage them directly.
 
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
