@@ -77,7 +77,6 @@ fn requantize_min_group(x: &[f32], d: f32, dm: f32, nmax: i32, levels: &mut [u8]
 /// Q2_K (84 bytes: scales[16] (low nibble scale, high nibble min), qs[64], f16 d, f16 dmin).
 pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut levels = [0u8; QK_K];
-    let mut aux = [0u8; 16];
     let mut weights = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
     let mut mins = [0.0f32; 16];
@@ -98,7 +97,7 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                     *w = v.abs();
                 }
                 let lv = &mut levels[16 * j..16 * j + 16];
-                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv, &mut aux);
+                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -146,7 +145,7 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                     sw[j] += w;
                 }
                 let lv = &mut levels[16 * j..16 * j + 16];
-                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv, &mut aux);
+                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv);
             }
             let mut ls = [0u8; 16];
             let mut lm = [0u8; 16];
@@ -308,7 +307,6 @@ fn quantize_scale_min_k(
     out: &mut [u8],
 ) -> [u8; QK_K] {
     let mut levels = [0u8; QK_K];
-    let mut aux = [0u8; 32];
     let mut weights = [0.0f32; 32];
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
@@ -324,7 +322,7 @@ fn quantize_scale_min_k(
                     *w = av_x + v.abs();
                 }
                 let lv = &mut levels[32 * j..32 * j + 32];
-                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv, &mut aux);
+                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -360,7 +358,7 @@ fn quantize_scale_min_k(
                 }
                 sw[j] = sumw;
                 let lv = &mut levels[32 * j..32 * j + 32];
-                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv, &mut aux);
+                (scales[j], mins[j]) = make_qkx_quants(search, g, &weights, lv);
             }
             let mut ls = [0u8; 8];
             let mut lm = [0u8; 8];

@@ -173,8 +173,7 @@ fn asymmetric_block(
         Some((qw, sigma2)) => {
             let mut w = [0.0f32; QK];
             imatrix_weights(x, qw, sigma2, &mut w);
-            let mut aux = [0u8; QK];
-            let (d, the_min) = make_qkx_quants(imatrix_min_search(nmax), x, &w, levels, &mut aux);
+            let (d, the_min) = make_qkx_quants(imatrix_min_search(nmax), x, &w, levels);
             write_f16(out, 0, d);
             write_f16(out, 2, -the_min);
         }

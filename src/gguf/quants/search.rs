@@ -24,6 +24,44 @@ pub fn nearest_int(x: f32) -> i32 {
     (bits & 0x007f_ffff) - 0x0040_0000
 }
 
+/// Trials of a scale search evaluated side by side (one AVX2 register of f32).
+const LANES: usize = 8;
+
+/// Evaluates `$body` (whose callees are `#[inline(always)]`) compiled for
+/// AVX2 when the CPU has it, else for the baseline. Only the vector width
+/// changes: without FMA and fast-math every lane rounds exactly as scalar
+/// code does, so the output bytes are the same on every CPU.
+macro_rules! with_widest_simd {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                unsafe { avx2(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
+/// `nearest_int(v)` clamped to `lo..=hi`, computed in floats so that it
+/// vectorizes: adding and subtracting 1.5·2²³ rounds to an integer ties to
+/// even exactly as [`nearest_int`] does, for the |v| ≤ 2²² that the searches
+/// produce (their scales keep levels near `nmax`).
+#[inline(always)]
+fn round_clamped(v: f32, lo: f32, hi: f32) -> f32 {
+    ((v + 12_582_912.0f32) - 12_582_912.0f32).max(lo).min(hi)
+}
+
 /// Rounds `x` to f16 and returns the bit pattern (round to nearest even, as ggml).
 #[inline]
 pub fn f16_bits(x: f32) -> u16 {
@@ -89,7 +127,7 @@ pub fn make_qx_quants(
             .expect("levels hold the group");
         let weights =
             weights.map(|w| <&[f32; N]>::try_from(&w[..N]).expect("one weight per value"));
-        qx_search::<N>(nmax, x, levels, rmse_type, weights)
+        with_widest_simd!(qx_search::<N>(nmax, x, levels, rmse_type, weights))
     }
     match x.len() {
         16 => fixed::<16>(nmax, x, levels, rmse_type, weights),
@@ -100,7 +138,7 @@ pub fn make_qx_quants(
 
 /// [`make_qx_quants`] with the group size known at compile time, so the
 /// per-trial loops unroll.
-#[inline]
+#[inline(always)]
 fn qx_search<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -123,7 +161,7 @@ fn qx_search<const N: usize>(
         return 0.0;
     }
     let nmax_f = nmax as f32;
-    let mut iscale = -nmax_f / max;
+    let iscale = -nmax_f / max;
     if rmse_type == 0 {
         for i in 0..n {
             let l = nearest_int(iscale * x[i]);
@@ -154,26 +192,39 @@ fn qx_search<const N: usize>(
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
+    // The 18 trial scales are independent: evaluate them LANES at a time
+    // (each lane in the reference's operation order), then pick in order.
+    const STEPS: [i8; 18] = [
+        -9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+    ];
+    let (lo, hi) = (-nmax_f, nmax_f - 1.0);
+    let mut chosen = None;
+    for chunk in STEPS.chunks(LANES) {
+        let mut iscales = [0.0f32; LANES];
+        for (s, &is) in iscales.iter_mut().zip(chunk) {
+            *s = -(nmax_f + 0.1f32 * is as f32) / max;
         }
-        iscale = -(nmax_f + 0.1f32 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
+        let mut sum_lx = [0.0f32; LANES];
+        let mut sum_l2 = [0.0f32; LANES];
         for i in 0..n {
-            let l = nearest_int(iscale * x[i]).max(-nmax).min(nmax - 1);
             let w = w_of(i);
-            sumlx += w * x[i] * l as f32;
-            suml2 += w * l as f32 * l as f32;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let l = nearest_int(iscale * x[i]);
-                levels[i] = (nmax + l.max(-nmax).min(nmax - 1)) as i8;
+            for t in 0..LANES {
+                let l = round_clamped(iscales[t] * x[i], lo, hi);
+                sum_lx[t] += w * x[i] * l;
+                sum_l2[t] += w * l * l;
             }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        }
+        for t in 0..chunk.len() {
+            if sum_l2[t] > 0.0 && sum_lx[t] * sum_lx[t] > best * sum_l2[t] {
+                scale = sum_lx[t] / sum_l2[t];
+                best = scale * sum_lx[t];
+                chosen = Some(iscales[t]);
+            }
+        }
+    }
+    if let Some(iscale) = chosen {
+        for i in 0..n {
+            levels[i] = (nmax + round_clamped(iscale * x[i], lo, hi) as i32) as i8;
         }
     }
     scale
@@ -263,32 +314,25 @@ pub struct MinSearch {
 /// (`make_qkx2_quants`, and `make_qkx3_quants` which differs only in the
 /// defaults the callers pass). Returns `(scale, min)` with `min ≥ 0`.
 #[inline]
-pub fn make_qkx_quants(
-    p: MinSearch,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-    aux: &mut [u8],
-) -> (f32, f32) {
-    if p.use_mad {
-        qkx_search::<true>(p, x, weights, levels, aux)
+pub fn make_qkx_quants(p: MinSearch, x: &[f32], weights: &[f32], levels: &mut [u8]) -> (f32, f32) {
+    with_widest_simd!(if p.use_mad {
+        qkx_search::<true>(p, x, weights, levels)
     } else {
-        qkx_search::<false>(p, x, weights, levels, aux)
-    }
+        qkx_search::<false>(p, x, weights, levels)
+    })
 }
 
 /// [`make_qkx_quants`] with the error metric fixed at compile time (the
 /// hottest loop of Q2_K/Q4_K/Q5_K).
-#[inline]
+#[inline(always)]
 fn qkx_search<const MAD: bool>(
     p: MinSearch,
     x: &[f32],
     weights: &[f32],
     levels: &mut [u8],
-    aux: &mut [u8],
 ) -> (f32, f32) {
     let n = x.len();
-    let (weights, levels, aux) = (&weights[..n], &mut levels[..n], &mut aux[..n]);
+    let (weights, levels) = (&weights[..n], &mut levels[..n]);
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
@@ -312,7 +356,7 @@ fn qkx_search<const MAD: bool>(
         return (0.0, -min);
     }
     let nmax_f = p.nmax as f32;
-    let mut iscale = nmax_f / (max - min);
+    let iscale = nmax_f / (max - min);
     let mut scale = 1.0 / iscale;
     let err = |d: f32| if MAD { d.abs() } else { d * d };
     let mut best_error = 0.0f32;
@@ -325,39 +369,67 @@ fn qkx_search<const MAD: bool>(
     if p.nstep < 1 {
         return (scale, -min);
     }
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmax_f) / (max - min);
-        let mut sum_l = 0.0f32;
-        let mut sum_l2 = 0.0f32;
-        let mut sum_xl = 0.0f32;
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).max(0).min(p.nmax);
-            aux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+    // The trials run LANES at a time, each lane doing exactly the scalar
+    // trial's operations in the same order (so the bytes are the
+    // reference's) while the loops vectorize. A trial that wins moves `min`,
+    // which every later trial depends on: the lanes after it are discarded
+    // and the search goes on from the next trial.
+    let trials = p.nstep as usize + 1;
+    let mut chosen = None;
+    let mut next = 0;
+    while next < trials {
+        let first = next;
+        next = (first + LANES).min(trials);
+        let mut iscale = [0.0f32; LANES];
+        for (t, s) in iscale.iter_mut().enumerate() {
+            *s = (p.rmin + p.rdelta * (first + t) as f32 + nmax_f) / (max - min);
         }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+        let level = |t: usize, i: usize| round_clamped(iscale[t] * (x[i] - min), 0.0, nmax_f);
+        let mut sum_l = [0.0f32; LANES];
+        let mut sum_l2 = [0.0f32; LANES];
+        let mut sum_xl = [0.0f32; LANES];
+        for i in 0..n {
+            let w = weights[i];
+            for t in 0..LANES {
+                let lf = level(t, i);
+                sum_l[t] += w * lf;
+                sum_l2[t] += w * lf * lf;
+                sum_xl[t] += w * lf * x[i];
             }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * err(diff);
+        }
+        let mut d = [0.0f32; LANES];
+        let mut this_scale = [0.0f32; LANES];
+        let mut this_min = [0.0f32; LANES];
+        for t in 0..LANES {
+            d[t] = sum_w * sum_l2[t] - sum_l[t] * sum_l[t];
+            this_scale[t] = (sum_w * sum_xl[t] - sum_x * sum_l[t]) / d[t];
+            this_min[t] = (sum_l2[t] * sum_x - sum_l[t] * sum_xl[t]) / d[t];
+            if this_min[t] > 0.0 {
+                this_min[t] = 0.0;
+                this_scale[t] = sum_xl[t] / sum_l2[t];
             }
-            if cur_error < best_error {
-                levels[..n].copy_from_slice(&aux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
+        }
+        let mut cur_error = [0.0f32; LANES];
+        for i in 0..n {
+            for t in 0..LANES {
+                let diff = this_scale[t] * level(t, i) + this_min[t] - x[i];
+                cur_error[t] += weights[i] * err(diff);
             }
+        }
+        for t in 0..next - first {
+            if d[t] > 0.0 && cur_error[t] < best_error {
+                best_error = cur_error[t];
+                scale = this_scale[t];
+                chosen = Some((iscale[t], min));
+                min = this_min[t];
+                next = first + t + 1;
+                break;
+            }
+        }
+    }
+    if let Some((iscale, trial_min)) = chosen {
+        for i in 0..n {
+            levels[i] = round_clamped(iscale * (x[i] - trial_min), 0.0, nmax_f) as u8;
         }
     }
     (scale, -min)
