@@ -1,6 +1,7 @@
 //! The subcommands behind the CLI: each takes parsed options, does its work
 //! through the library, and returns the text to print or the exit status.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -14,6 +15,7 @@ use crate::hub::download::human_bytes;
 use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
 use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
+use crate::slurm::JobRequest;
 
 /// Builds the targets and reports through JSON or human output.
 pub fn build(
@@ -70,13 +72,15 @@ fn plan_states(
 
 /// `yibuild plan`: what would run and why, without running it. Hub sources
 /// show what is left to download; an unpinned one is looked up on the Hub
-/// (one request, nothing written) unless `hub.offline`.
+/// (one request, nothing written) unless `hub.offline`. With `jobs` (the
+/// Slurm executor), each step to build also shows the resources it asks for.
 pub fn plan(
     recipe: &Recipe,
     cache_dir: &Path,
     targets: &[String],
     json: bool,
     hub: HubOptions,
+    jobs: Option<&BTreeMap<String, JobRequest>>,
 ) -> Result<String> {
     let hub = HubConfig::from_env(hub);
     let graph = BuildGraph::new(recipe);
@@ -92,7 +96,11 @@ pub fn plan(
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "cached", "key": key})
                 }
                 State::Stale { key, reasons, .. } => {
-                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons})
+                    let mut v = serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons});
+                    if let Some(job) = jobs.and_then(|j| j.get(name)) {
+                        v["resources"] = serde_json::json!(job);
+                    }
+                    v
                 }
             };
             out.push_str(&format!("{v}\n"));
@@ -131,6 +139,9 @@ pub fn plan(
                     "build",
                     reasons.join("; ")
                 ));
+                if let Some(job) = jobs.and_then(|j| j.get(name)) {
+                    out.push_str(&format!("{:>12} slurm job: {}\n", "", job.describe()));
+                }
             }
         }
     }

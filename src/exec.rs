@@ -42,6 +42,18 @@ pub struct BuildOptions {
     pub targets: Vec<String>,
     /// `--offline`, `--update-lock` and progress bars for Hub sources.
     pub hub: HubOptions,
+    /// Where steps that are not cache hits run.
+    pub executor: Executor,
+}
+
+/// Where steps run (`--executor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Executor {
+    /// In this process.
+    #[default]
+    Local,
+    /// As Slurm jobs (see [`crate::slurm`]).
+    Slurm(crate::slurm::SlurmConfig),
 }
 
 /// An error in what the user asked for (unknown target, missing source, a
@@ -344,17 +356,24 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 let cache = &cache;
                 scope.spawn(move || {
                     let started = Instant::now();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        run_step(cache, recipe, step, &key, &step_inputs, opts, reporter)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let msg = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        Err(anyhow::anyhow!("internal error (panic): {msg}"))
-                    });
+                    let result =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| match &opts.executor {
+                            Executor::Local => {
+                                let log = |line: &str| reporter.note(&step.name, line);
+                                run_step(cache, recipe, step, &key, &step_inputs, opts, &log)
+                            }
+                            Executor::Slurm(config) => crate::slurm::run_step(
+                                cache, recipe, step, &key, opts, config, reporter,
+                            ),
+                        }))
+                        .unwrap_or_else(|panic| {
+                            let msg = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Err(anyhow::anyhow!("internal error (panic): {msg}"))
+                        });
                     tx.send(Finished {
                         name: step.name.clone(),
                         key,
@@ -422,20 +441,20 @@ struct Finished {
     seconds: f64,
 }
 
-/// Runs one step into a fresh temporary directory and stores its output.
-fn run_step(
+/// Runs one step into a fresh temporary directory and stores its output
+/// (here, or in a Slurm job's `yibuild exec-step`).
+pub(crate) fn run_step(
     cache: &Cache,
     recipe: &Recipe,
     step: &StepDef,
     key: &str,
     inputs: &BTreeMap<String, Artifact>,
     opts: &BuildOptions,
-    reporter: &dyn Reporter,
+    log: &(dyn Fn(&str) + Sync),
 ) -> Result<Manifest> {
     let tmp = cache.temp_dir(&step.name)?;
     let out = tmp.join("out");
     std::fs::create_dir_all(&out)?;
-    let log = |line: &str| reporter.note(&step.name, line);
     let ctx = StepContext {
         name: &step.name,
         recipe_name: &recipe.name,
@@ -444,7 +463,7 @@ fn run_step(
         threads: opts.threads,
         mem_budget: opts.mem_budget,
         device: opts.device,
-        log: &log,
+        log,
     };
     let result = step.step.run(&ctx).and_then(|()| cache.ingest(key, &out));
     std::fs::remove_dir_all(&tmp).ok();

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use yibuild::commands;
-use yibuild::exec::{BuildOptions, InputError};
+use yibuild::exec::{BuildOptions, Executor, InputError};
 use yibuild::hub::HubOptions;
+use yibuild::project::ProjectConfig;
 use yibuild::recipe::diag::RecipeError;
 use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
@@ -78,14 +79,30 @@ struct Common {
     /// The most instances one step's `matrix:` may expand to.
     #[arg(long, global = true, default_value_t = yibuild::recipe::matrix::DEFAULT_MAX_VARIANTS)]
     max_variants: usize,
+    /// Where steps run: local, or slurm (one srun job per step); default from
+    /// `executor:` in .yibuild.yaml, else local.
+    #[arg(long, global = true, env = "YIBUILD_EXECUTOR", value_parser = ["local", "slurm"])]
+    executor: Option<String>,
+    /// Times a failed Slurm job is submitted again (default from .yibuild.yaml, else 0).
+    #[arg(long, global = true)]
+    retries: Option<u32>,
 }
 
 impl Common {
-    fn build_options(&self, targets: Vec<String>) -> BuildOptions {
+    fn build_options(&self, targets: Vec<String>) -> anyhow::Result<BuildOptions> {
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        BuildOptions {
+        let project = ProjectConfig::discover(&std::env::current_dir()?)?;
+        let executor = match self.executor.as_deref().or(project.executor.as_deref()) {
+            Some("slurm") => {
+                let mut config = project.slurm.unwrap_or_default();
+                config.retries = self.retries.unwrap_or(config.retries);
+                Executor::Slurm(config)
+            }
+            _ => Executor::Local,
+        };
+        Ok(BuildOptions {
             cache_dir: self.cache_dir.clone(),
             build_dir: self.build_dir.clone(),
             jobs: self.jobs.unwrap_or(threads),
@@ -98,7 +115,8 @@ impl Common {
                 update_lock: self.update_lock,
                 progress: !self.json && !self.quiet,
             },
-        }
+            executor,
+        })
     }
 }
 
@@ -148,6 +166,15 @@ enum Command {
     },
     /// Remove materialized outputs under the build directory.
     Clean { recipe: Option<PathBuf> },
+    /// Build exactly one planned step into the cache: what a Slurm job runs.
+    #[command(hide = true)]
+    ExecStep {
+        recipe: PathBuf,
+        step: String,
+        /// The key the coordinator computed; the step is not run if it differs.
+        #[arg(long)]
+        key: String,
+    },
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -192,17 +219,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Some(Command::Plan { recipe, steps }) => {
-            let hub = c.build_options(Vec::new()).hub;
+            let opts = c.build_options(Vec::new())?;
+            let recipe = load(&recipe)?;
+            let jobs = match &opts.executor {
+                Executor::Slurm(config) => Some(yibuild::slurm::requests(&recipe, config, &opts)),
+                Executor::Local => None,
+            };
             print(commands::plan(
-                &load(&recipe)?,
+                &recipe,
                 &c.cache_dir,
                 &steps,
                 c.json,
-                hub,
+                opts.hub,
+                jobs.as_ref(),
             )?)
         }
+        Some(Command::ExecStep { recipe, step, key }) => {
+            // The coordinator already checked the recipe, with its own
+            // --max-variants; here it only has to be read again.
+            let unlimited = ParseOptions {
+                max_variants: usize::MAX,
+            };
+            let recipe = Recipe::load_with(&recipe, &unlimited)?;
+            yibuild::slurm::worker::exec_step(&recipe, &step, &key, &c.build_options(Vec::new())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Fetch { recipe, steps }) => {
-            let opts = c.build_options(steps);
+            let opts = c.build_options(steps)?;
             print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)
         }
         Some(Command::Status { recipe }) => print(commands::status(&load(&recipe)?, &c.cache_dir)?),
@@ -272,9 +315,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
-            let opts = c.build_options(cli.steps);
+            let opts = c.build_options(cli.steps)?;
             let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
-            Ok(if summary.ok() {
+            Ok(if yibuild::slurm::cancel::requested() {
+                ExitCode::from(130)
+            } else if summary.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

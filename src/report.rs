@@ -50,6 +50,45 @@ impl Summary {
     }
 }
 
+/// Where a step's cluster job is (the Slurm executor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Submitted, waiting for resources.
+    Queued,
+    /// Running on a node.
+    Running,
+    /// Ended, and its output is in the cache.
+    Done,
+    /// Failed, was cancelled or timed out, or left no output in the cache.
+    Failed,
+}
+
+impl JobPhase {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Queued => "queued",
+            JobPhase::Running => "running",
+            JobPhase::Done => "done",
+            JobPhase::Failed => "failed",
+        }
+    }
+}
+
+/// A change in a step's cluster job.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEvent<'a> {
+    /// The new phase.
+    pub phase: JobPhase,
+    /// The scheduler's job id, once known.
+    pub job_id: Option<u64>,
+    /// The node it runs on, once known.
+    pub node: Option<&'a str>,
+    /// The scheduler's own state word (`FAILED`, `TIMEOUT`, `CANCELLED`, …)
+    /// for failed jobs.
+    pub state: Option<&'a str>,
+}
+
 /// Receives build events. Implementations must be cheap and thread-safe.
 pub trait Reporter: Sync {
     /// The cache is locked by another build; this one waits.
@@ -62,6 +101,8 @@ pub trait Reporter: Sync {
     fn started(&self, step: &str);
     /// A step produced a line of progress or a note.
     fn note(&self, step: &str, line: &str);
+    /// A step's cluster job changed phase (the Slurm executor only).
+    fn job(&self, _step: &str, _event: &JobEvent) {}
     /// A step finished. `detail` is the failure cause for failed steps.
     fn finished(
         &self,
@@ -105,6 +146,13 @@ impl Reporter for JsonReporter {
     }
     fn note(&self, step: &str, line: &str) {
         self.emit(json!({"event": "note", "step": step, "message": line}));
+    }
+    fn job(&self, step: &str, e: &JobEvent) {
+        let mut v = json!({"event": "job", "step": step, "phase": e.phase.as_str(), "job_id": e.job_id, "node": e.node});
+        if let Some(state) = e.state {
+            v["state"] = json!(state);
+        }
+        self.emit(v);
     }
     fn finished(
         &self,
@@ -204,6 +252,21 @@ impl Reporter for HumanReporter {
         }
         if let Some(bar) = &self.bar {
             bar.set_message(step.to_owned());
+        }
+    }
+    fn job(&self, step: &str, e: &JobEvent) {
+        if self.quiet {
+            return;
+        }
+        let id = e.job_id.map_or("?".to_owned(), |i| i.to_string());
+        let on = e.node.map(|n| format!(" on {n}")).unwrap_or_default();
+        match e.phase {
+            JobPhase::Queued => self.status("Queued", &format!("{step}: slurm job {id}"), "36"),
+            JobPhase::Running => {
+                self.status("Running", &format!("{step}: slurm job {id}{on}"), "36")
+            }
+            JobPhase::Done => self.status("Done", &format!("{step}: slurm job {id}{on}"), "36"),
+            JobPhase::Failed => {} // the step's error says it all
         }
     }
     fn note(&self, step: &str, line: &str) {

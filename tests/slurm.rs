@@ -1,0 +1,401 @@
+//! The Slurm executor against a real one-node Slurm cluster (Debian's
+//! slurm-wlm and munge) started on loopback by `tests/slurm/cluster-up.sh`:
+//! every step runs as a job, outputs are byte-identical to a local build, a
+//! failing job is reported with its id and log tail, and a cancelled build
+//! leaves no jobs and a sound cache.
+//!
+//! Where the cluster cannot start (not root, packages missing) the tests say
+//! so and pass; with `YIBUILD_REQUIRE_SLURM=1` (set by `.ci/run`) they fail.
+//! They share one cluster at a time: each test holds a lock while its
+//! cluster runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::{tree_bytes, with_status, Project};
+use serde_json::Value;
+use yibuild::fixtures::{write_finetune, TinyLlama};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A running one-node cluster, stopped on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/slurm")
+        .join(name)
+}
+
+impl Cluster {
+    /// Starts the cluster, or explains why it cannot and returns `None`
+    /// (a failure instead under `YIBUILD_REQUIRE_SLURM=1`).
+    fn start() -> Option<Cluster> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(script("cluster-up.sh"))
+            .arg(dir.path())
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => {
+                return Some(Cluster {
+                    dir,
+                    _serial: serial,
+                })
+            }
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(e) => format!("cannot run bash: {e}"),
+        };
+        Command::new("bash")
+            .arg(script("cluster-down.sh"))
+            .arg(dir.path())
+            .status()
+            .ok();
+        assert!(
+            std::env::var("YIBUILD_REQUIRE_SLURM").as_deref() != Ok("1"),
+            "YIBUILD_REQUIRE_SLURM=1 but the Slurm test cluster did not start:\n{why}"
+        );
+        eprintln!("SKIPPED: no Slurm test cluster here (install slurm-wlm and munge and run as root): {why}");
+        None
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+
+    /// yibuild in `p` with this cluster's configuration.
+    fn yibuild(&self, p: &Project, args: &[&str]) -> Command {
+        let mut c = p.cmd(args);
+        c.env("SLURM_CONF", self.conf())
+            .env_remove("YIBUILD_EXECUTOR");
+        c
+    }
+
+    /// A `--json` build: (exit code, events, stderr).
+    fn build_json(&self, p: &Project, args: &[&str]) -> (i32, Vec<Value>, String) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        parse_events(self.yibuild(p, &all).output().unwrap())
+    }
+
+    /// Jobs in the queue whose name mentions `recipe`: "id name state".
+    fn queue(&self, recipe: &str) -> Vec<String> {
+        let out = Command::new("squeue")
+            .args(["-h", "-o", "%i %j %T"])
+            .env("SLURM_CONF", self.conf())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "squeue failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("yibuild:{recipe}:")))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        Command::new("bash")
+            .arg(script("cluster-down.sh"))
+            .arg(self.dir.path())
+            .status()
+            .ok();
+    }
+}
+
+fn parse_events(out: Output) -> (i32, Vec<Value>, String) {
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        events,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `job` events of `step`.
+fn jobs<'a>(events: &'a [Value], step: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "job" && e["step"] == step)
+        .collect()
+}
+
+fn hostname() -> String {
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+const RECIPE: &str = r#"
+yibuild: 1
+name: slurmdemo
+sources:
+  base: ./models/base
+  tuned: ./models/tuned
+steps:
+  merged:
+    merge:
+      merge_method: linear
+      models:
+        - model: base
+          parameters: {weight: 0.7}
+        - model: tuned
+          parameters: {weight: 0.3}
+      dtype: float32
+    resources: {cpus: 2, mem: 1536MiB}
+  patched:
+    patch_config:
+      model: merged
+      set: {max_position_embeddings: 8192}
+  other:
+    patch_config:
+      model: base
+      generation_config: {set: {max_new_tokens: 64}}
+  summary:
+    run:
+      command: "cat \"$YIBUILD_IN_PATCHED/config.json\" \"$YIBUILD_IN_OTHER/generation_config.json\" > \"$YIBUILD_OUT/summary.txt\""
+      inputs: [patched, other]
+      outputs: [summary.txt]
+default: [summary]
+"#;
+
+fn demo_project() -> Project {
+    let p = Project::with_base();
+    write_finetune(&TinyLlama::default(), &p.path("models/tuned"), 7, 0.2).unwrap();
+    p.write("recipe.yaml", RECIPE);
+    p
+}
+
+#[test]
+fn every_step_runs_as_a_job_and_matches_a_local_build() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = demo_project();
+
+    let plan = cluster
+        .yibuild(&p, &["plan", "recipe.yaml", "--executor", "slurm"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains("slurm job: cpus=2 mem=1536M gpus=0"),
+        "merged's written resources: {plan}"
+    );
+    assert!(
+        plan.contains("slurm job: cpus=1 mem=1024M gpus=0"),
+        "patch_config's defaults: {plan}"
+    );
+
+    let local = cluster.build_json(
+        &p,
+        &[
+            "recipe.yaml",
+            "--cache-dir",
+            "local-cache",
+            "--build-dir",
+            "local-build",
+        ],
+    );
+    assert_eq!(local.0, 0, "local build: {}", local.2);
+    assert!(
+        jobs(&local.1, "merged").is_empty(),
+        "a local build submits nothing"
+    );
+
+    let started = Instant::now();
+    let (code, events, err) =
+        cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm", "-j", "4"]);
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{err}\n{events:#?}");
+    eprintln!("slurm build of 4 steps: {seconds:.2}s");
+    let steps = ["merged", "other", "patched", "summary"];
+    assert_eq!(with_status(&events, "built"), steps);
+    let node = hostname();
+    let mut ids = Vec::new();
+    for step in steps {
+        let js = jobs(&events, step);
+        let running = js.iter().find(|e| e["phase"] == "running");
+        let done = js.iter().find(|e| e["phase"] == "done");
+        let (Some(running), Some(done)) = (running, done) else {
+            panic!("{step} did not run as a job: {js:?}");
+        };
+        assert!(running["job_id"].as_u64().is_some(), "{running}");
+        assert_eq!(done["job_id"], running["job_id"]);
+        assert_eq!(done["node"], node.as_str());
+        ids.push(done["job_id"].as_u64().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one job per step: {ids:?}");
+
+    for step in steps {
+        let here = tree_bytes(&p.path(&format!("build/slurmdemo/{step}")));
+        let there = tree_bytes(&p.path(&format!("local-build/slurmdemo/{step}")));
+        assert!(!here.is_empty());
+        assert!(here == there, "{step} differs from the local build");
+    }
+    let log = std::fs::read_to_string(p.path("build/slurmdemo/.slurm/merged.log")).unwrap();
+    assert!(log.contains("yibuild-worker: job"), "{log}");
+
+    // The same cache answers without submitting anything.
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "cached"), steps);
+    assert!(events.iter().all(|e| e["event"] != "job"));
+    let verify = cluster.yibuild(&p, &["verify"]).output().unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}
+
+#[test]
+fn failing_job_is_reported_with_its_id_state_and_log() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = Project::with_base();
+    p.write(".yibuild.yaml", "executor: slurm\nslurm:\n  retries: 1\n");
+    p.write(
+        "recipe.yaml",
+        r#"
+yibuild: 1
+name: slurmfail
+sources:
+  base: ./models/base
+steps:
+  patched:
+    patch_config:
+      model: base
+      set: {max_position_embeddings: 8192}
+  broken:
+    run:
+      command: "echo about to fail; echo boom-marker >&2; exit 7"
+      inputs: [patched]
+      outputs: [x.txt]
+  after:
+    run:
+      command: "cp \"$YIBUILD_IN_BROKEN/x.txt\" \"$YIBUILD_OUT/\""
+      inputs: [broken]
+      outputs: [x.txt]
+"#,
+    );
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(with_status(&events, "built"), ["patched"]);
+    assert_eq!(with_status(&events, "failed"), ["after", "broken"]);
+    let failed: Vec<&Value> = jobs(&events, "broken")
+        .into_iter()
+        .filter(|e| e["phase"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "`retries: 1` submits twice: {failed:?}");
+    assert_ne!(failed[0]["job_id"], failed[1]["job_id"]);
+    assert_eq!(failed[1]["state"], "FAILED");
+    let id = failed[1]["job_id"].as_u64().unwrap();
+    let step = events
+        .iter()
+        .find(|e| e["event"] == "step" && e["step"] == "broken")
+        .unwrap();
+    let error = step["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("slurm job {id} on {}", hostname())),
+        "{error}"
+    );
+    assert!(error.contains("ended FAILED"), "{error}");
+    assert!(error.contains("boom-marker"), "the log tail: {error}");
+    assert!(error.contains("broken.log"), "{error}");
+    assert!(cluster.queue("slurmfail").is_empty());
+}
+
+#[test]
+fn cancelled_build_leaves_no_jobs_and_a_sound_cache() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = Project::with_base();
+    p.write(
+        "recipe.yaml",
+        r#"
+yibuild: 1
+name: slurmcancel
+sources:
+  base: ./models/base
+steps:
+  quick:
+    patch_config:
+      model: base
+      set: {max_position_embeddings: 8192}
+  slow:
+    run:
+      command: "echo started > \"$YIBUILD_OUT/half.txt\"; sleep 120; echo done > \"$YIBUILD_OUT/out.txt\""
+      inputs: [quick]
+      outputs: [out.txt]
+"#,
+    );
+    for signal in [libc::SIGINT, libc::SIGKILL] {
+        let mut child = cluster
+            .yibuild(&p, &["--json", "recipe.yaml", "--executor", "slurm"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let job = loop {
+            let line = lines
+                .next()
+                .expect("the build ended before `slow` ran")
+                .unwrap();
+            let e: Value = serde_json::from_str(&line).unwrap();
+            seen.push(e.clone());
+            if e["event"] == "job" && e["step"] == "slow" && e["phase"] == "running" {
+                break e["job_id"].as_u64().unwrap();
+            }
+        };
+        assert_eq!(cluster.queue("slurmcancel").len(), 1, "job {job} runs");
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().unwrap();
+        if signal == libc::SIGINT {
+            assert_eq!(status.code(), Some(130), "{rest:?}");
+            let last: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+            assert_eq!(last["event"], "finished", "{rest:?}");
+            assert_eq!(last["failed"], serde_json::json!(["slow"]));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.queue("slurmcancel").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            cluster.queue("slurmcancel"),
+            Vec::<String>::new(),
+            "after signal {signal}, job {job} must be gone"
+        );
+        let verify = cluster.yibuild(&p, &["verify"]).output().unwrap();
+        assert!(verify.status.success(), "{verify:?}");
+        let status = cluster
+            .yibuild(&p, &["status", "recipe.yaml"])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.lines().any(|l| l.trim() == "missing slow"),
+            "`slow` has no cache entry: {status}"
+        );
+    }
+    // What finished before the cancel is reused.
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml", "quick"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&events, "cached"), ["quick"]);
+}
