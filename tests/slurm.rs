@@ -399,3 +399,42 @@ steps:
     assert_eq!(code, 0, "{err}");
     assert_eq!(with_status(&events, "cached"), ["quick"]);
 }
+
+/// The worker on its own, no cluster needed: it refuses a key that is not
+/// the one it computes, and with the right key stores exactly that step.
+#[test]
+fn exec_step_builds_one_step_by_its_key() {
+    let p = demo_project();
+    let plan = p.run(&["plan", "--json", "recipe.yaml"]);
+    let keys: Vec<Value> = String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let merged = keys.iter().find(|e| e["step"] == "merged").unwrap();
+    let key = merged["key"].as_str().unwrap();
+
+    let wrong = "0".repeat(64);
+    let out = p.run(&["exec-step", "recipe.yaml", "merged", "--key", &wrong]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to build `merged`"), "{err}");
+    assert!(err.contains(key), "names the key it computes: {err}");
+
+    let out = p.run(&["exec-step", "recipe.yaml", "patched", "--key", &wrong]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("input step `merged`"), "{err}");
+    assert!(err.contains("is not in the cache"), "{err}");
+
+    let out = p.run(&["exec-step", "recipe.yaml", "merged", "--key", key]);
+    assert!(out.status.success(), "{out:?}");
+    let status = p.run(&["status", "recipe.yaml"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("   fresh merged"), "{status}");
+    assert!(status.contains(" missing patched"), "{status}");
+    assert!(
+        !p.path("build/slurmdemo").exists(),
+        "the worker materializes nothing under build/"
+    );
+    let again = p.run(&["exec-step", "recipe.yaml", "merged", "--key", key]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("note already in the cache"));
+}

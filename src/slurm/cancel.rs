@@ -5,7 +5,7 @@
 //! the coordinator (srun alone wants two within a second). The handler only
 //! sets a flag; a watcher thread then `scancel`s the known job ids and sends
 //! SIGTERM to each srun, which also cancels its job. Once cancelled, no new
-//! job is submitted.
+//! job is submitted. A second signal stops the coordinator at once.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -25,8 +25,15 @@ struct Running {
     signalled: bool,
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
+/// Sets the flag, and gives the signal its default action back so that a
+/// second Ctrl-C stops the coordinator at once (its sruns, which get SIGTERM
+/// when it dies, still cancel their jobs).
+extern "C" fn on_signal(signal: libc::c_int) {
     REQUESTED.store(true, Ordering::SeqCst);
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
 }
 
 /// Installs the SIGINT/SIGTERM handler and its watcher thread, once per

@@ -232,7 +232,9 @@ mod tests {
     use std::path::Path;
 
     fn recipe(steps: &str) -> Result<Recipe, RecipeError> {
-        let text = format!("yibuild: 1\nname: r\nsources:\n  base: ./base\nsteps:\n{steps}");
+        let text = format!(
+            "yibuild: 1\nname: r\nsources:\n  base: ./base\n  text: ./t.txt\nsteps:\n{steps}"
+        );
         Recipe::parse(Path::new("r.yaml"), &text)
     }
 
@@ -267,7 +269,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_kind_and_the_project() {
         let r = recipe(
-            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n  e:\n    eval: { model: base, device: cuda, perplexity: { text: \"a b c\" } }\n  a:\n    eval: { model: base, perplexity: { text: \"a b c\" } }\n",
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n  e:\n    eval: { model: base, device: cuda, perplexity: { text: text } }\n  a:\n    eval: { model: base, perplexity: { text: text } }\n",
         )
         .unwrap();
         let config = SlurmConfig {
@@ -300,14 +302,14 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("r.yaml:8:18"), "{err}");
+        assert!(err.contains("r.yaml:9:18"), "{err}");
         assert!(err.contains("did you mean `cpus`"), "{err}");
         let err = recipe(
             "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources:\n      time: 2h\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("r.yaml:9:13"), "{err}");
+        assert!(err.contains("r.yaml:10:13"), "{err}");
         assert!(err.contains("not a Slurm time limit"), "{err}");
         let err = recipe(
             "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources: { mem: lots }\n",
