@@ -338,7 +338,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     step.step.memory_estimate(&probe)
                 };
                 let used: u64 = running.values().sum();
-                let fits = running.is_empty() || used + mem <= opts.mem_budget;
+                // Slurm jobs each get their own budget (`--mem`), and Slurm
+                // keeps every node within its memory.
+                let per_job = opts.executor != Executor::Local;
+                let fits = running.is_empty() || per_job || used + mem <= opts.mem_budget;
                 if running.len() >= opts.jobs.max(1) || !fits {
                     i += 1;
                     continue;

@@ -400,6 +400,67 @@ steps:
     assert_eq!(with_status(&events, "cached"), ["quick"]);
 }
 
+#[test]
+fn memory_budget_is_per_job_and_jobs_queue_for_cpus() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = Project::with_base();
+    let sleeper = |name: &str, extra: &str| {
+        format!("  {name}:\n    run: {{command: \"sleep 1; echo {name} > $YIBUILD_OUT/x\", outputs: [x]{extra}}}\n")
+    };
+    let mut recipe =
+        "yibuild: 1\nname: slurmmem\nsources:\n  base: ./models/base\nsteps:\n".to_owned();
+    recipe += &sleeper("a", ", memory_mb: 1536");
+    recipe += &sleeper("b", ", memory_mb: 1536");
+    recipe += &sleeper("wide1", "");
+    recipe += "    resources: {cpus: 6}\n";
+    recipe += &sleeper("wide2", "");
+    recipe += "    resources: {cpus: 6}\n";
+    p.write("recipe.yaml", &recipe);
+    let phases = |events: &[Value]| -> Vec<(String, String, u64)> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "job")
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap().to_owned();
+                (s("step"), s("phase"), e["job_id"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    let at = |phases: &[(String, String, u64)], step: &str, phase: &str| {
+        phases
+            .iter()
+            .position(|(s, p, _)| s == step && p == phase)
+            .unwrap_or_else(|| panic!("no {phase} event for {step}: {phases:?}"))
+    };
+
+    // Locally, two 1.5 GiB steps never run together under a 2 GiB budget;
+    // as jobs, each has its own 2 GiB (--mem), so both run at once.
+    let args = ["--executor", "slurm", "-j", "2", "--mem-budget", "2GiB"];
+    let mut all = vec!["recipe.yaml", "a", "b"];
+    all.extend(args);
+    let (code, events, err) = cluster.build_json(&p, &all);
+    assert_eq!(code, 0, "{err}");
+    let ph = phases(&events);
+    assert!(at(&ph, "a", "running") < at(&ph, "b", "done"), "{ph:?}");
+    assert!(at(&ph, "b", "running") < at(&ph, "a", "done"), "{ph:?}");
+
+    // Two 6-CPU jobs do not fit the 8-CPU node together: one waits in
+    // Slurm's queue, and the progress says so with its job id.
+    let mut all = vec!["recipe.yaml", "wide1", "wide2"];
+    all.extend(args);
+    let (code, events, err) = cluster.build_json(&p, &all);
+    assert_eq!(code, 0, "{err}");
+    let ph = phases(&events);
+    let queued: Vec<&(String, String, u64)> = ph.iter().filter(|(_, p, _)| p == "queued").collect();
+    assert_eq!(queued.len(), 1, "{ph:?}");
+    let (step, _, id) = queued[0];
+    let running = at(&ph, step, "running");
+    assert!(at(&ph, step, "queued") < running, "{ph:?}");
+    assert_eq!(ph[running].2, *id, "{ph:?}");
+}
+
 /// The worker on its own, no cluster needed: it refuses a key that is not
 /// the one it computes, and with the right key stores exactly that step.
 #[test]
