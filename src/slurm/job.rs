@@ -319,15 +319,12 @@ fn final_state(id: u64) -> FinalState {
 }
 
 impl Job {
-    /// `slurm job 12 on node-3` (or what is known of it).
+    /// `slurm job 12 on node-3`, or what is known of it.
     fn describe(&self) -> String {
-        let id = self.id.map_or(
-            "(no job id: srun failed before the job started)".to_owned(),
-            |i| i.to_string(),
-        );
-        match &self.node {
-            Some(node) => format!("slurm job {id} on {node}"),
-            None => format!("slurm job {id}"),
+        match (self.id, &self.node) {
+            (Some(id), Some(node)) => format!("slurm job {id} on {node}"),
+            (Some(id), None) => format!("slurm job {id}"),
+            (None, _) => "srun (no job started)".to_owned(),
         }
     }
 
@@ -338,7 +335,7 @@ impl Job {
                 "ended {} (reason {}, exit code {})",
                 s.state, s.reason, s.exit_code
             ),
-            None => format!("srun {}", self.status),
+            None => format!("failed: {}", self.status),
         };
         let cancelled = if cancel::requested() {
             " (cancelled by the user)"
@@ -379,5 +376,46 @@ mod tests {
             None
         );
         assert_eq!(queued_job("srun: error: vm: task 0: Exited"), None);
+    }
+
+    fn exit_status(code: i32) -> ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+    }
+
+    #[test]
+    fn failure_names_the_job_its_state_and_the_log_tail() {
+        let job = Job {
+            id: Some(31),
+            node: Some("gpu-7".to_owned()),
+            status: exit_status(1),
+            tail: ["yibuild-worker: job 31 on gpu-7", "error: out of disk"]
+                .map(str::to_owned)
+                .into(),
+        };
+        let state = FinalState {
+            state: "TIMEOUT".to_owned(),
+            reason: "TimeLimit".to_owned(),
+            exit_code: "0:15".to_owned(),
+        };
+        let msg = job
+            .failure(Some(&state), Path::new("/nowhere/b/.slurm/m.log"))
+            .to_string();
+        assert_eq!(
+            msg,
+            "slurm job 31 on gpu-7 ended TIMEOUT (reason TimeLimit, exit code 0:15)\n  \
+             log /nowhere/b/.slurm/m.log (last 2 lines):\n    \
+             | yibuild-worker: job 31 on gpu-7\n    | error: out of disk"
+        );
+        let unstarted = Job {
+            id: None,
+            node: None,
+            status: exit_status(1),
+            tail: VecDeque::new(),
+        };
+        let msg = unstarted.failure(None, Path::new("/l")).to_string();
+        assert!(
+            msg.starts_with("srun (no job started) failed: exit status: 1"),
+            "{msg}"
+        );
     }
 }
