@@ -199,6 +199,23 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
         "patch_config's defaults: {plan}"
     );
 
+    let plan = cluster
+        .yibuild(
+            &p,
+            &["plan", "--json", "recipe.yaml", "--executor", "slurm"],
+        )
+        .output()
+        .unwrap();
+    let merged: Value = String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["step"] == "merged")
+        .unwrap();
+    assert_eq!(
+        merged["resources"],
+        serde_json::json!({"cpus": 2, "mem_mib": 1536, "gpus": 0, "time": null, "partition": null, "account": null})
+    );
+
     let local = cluster.build_json(
         &p,
         &[
@@ -257,6 +274,72 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
     assert!(events.iter().all(|e| e["event"] != "job"));
     let verify = cluster.yibuild(&p, &["verify"]).output().unwrap();
     assert!(verify.status.success(), "{verify:?}");
+}
+
+/// A sweep: matrix instances, their fanned-out dependents, a report over
+/// all of them and a selection, each instance its own job.
+const SWEEP: &str = r#"
+yibuild: 1
+name: slurmsweep
+sources:
+  base: ./models/base
+steps:
+  variant:
+    matrix: {theta: [1000, 3000, 2000]}
+    patch_config:
+      model: base
+      set:
+        rope_theta: ${{ matrix.theta }}
+  score:
+    run:
+      command: >-
+        printf '{"version":1,"perplexity":{"text":{"name":"t"},"perplexity":%s},"timing":{}}'
+        $(grep -o '"rope_theta": [0-9.]*' "$YIBUILD_IN_VARIANT/config.json" | awk '{print $2 / 100}')
+        > "$YIBUILD_OUT/results.json"
+      inputs: [variant]
+      outputs: [results.json]
+  table:
+    report: {evals: ['score[*]'], select: {metric: ppl.t, goal: min}}
+  best:
+    select: {report: table, models: ['variant[*]']}
+default: [best]
+"#;
+
+#[test]
+fn a_sweep_runs_each_instance_as_a_job() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = Project::with_base();
+    p.write("recipe.yaml", SWEEP);
+    let local = cluster.build_json(
+        &p,
+        &[
+            "recipe.yaml",
+            "--build-dir",
+            "local-build",
+            "--cache-dir",
+            "local-cache",
+        ],
+    );
+    assert_eq!(local.0, 0, "{}", local.2);
+    let (code, events, err) =
+        cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm", "-j", "4"]);
+    assert_eq!(code, 0, "{err}\n{events:#?}");
+    let built = with_status(&events, "built");
+    assert_eq!(built.len(), 8, "{built:?}");
+    assert_eq!(built, with_status(&local.1, "built"));
+    for step in &built {
+        assert!(
+            jobs(&events, step).iter().any(|e| e["phase"] == "done"),
+            "{step} ran as a job"
+        );
+        let here = tree_bytes(&p.path(&format!("build/slurmsweep/{step}")));
+        let there = tree_bytes(&p.path(&format!("local-build/slurmsweep/{step}")));
+        assert!(here == there, "{step} differs from the local build");
+    }
+    let selected = std::fs::read_to_string(p.path("build/slurmsweep/best/config.json")).unwrap();
+    assert!(selected.contains("\"rope_theta\": 1000"), "{selected}");
 }
 
 #[test]
