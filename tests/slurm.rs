@@ -582,3 +582,56 @@ fn exec_step_builds_one_step_by_its_key() {
     let again = p.run(&["exec-step", "recipe.yaml", "merged", "--key", key]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("note already in the cache"));
 }
+
+/// A job's word is not enough, no cluster needed: an `srun` that reports a
+/// job and exits 0 without the worker storing anything leaves the step
+/// failed, after every retry.
+#[test]
+fn a_job_that_stores_nothing_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::with_base();
+    let srun = p.write(
+        "fake-bin/srun",
+        "#!/bin/sh\necho 'yibuild-worker: job 99 on fakenode'\nexit 0\n",
+    );
+    std::fs::set_permissions(&srun, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.write(
+        "recipe.yaml",
+        "yibuild: 1\nname: liar\nsources:\n  base: ./models/base\nsteps:\n  patched:\n    patch_config: {model: base, set: {max_position_embeddings: 8192}}\n",
+    );
+    let path = format!(
+        "{}:{}",
+        p.path("fake-bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = p
+        .cmd(&[
+            "--json",
+            "recipe.yaml",
+            "--executor",
+            "slurm",
+            "--retries",
+            "1",
+        ])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (code, events, err) = parse_events(out);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(with_status(&events, "failed"), ["patched"]);
+    let failed: Vec<&Value> = jobs(&events, "patched")
+        .into_iter()
+        .filter(|e| e["phase"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{events:?}");
+    assert!(failed
+        .iter()
+        .all(|e| e["state"] == "COMPLETED" && e["job_id"] == 99));
+    let step = events.iter().find(|e| e["event"] == "step").unwrap();
+    let error = step["error"].as_str().unwrap();
+    assert!(
+        error.contains("slurm job 99 on fakenode exited 0 but the cache has no complete entry"),
+        "{error}"
+    );
+    assert!(!p.path("build/liar/patched").exists());
+}
