@@ -1,6 +1,7 @@
 //! What a build tells the user: cargo-style status lines (with a progress bar
 //! on a terminal) on stderr, or JSON Lines events on stdout for machines.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -116,10 +117,12 @@ pub trait Reporter: Sync {
     fn done(&self, summary: &Summary);
 }
 
-/// JSON Lines on stdout: the contract in DESIGN.md.
+/// JSON Lines on stdout: the contract in DESIGN.md. A step that ran as a
+/// cluster job also has its last `job_id` and `node` in its `step` event.
 #[derive(Debug, Default)]
 pub struct JsonReporter {
     out: Mutex<()>,
+    jobs: Mutex<BTreeMap<String, (Option<u64>, Option<String>)>>,
 }
 
 impl JsonReporter {
@@ -148,6 +151,10 @@ impl Reporter for JsonReporter {
         self.emit(json!({"event": "note", "step": step, "message": line}));
     }
     fn job(&self, step: &str, e: &JobEvent) {
+        self.jobs
+            .lock()
+            .unwrap()
+            .insert(step.to_owned(), (e.job_id, e.node.map(str::to_owned)));
         let mut v = json!({"event": "job", "step": step, "phase": e.phase.as_str(), "job_id": e.job_id, "node": e.node});
         if let Some(state) = e.state {
             v["state"] = json!(state);
@@ -165,6 +172,10 @@ impl Reporter for JsonReporter {
         let mut v = json!({"event": "step", "step": step, "status": status.as_str(), "key": key, "seconds": seconds});
         if let Some(d) = detail {
             v["error"] = json!(d);
+        }
+        if let Some((id, node)) = self.jobs.lock().unwrap().remove(step) {
+            v["job_id"] = json!(id);
+            v["node"] = json!(node);
         }
         self.emit(v);
     }

@@ -252,6 +252,15 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
         assert!(running["job_id"].as_u64().is_some(), "{running}");
         assert_eq!(done["job_id"], running["job_id"]);
         assert_eq!(done["node"], node.as_str());
+        let built = events
+            .iter()
+            .find(|e| e["event"] == "step" && e["step"] == step)
+            .unwrap();
+        assert_eq!(
+            built["job_id"], done["job_id"],
+            "the step event names its job"
+        );
+        assert_eq!(built["node"], node.as_str());
         ids.push(done["job_id"].as_u64().unwrap());
     }
     ids.sort();
