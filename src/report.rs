@@ -122,8 +122,11 @@ pub trait Reporter: Sync {
 #[derive(Debug, Default)]
 pub struct JsonReporter {
     out: Mutex<()>,
-    jobs: Mutex<BTreeMap<String, (Option<u64>, Option<String>)>>,
+    jobs: Mutex<BTreeMap<String, LastJob>>,
 }
+
+/// A step's last job id and node, for its `step` event.
+type LastJob = (Option<u64>, Option<String>);
 
 impl JsonReporter {
     fn emit(&self, value: serde_json::Value) {
