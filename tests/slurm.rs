@@ -216,6 +216,7 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
         serde_json::json!({"cpus": 2, "mem_mib": 1536, "gpus": 0, "time": null, "partition": null, "account": null})
     );
 
+    let started = Instant::now();
     let local = cluster.build_json(
         &p,
         &[
@@ -227,6 +228,7 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
         ],
     );
     assert_eq!(local.0, 0, "local build: {}", local.2);
+    let local_seconds = started.elapsed().as_secs_f64();
     assert!(
         jobs(&local.1, "merged").is_empty(),
         "a local build submits nothing"
@@ -237,7 +239,7 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
         cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm", "-j", "4"]);
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(code, 0, "{err}\n{events:#?}");
-    eprintln!("slurm build of 4 steps: {seconds:.2}s");
+    eprintln!("4 steps: local build {local_seconds:.2}s, slurm build {seconds:.2}s");
     let steps = ["merged", "other", "patched", "summary"];
     assert_eq!(with_status(&events, "built"), steps);
     let node = hostname();
