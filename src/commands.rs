@@ -1,6 +1,7 @@
 //! The subcommands behind the CLI: each takes parsed options, does its work
 //! through the library, and returns the text to print or the exit status.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -15,6 +16,7 @@ use crate::hub::download::human_bytes;
 use crate::hub::{pin_offline, HubConfig, HubSourceState};
 use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
+use crate::slurm::JobRequest;
 
 /// Builds the targets and reports through JSON or human output.
 pub fn build(
@@ -73,8 +75,14 @@ fn plan_states(
 /// `yibuild plan`: what would run and why, without running it. Hub sources
 /// show what is left to download; an unpinned one is looked up on the Hub
 /// (one request, nothing written) unless `hub.offline`. With a remote cache,
-/// steps it holds are shown with the bytes left to download.
-pub fn plan(recipe: &Recipe, opts: &BuildOptions, json: bool) -> Result<String> {
+/// steps it holds are shown with the bytes left to download; with `jobs` (the
+/// Slurm executor), each step to build also shows the resources it asks for.
+pub fn plan(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    json: bool,
+    jobs: Option<&BTreeMap<String, JobRequest>>,
+) -> Result<String> {
     let hub = HubConfig::from_env(opts.hub);
     let graph = BuildGraph::new(recipe);
     let selected = exec::select_targets(recipe, &graph, &opts.targets)?;
@@ -100,7 +108,11 @@ pub fn plan(recipe: &Recipe, opts: &BuildOptions, json: bool) -> Result<String> 
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "remote", "key": key, "bytes": bytes})
                 }
                 State::Stale { key, reasons, .. } => {
-                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons})
+                    let mut v = serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons});
+                    if let Some(job) = jobs.and_then(|j| j.get(name)) {
+                        v["resources"] = serde_json::json!(job);
+                    }
+                    v
                 }
             };
             out.push_str(&format!("{v}\n"));
@@ -148,6 +160,9 @@ pub fn plan(recipe: &Recipe, opts: &BuildOptions, json: bool) -> Result<String> 
                     "build",
                     reasons.join("; ")
                 ));
+                if let Some(job) = jobs.and_then(|j| j.get(name)) {
+                    out.push_str(&format!("{:>12} slurm job: {}\n", "", job.describe()));
+                }
             }
         }
     }

@@ -51,6 +51,18 @@ pub struct BuildOptions {
     pub hub: HubOptions,
     /// The shared remote cache, if one is configured.
     pub remote: Option<RemoteSettings>,
+    /// Where steps that are not cache hits run.
+    pub executor: Executor,
+}
+
+/// Where steps run (`--executor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Executor {
+    /// In this process.
+    #[default]
+    Local,
+    /// As Slurm jobs (see [`crate::slurm`]).
+    Slurm(crate::slurm::SlurmConfig),
 }
 
 /// An error in what the user asked for (unknown target, missing source, a
@@ -384,7 +396,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     step.step.memory_estimate(&probe)
                 };
                 let used: u64 = running.values().sum();
-                if !running.is_empty() && used + mem > opts.mem_budget {
+                // Slurm jobs each get their own budget (`--mem`), and Slurm
+                // keeps every node within its memory.
+                let per_job = opts.executor != Executor::Local;
+                if !running.is_empty() && !per_job && used + mem > opts.mem_budget {
                     i += 1;
                     continue;
                 }
@@ -401,17 +416,24 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 let cache = &cache;
                 scope.spawn(move || {
                     let started = Instant::now();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        run_step(cache, recipe, step, &key, &step_inputs, opts, reporter)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let msg = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        Err(anyhow::anyhow!("internal error (panic): {msg}"))
-                    });
+                    let result =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| match &opts.executor {
+                            Executor::Local => {
+                                let log = |line: &str| reporter.note(&step.name, line);
+                                run_step(cache, recipe, step, &key, &step_inputs, opts, &log)
+                            }
+                            Executor::Slurm(config) => crate::slurm::run_step(
+                                cache, recipe, step, &key, opts, config, reporter,
+                            ),
+                        }))
+                        .unwrap_or_else(|panic| {
+                            let msg = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Err(anyhow::anyhow!("internal error (panic): {msg}"))
+                        });
                     tx.send(Finished {
                         name: step.name.clone(),
                         key,
@@ -645,20 +667,20 @@ impl<'a> Remote<'a> {
     }
 }
 
-/// Runs one step into a fresh temporary directory and stores its output.
-fn run_step(
+/// Runs one step into a fresh temporary directory and stores its output
+/// (here, or in a Slurm job's `yibuild exec-step`).
+pub(crate) fn run_step(
     cache: &Cache,
     recipe: &Recipe,
     step: &StepDef,
     key: &str,
     inputs: &BTreeMap<String, Artifact>,
     opts: &BuildOptions,
-    reporter: &dyn Reporter,
+    log: &(dyn Fn(&str) + Sync),
 ) -> Result<Manifest> {
     let tmp = cache.temp_dir(&step.name)?;
     let out = tmp.join("out");
     std::fs::create_dir_all(&out)?;
-    let log = |line: &str| reporter.note(&step.name, line);
     let ctx = StepContext {
         name: &step.name,
         recipe_name: &recipe.name,
@@ -667,7 +689,7 @@ fn run_step(
         threads: opts.threads,
         mem_budget: opts.mem_budget,
         device: opts.device,
-        log: &log,
+        log,
     };
     let result = step.step.run(&ctx).and_then(|()| cache.ingest(key, &out));
     std::fs::remove_dir_all(&tmp).ok();

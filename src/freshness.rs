@@ -179,7 +179,7 @@ pub fn analyze(
 /// A Hub source's artifact without the network: its digest comes from the
 /// lock entry (or the Hub cache), so steps' keys are known before any
 /// download.
-fn hub_artifact(recipe: &Recipe, name: &str) -> Result<Artifact, String> {
+pub(crate) fn hub_artifact(recipe: &Recipe, name: &str) -> Result<Artifact, String> {
     let config = HubConfig::from_env(HubOptions::default());
     match pin_offline(recipe, name, &config) {
         Ok(HubSourceState::Pinned(p)) => Ok(Artifact {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use yibuild::commands::{self, Transfer};
-use yibuild::exec::{BuildOptions, InputError};
+use yibuild::exec::{BuildOptions, Executor, InputError};
 use yibuild::hub::HubOptions;
 use yibuild::project::{ProjectConfig, RemoteOverrides};
 use yibuild::recipe::diag::RecipeError;
@@ -91,6 +91,13 @@ struct Common {
     /// Fail instead of building locally when the remote cache cannot be used.
     #[arg(long, global = true)]
     remote_cache_required: bool,
+    /// Where steps run: local, or slurm (one srun job per step); default from
+    /// `executor:` in .yibuild.yaml, else local.
+    #[arg(long, global = true, env = "YIBUILD_EXECUTOR", value_parser = ["local", "slurm"])]
+    executor: Option<String>,
+    /// Times a failed Slurm job is submitted again (default from .yibuild.yaml, else 0).
+    #[arg(long, global = true)]
+    retries: Option<u32>,
 }
 
 impl Common {
@@ -105,6 +112,14 @@ impl Common {
             endpoint: self.remote_cache_endpoint.clone(),
             required: self.remote_cache_required,
         })?;
+        let executor = match self.executor.as_deref().or(project.executor.as_deref()) {
+            Some("slurm") => {
+                let mut config = project.slurm.unwrap_or_default();
+                config.retries = self.retries.unwrap_or(config.retries);
+                Executor::Slurm(config)
+            }
+            _ => Executor::Local,
+        };
         Ok(BuildOptions {
             cache_dir: self.cache_dir.clone(),
             build_dir: self.build_dir.clone(),
@@ -119,6 +134,7 @@ impl Common {
                 progress: !self.json && !self.quiet,
             },
             remote,
+            executor,
         })
     }
 }
@@ -174,6 +190,15 @@ enum Command {
     },
     /// Remove materialized outputs under the build directory.
     Clean { recipe: Option<PathBuf> },
+    /// Build exactly one planned step into the cache: what a Slurm job runs.
+    #[command(hide = true)]
+    ExecStep {
+        recipe: PathBuf,
+        step: String,
+        /// The key the coordinator computed; the step is not run if it differs.
+        #[arg(long)]
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -227,7 +252,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Plan { recipe, steps }) => {
             let opts = c.build_options(steps)?;
-            print(commands::plan(&load(&recipe)?, &opts, c.json)?)
+            let recipe = load(&recipe)?;
+            let jobs = match &opts.executor {
+                Executor::Slurm(config) => Some(yibuild::slurm::requests(&recipe, config, &opts)),
+                Executor::Local => None,
+            };
+            print(commands::plan(&recipe, &opts, c.json, jobs.as_ref())?)
+        }
+        Some(Command::ExecStep { recipe, step, key }) => {
+            // The coordinator already checked the recipe, with its own
+            // --max-variants; here it only has to be read again.
+            let unlimited = ParseOptions {
+                max_variants: usize::MAX,
+            };
+            let recipe = Recipe::load_with(&recipe, &unlimited)?;
+            yibuild::slurm::worker::exec_step(&recipe, &step, &key, &c.build_options(Vec::new())?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Fetch { recipe, steps }) => {
             let opts = c.build_options(steps)?;
@@ -310,7 +350,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
             let opts = c.build_options(cli.steps)?;
             let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
-            Ok(if summary.ok() {
+            Ok(if yibuild::slurm::cancel::requested() {
+                ExitCode::from(130)
+            } else if summary.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

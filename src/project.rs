@@ -14,6 +14,12 @@
 //!   region: us-east-1
 //!   required: false
 //! executor: local           # or slurm
+//! slurm:                    # defaults for the Slurm executor
+//!   partition: gpu
+//!   account: lab
+//!   time: "4:00:00"
+//!   srun_args: [--qos=normal]
+//!   retries: 1
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +29,7 @@ use crate::exec::InputError;
 use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::fields::Fields;
 use crate::recipe::yaml::parse_documents;
+use crate::slurm::SlurmConfig;
 
 /// The name of the project settings file.
 pub const CONFIG_FILE: &str = ".yibuild.yaml";
@@ -36,6 +43,8 @@ pub struct ProjectConfig {
     pub remote_cache: Option<RemoteCacheSettings>,
     /// `executor:` (`local` or `slurm`).
     pub executor: Option<String>,
+    /// `slurm:`, settings of the Slurm executor.
+    pub slurm: Option<SlurmConfig>,
 }
 
 /// The `remote_cache:` section.
@@ -90,7 +99,7 @@ impl ProjectConfig {
             &diag,
             root,
             "project settings",
-            &["remote_cache", "executor"],
+            &["remote_cache", "executor", "slurm"],
         )?;
         let remote_cache = match top.opt("remote_cache") {
             Some(node) => {
@@ -113,11 +122,39 @@ impl ProjectConfig {
             None => None,
         };
         let executor = top.opt_str("executor")?;
+        if let (Some(e), Some(node)) = (&executor, top.opt("executor")) {
+            if e != "local" && e != "slurm" {
+                return Err(diag
+                    .error(node.span, format!("unknown executor `{e}`"))
+                    .with_help("use `local` or `slurm`"));
+            }
+        }
+        let slurm = top
+            .opt("slurm")
+            .map(|node| {
+                let f = Fields::new(
+                    &diag,
+                    node,
+                    "`slurm`",
+                    &["partition", "account", "time", "srun_args", "retries"],
+                )?;
+                let settings = SlurmConfig {
+                    partition: f.opt_str("partition")?,
+                    account: f.opt_str("account")?,
+                    time: f.opt_str("time")?,
+                    srun_args: f.opt_str_list("srun_args")?,
+                    retries: f.opt_u64("retries")?.unwrap_or(0) as u32,
+                };
+                f.finish()?;
+                Ok::<_, RecipeError>(settings)
+            })
+            .transpose()?;
         top.finish()?;
         Ok(ProjectConfig {
             file: None,
             remote_cache,
             executor,
+            slurm,
         })
     }
 }
@@ -226,6 +263,28 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn reads_the_slurm_section() {
+        let text = "executor: slurm\nslurm:\n  partition: gpu\n  account: lab\n  time: \"4:00:00\"\n  srun_args: [--qos=high]\n  retries: 2\n";
+        let c = ProjectConfig::parse(Path::new(".yibuild.yaml"), text).unwrap();
+        assert_eq!(c.executor.as_deref(), Some("slurm"));
+        assert_eq!(
+            c.slurm,
+            Some(SlurmConfig {
+                partition: Some("gpu".into()),
+                account: Some("lab".into()),
+                time: Some("4:00:00".into()),
+                srun_args: vec!["--qos=high".into()],
+                retries: 2,
+            })
+        );
+        let err = ProjectConfig::parse(Path::new(".yibuild.yaml"), "executor: slrum\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".yibuild.yaml:1:11"), "{err}");
+        assert!(err.contains("unknown executor `slrum`"), "{err}");
     }
 
     #[test]

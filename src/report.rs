@@ -1,6 +1,7 @@
 //! What a build tells the user: cargo-style status lines (with a progress bar
 //! on a terminal) on stderr, or JSON Lines events on stdout for machines.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,6 +55,45 @@ impl Summary {
     }
 }
 
+/// Where a step's cluster job is (the Slurm executor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Submitted, waiting for resources.
+    Queued,
+    /// Running on a node.
+    Running,
+    /// Ended, and its output is in the cache.
+    Done,
+    /// Failed, was cancelled or timed out, or left no output in the cache.
+    Failed,
+}
+
+impl JobPhase {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Queued => "queued",
+            JobPhase::Running => "running",
+            JobPhase::Done => "done",
+            JobPhase::Failed => "failed",
+        }
+    }
+}
+
+/// A change in a step's cluster job.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEvent<'a> {
+    /// The new phase.
+    pub phase: JobPhase,
+    /// The scheduler's job id, once known.
+    pub job_id: Option<u64>,
+    /// The node it runs on, once known.
+    pub node: Option<&'a str>,
+    /// The scheduler's own state word (`FAILED`, `TIMEOUT`, `CANCELLED`, …)
+    /// for failed jobs.
+    pub state: Option<&'a str>,
+}
+
 /// Receives build events. Implementations must be cheap and thread-safe.
 pub trait Reporter: Sync {
     /// The cache is locked by another build; this one waits.
@@ -69,6 +109,8 @@ pub trait Reporter: Sync {
     /// Something the user should know that does not fail the build (a
     /// remote cache that cannot be reached, a refused remote entry).
     fn warning(&self, message: &str);
+    /// A step's cluster job changed phase (the Slurm executor only).
+    fn job(&self, _step: &str, _event: &JobEvent) {}
     /// A step finished. `detail` is the failure cause for failed steps.
     fn finished(
         &self,
@@ -82,11 +124,16 @@ pub trait Reporter: Sync {
     fn done(&self, summary: &Summary);
 }
 
-/// JSON Lines on stdout: the contract in DESIGN.md.
+/// JSON Lines on stdout: the contract in DESIGN.md. A step that ran as a
+/// cluster job also has its last `job_id` and `node` in its `step` event.
 #[derive(Debug, Default)]
 pub struct JsonReporter {
     out: Mutex<()>,
+    jobs: Mutex<BTreeMap<String, LastJob>>,
 }
+
+/// A step's last job id and node, for its `step` event.
+type LastJob = (Option<u64>, Option<String>);
 
 impl JsonReporter {
     fn emit(&self, value: serde_json::Value) {
@@ -116,6 +163,17 @@ impl Reporter for JsonReporter {
     fn warning(&self, message: &str) {
         self.emit(json!({"event": "warning", "message": message}));
     }
+    fn job(&self, step: &str, e: &JobEvent) {
+        self.jobs
+            .lock()
+            .unwrap()
+            .insert(step.to_owned(), (e.job_id, e.node.map(str::to_owned)));
+        let mut v = json!({"event": "job", "step": step, "phase": e.phase.as_str(), "job_id": e.job_id, "node": e.node});
+        if let Some(state) = e.state {
+            v["state"] = json!(state);
+        }
+        self.emit(v);
+    }
     fn finished(
         &self,
         step: &str,
@@ -130,6 +188,10 @@ impl Reporter for JsonReporter {
         }
         if status == StepStatus::Restored {
             v["remote"] = json!(true);
+        }
+        if let Some((id, node)) = self.jobs.lock().unwrap().remove(step) {
+            v["job_id"] = json!(id);
+            v["node"] = json!(node);
         }
         self.emit(v);
     }
@@ -231,6 +293,21 @@ impl Reporter for HumanReporter {
         }
         if let Some(bar) = &self.bar {
             bar.set_message(step.to_owned());
+        }
+    }
+    fn job(&self, step: &str, e: &JobEvent) {
+        if self.quiet {
+            return;
+        }
+        let id = e.job_id.map_or("?".to_owned(), |i| i.to_string());
+        let on = e.node.map(|n| format!(" on {n}")).unwrap_or_default();
+        match e.phase {
+            JobPhase::Queued => self.status("Queued", &format!("{step}: slurm job {id}"), "36"),
+            JobPhase::Running => {
+                self.status("Running", &format!("{step}: slurm job {id}{on}"), "36")
+            }
+            JobPhase::Done => self.status("Done", &format!("{step}: slurm job {id}{on}"), "36"),
+            JobPhase::Failed => {} // the step's error says it all
         }
     }
     fn note(&self, step: &str, line: &str) {

@@ -35,6 +35,8 @@ pub struct StepDef {
     pub span: Span,
     /// Its implementation.
     pub step: Box<dyn Step>,
+    /// `resources:`, what the step asks a cluster scheduler for.
+    pub resources: crate::slurm::Resources,
 }
 
 /// What a step may know about the whole recipe (see [`Step::bind`]): the
@@ -96,7 +98,7 @@ const CARD_KEYS: &[&str] = &[
 ];
 // `matrix` is consumed by [`matrix::expand`] before a step is parsed; it is
 // listed so that a misspelt `matrx:` gets a "did you mean".
-const STEP_COMMON_KEYS: &[&str] = &["seed", "description", "matrix"];
+const STEP_COMMON_KEYS: &[&str] = &["seed", "description", "matrix", "resources"];
 
 impl Recipe {
     /// Reads, parses and validates the recipe (or mergekit config) at `file`.
@@ -442,6 +444,10 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
             }
         },
     };
+    let resources = match node.get("resources") {
+        Some(n) => crate::slurm::Resources::parse(diag, n)?,
+        None => Default::default(),
+    };
     let cx = ParseContext {
         diag,
         step: name,
@@ -451,6 +457,7 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
         name: name.to_owned(),
         span,
         step: steps::parse(kind, body, &cx)?,
+        resources,
     })
 }
 
@@ -492,6 +499,7 @@ fn mergekit_recipe(docs: &[Node], diag: &Diag, dir: &Path) -> Result<Recipe, Rec
             name: name.clone(),
             span: doc.span,
             step: steps::parse("merge", &body, &cx)?,
+            resources: Default::default(),
         });
     }
     let step_names: BTreeSet<String> = steps.iter().map(|s| s.name.clone()).collect();

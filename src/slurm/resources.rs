@@ -1,0 +1,331 @@
+//! What a step asks Slurm for: the `resources:` a recipe writes on a step,
+//! and the job request resolved from it with per-kind defaults.
+//!
+//! ```yaml
+//! steps:
+//!   merged:
+//!     merge: { ... }
+//!     resources: { cpus: 8, mem: 64GiB, gpus: 0, time: "2:00:00", partition: cpu }
+//! ```
+//!
+//! Resources never enter the step key: the same step gives the same bytes
+//! whatever machine runs it.
+
+use crate::recipe::diag::{Diag, RecipeError};
+use crate::recipe::fields::Fields;
+use crate::recipe::yaml::Node;
+use crate::recipe::StepDef;
+use crate::steps::{Device, StepContext};
+
+use super::SlurmConfig;
+
+/// A step's `resources:` as written; unset fields take defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPUs per task (`--cpus-per-task`); also the step's thread count.
+    pub cpus: Option<u64>,
+    /// Memory in bytes (`--mem`).
+    pub mem: Option<u64>,
+    /// GPUs (`--gres=gpu:N`).
+    pub gpus: Option<u64>,
+    /// Time limit in Slurm's syntax (`--time`): `MM`, `HH:MM:SS`, `D-HH`, ...
+    pub time: Option<String>,
+    /// Partition (`--partition`).
+    pub partition: Option<String>,
+}
+
+const KEYS: &[&str] = &["cpus", "mem", "gpus", "time", "partition"];
+
+impl Resources {
+    /// Parses a `resources:` mapping; errors name the file, line and column.
+    pub fn parse(diag: &Diag, node: &Node) -> Result<Resources, RecipeError> {
+        let f = Fields::new(diag, node, "`resources`", KEYS)?;
+        let cpus = f.opt_u64("cpus")?;
+        if let (Some(0), Some(n)) = (cpus, f.opt("cpus")) {
+            return Err(diag.error(n.span, "`cpus` must be at least 1"));
+        }
+        let mem = match f.opt("mem") {
+            Some(n) => {
+                let text = n.as_str().map(str::to_owned).or_else(|| {
+                    // A bare number is MiB, as in Slurm's own `--mem=4096`.
+                    n.as_f64().map(|v| format!("{v}MiB"))
+                });
+                let bytes = text
+                    .as_deref()
+                    .ok_or_else(|| format!("found {}", n.type_name()))
+                    .and_then(crate::commands::parse_size)
+                    .map_err(|why| {
+                        diag.error(n.span, format!("`mem` must be a size like 16GiB: {why}"))
+                    })?;
+                if bytes < 1 << 20 {
+                    return Err(diag.error(n.span, "`mem` must be at least 1MiB"));
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
+        let time = f.opt_str("time")?;
+        if let (Some(t), Some(n)) = (&time, f.opt("time")) {
+            if !is_slurm_time(t) {
+                return Err(diag
+                    .error(n.span, format!("`time` `{t}` is not a Slurm time limit"))
+                    .with_help("write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"));
+            }
+        }
+        let resources = Resources {
+            cpus,
+            mem,
+            gpus: f.opt_u64("gpus")?,
+            time,
+            partition: f.opt_str("partition")?,
+        };
+        f.finish()?;
+        Ok(resources)
+    }
+}
+
+/// Whether `t` is one of the time formats `srun --time` accepts.
+fn is_slurm_time(t: &str) -> bool {
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(d), r),
+        None => (None, t),
+    };
+    let numbers = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = rest.split(':').collect();
+    days.is_none_or(numbers)
+        && parts.iter().all(|p| numbers(p))
+        && match days {
+            Some(_) => parts.len() <= 3,
+            None => parts.len() <= 3 && !(parts.len() == 1 && rest.is_empty()),
+        }
+}
+
+/// The resources one job asks for, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobRequest {
+    /// `--cpus-per-task`.
+    pub cpus: u64,
+    /// `--mem`, in MiB.
+    pub mem_mib: u64,
+    /// `--gres=gpu:N` when above zero.
+    pub gpus: u64,
+    /// `--time`, if any.
+    pub time: Option<String>,
+    /// `--partition`, if any.
+    pub partition: Option<String>,
+    /// `--account`, if any (from the project settings).
+    pub account: Option<String>,
+}
+
+/// Memory a job gets beyond the step's own estimate: the yibuild process, its
+/// mapped inputs' page tables, the allocator.
+const HEADROOM_MIB: u64 = 512;
+
+/// The smallest default job, in MiB.
+const MIN_DEFAULT_MIB: u64 = 1024;
+
+/// Steps that compute over whole models get several CPUs by default; steps
+/// that copy or rewrite small files get one.
+fn default_cpus(kind: &str) -> u64 {
+    match kind {
+        "merge" | "quantize" | "eval" | "tokenizer" => 4,
+        _ => 1,
+    }
+}
+
+/// Whether the step computes on a GPU: a step whose own `device:` is `cuda`,
+/// or `auto` under `--device cuda`. Other steps never ask for GPUs.
+fn wants_gpu(step: &StepDef, device: Device) -> bool {
+    match step.step.params().get("device").and_then(|d| d.as_str()) {
+        Some("cuda") => true,
+        Some("auto") => device == Device::Cuda,
+        _ => false,
+    }
+}
+
+impl JobRequest {
+    /// The request for `step`: what its `resources:` say, else the project's
+    /// `slurm:` settings, else defaults for its kind. Memory defaults to the
+    /// step's own estimate (at the job's thread count) plus headroom.
+    pub fn for_step(
+        step: &StepDef,
+        config: &SlurmConfig,
+        device: Device,
+        mem_budget: u64,
+    ) -> JobRequest {
+        let r = &step.resources;
+        let cpus = r.cpus.unwrap_or_else(|| default_cpus(step.step.kind()));
+        let mem_mib = match r.mem {
+            Some(bytes) => bytes.div_ceil(1 << 20),
+            None => {
+                let inputs = Default::default();
+                let probe = StepContext {
+                    name: &step.name,
+                    recipe_name: "",
+                    inputs: &inputs,
+                    out_dir: std::path::Path::new(""),
+                    threads: cpus as usize,
+                    mem_budget,
+                    device,
+                    log: &|_: &str| {},
+                };
+                let estimate = step.step.memory_estimate(&probe).div_ceil(1 << 20);
+                (estimate + HEADROOM_MIB).max(MIN_DEFAULT_MIB)
+            }
+        };
+        JobRequest {
+            cpus,
+            mem_mib,
+            gpus: r.gpus.unwrap_or_else(|| u64::from(wants_gpu(step, device))),
+            time: r.time.clone().or_else(|| config.time.clone()),
+            partition: r.partition.clone().or_else(|| config.partition.clone()),
+            account: config.account.clone(),
+        }
+    }
+
+    /// The memory budget the step itself is given inside the job.
+    pub fn step_mem_budget(&self) -> u64 {
+        let headroom = HEADROOM_MIB.min(self.mem_mib / 4);
+        (self.mem_mib - headroom) << 20
+    }
+
+    /// The `srun` options for this request.
+    pub fn srun_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--nodes=1".to_owned(),
+            "--ntasks=1".to_owned(),
+            format!("--cpus-per-task={}", self.cpus),
+            format!("--mem={}M", self.mem_mib),
+        ];
+        if self.gpus > 0 {
+            args.push(format!("--gres=gpu:{}", self.gpus));
+        }
+        if let Some(t) = &self.time {
+            args.push(format!("--time={t}"));
+        }
+        if let Some(p) = &self.partition {
+            args.push(format!("--partition={p}"));
+        }
+        if let Some(a) = &self.account {
+            args.push(format!("--account={a}"));
+        }
+        args
+    }
+
+    /// One line for `yibuild plan`: `cpus=4 mem=2048M gpus=0 time=- partition=-`.
+    pub fn describe(&self) -> String {
+        format!(
+            "cpus={} mem={}M gpus={} time={} partition={}",
+            self.cpus,
+            self.mem_mib,
+            self.gpus,
+            self.time.as_deref().unwrap_or("-"),
+            self.partition.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+    use std::path::Path;
+
+    fn recipe(steps: &str) -> Result<Recipe, RecipeError> {
+        let text = format!(
+            "yibuild: 1\nname: r\nsources:\n  base: ./base\n  text: ./t.txt\nsteps:\n{steps}"
+        );
+        Recipe::parse(Path::new("r.yaml"), &text)
+    }
+
+    #[test]
+    fn written_resources_override_defaults() {
+        let r = recipe(
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources: { cpus: 3, mem: 6GiB, gpus: 2, time: \"1-02:00:00\", partition: big }\n",
+        )
+        .unwrap();
+        let config = SlurmConfig {
+            account: Some("lab".into()),
+            partition: Some("default".into()),
+            ..Default::default()
+        };
+        let req = JobRequest::for_step(r.step("p").unwrap(), &config, Device::Cpu, 2 << 30);
+        assert_eq!(
+            req.srun_args(),
+            [
+                "--nodes=1",
+                "--ntasks=1",
+                "--cpus-per-task=3",
+                "--mem=6144M",
+                "--gres=gpu:2",
+                "--time=1-02:00:00",
+                "--partition=big",
+                "--account=lab"
+            ]
+        );
+        assert_eq!(req.step_mem_budget(), (6144 - 512) << 20);
+    }
+
+    #[test]
+    fn defaults_follow_the_kind_and_the_project() {
+        let r = recipe(
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n  e:\n    eval: { model: base, device: cuda, perplexity: { text: text } }\n  a:\n    eval: { model: base, perplexity: { text: text } }\n",
+        )
+        .unwrap();
+        let config = SlurmConfig {
+            partition: Some("cpu".into()),
+            time: Some("30".into()),
+            ..Default::default()
+        };
+        let p = JobRequest::for_step(r.step("p").unwrap(), &config, Device::Auto, 2 << 30);
+        assert_eq!(
+            p.describe(),
+            "cpus=1 mem=1024M gpus=0 time=30 partition=cpu"
+        );
+        let e = JobRequest::for_step(r.step("e").unwrap(), &config, Device::Cpu, 2 << 30);
+        assert_eq!((e.cpus, e.gpus), (4, 1), "device: cuda asks for a GPU");
+        let a = r.step("a").unwrap();
+        assert_eq!(
+            JobRequest::for_step(a, &config, Device::Cpu, 2 << 30).gpus,
+            0
+        );
+        assert_eq!(
+            JobRequest::for_step(a, &config, Device::Cuda, 2 << 30).gpus,
+            1
+        );
+    }
+
+    #[test]
+    fn bad_resources_name_the_place() {
+        let err = recipe(
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources: { cpu: 3 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("r.yaml:9:18"), "{err}");
+        assert!(err.contains("did you mean `cpus`"), "{err}");
+        let err = recipe(
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources:\n      time: 2h\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("r.yaml:10:13"), "{err}");
+        assert!(err.contains("not a Slurm time limit"), "{err}");
+        let err = recipe(
+            "  p:\n    patch_config: { model: base, set: { a: 1 } }\n    resources: { mem: lots }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`mem` must be a size"), "{err}");
+    }
+
+    #[test]
+    fn slurm_time_formats() {
+        for ok in ["30", "30:00", "2:00:00", "1-0", "1-02:00", "1-02:00:00"] {
+            assert!(is_slurm_time(ok), "{ok}");
+        }
+        for bad in ["", "2h", "1:2:3:4", "-1", "1-", "a:00"] {
+            assert!(!is_slurm_time(bad), "{bad}");
+        }
+    }
+}
