@@ -116,6 +116,15 @@ impl Common {
             Some("slurm") => {
                 let mut config = project.slurm.unwrap_or_default();
                 config.retries = self.retries.unwrap_or(config.retries);
+                if config.node_cache.is_some() && !remote.as_ref().is_some_and(|r| r.mode.writes())
+                {
+                    return Err(InputError(
+                        "slurm.node_cache moves step outputs through the remote cache: configure \
+                         one that builds may write (--remote-cache, mode read-write)"
+                            .to_owned(),
+                    )
+                    .into());
+                }
                 Executor::Slurm(config)
             }
             _ => Executor::Local,

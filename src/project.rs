@@ -20,6 +20,7 @@
 //!   time: "4:00:00"
 //!   srun_args: [--qos=normal]
 //!   retries: 1
+//!   node_cache: /scratch/yibuild   # nodes without a shared filesystem
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -136,14 +137,23 @@ impl ProjectConfig {
                     &diag,
                     node,
                     "`slurm`",
-                    &["partition", "account", "time", "srun_args", "retries"],
+                    &[
+                        "partition",
+                        "account",
+                        "time",
+                        "srun_args",
+                        "retries",
+                        "node_cache",
+                    ],
                 )?;
+                let base = path.parent().unwrap_or(Path::new("."));
                 let settings = SlurmConfig {
                     partition: f.opt_str("partition")?,
                     account: f.opt_str("account")?,
                     time: f.opt_str("time")?,
                     srun_args: f.opt_str_list("srun_args")?,
                     retries: f.opt_u64("retries")?.unwrap_or(0) as u32,
+                    node_cache: f.opt_str("node_cache")?.map(|d| base.join(d)),
                 };
                 f.finish()?;
                 Ok::<_, RecipeError>(settings)
@@ -278,6 +288,7 @@ mod tests {
                 time: Some("4:00:00".into()),
                 srun_args: vec!["--qos=high".into()],
                 retries: 2,
+                node_cache: None,
             })
         );
         let err = ProjectConfig::parse(Path::new(".yibuild.yaml"), "executor: slrum\n")

@@ -10,6 +10,8 @@
 //! cluster runs.
 
 mod common;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -171,6 +173,20 @@ steps:
 default: [summary]
 "#;
 
+/// The demo built in-process into `local-cache` and `local-build`.
+fn local_build(cluster: &Cluster, p: &Project) -> (i32, Vec<Value>, String) {
+    cluster.build_json(
+        p,
+        &[
+            "recipe.yaml",
+            "--cache-dir",
+            "local-cache",
+            "--build-dir",
+            "local-build",
+        ],
+    )
+}
+
 fn demo_project() -> Project {
     let p = Project::with_base();
     write_finetune(&TinyLlama::default(), &p.path("models/tuned"), 7, 0.2).unwrap();
@@ -217,16 +233,7 @@ fn every_step_runs_as_a_job_and_matches_a_local_build() {
     );
 
     let started = Instant::now();
-    let local = cluster.build_json(
-        &p,
-        &[
-            "recipe.yaml",
-            "--cache-dir",
-            "local-cache",
-            "--build-dir",
-            "local-build",
-        ],
-    );
+    let local = local_build(&cluster, &p);
     assert_eq!(local.0, 0, "local build: {}", local.2);
     let local_seconds = started.elapsed().as_secs_f64();
     assert!(
@@ -645,4 +652,53 @@ fn a_job_that_stores_nothing_is_not_trusted() {
         "{error}"
     );
     assert!(!p.path("build/liar/patched").exists());
+}
+
+/// Nodes that share no filesystem with the submit host: workers use a
+/// node-local cache and the remote cache carries every output both ways.
+#[test]
+fn a_node_local_cache_moves_outputs_through_the_remote_cache() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let server = s3_server::S3Server::start();
+    let p = demo_project();
+    p.write(".yibuild.yaml", "slurm:\n  node_cache: node-cache\n");
+    let url = server.url("nodes");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "recipe.yaml", "--executor", "slurm", "-j", "4"];
+        args.extend_from_slice(extra);
+        let mut cmd = cluster.yibuild(&p, &args);
+        cmd.envs(server.env());
+        parse_events(cmd.output().unwrap())
+    };
+
+    let (code, _, err) = run(&[]);
+    assert_eq!(
+        code, 2,
+        "node_cache without a remote cache is refused: {err}"
+    );
+    assert!(err.contains("slurm.node_cache"), "{err}");
+
+    let (code, events, err) = run(&["--remote-cache", &url]);
+    assert_eq!(code, 0, "{err}\n{events:?}");
+    assert_eq!(
+        with_status(&events, "built"),
+        ["merged", "other", "patched", "summary"]
+    );
+    for step in ["merged", "patched", "other", "summary"] {
+        assert!(!jobs(&events, step).is_empty(), "{step} ran as a job");
+    }
+    // The workers built into the node cache, downloading `patched`'s input
+    // (`merged`) from the remote; the coordinator's cache got every output
+    // from the remote and verifies.
+    assert!(p.path("node-cache/objects").is_dir());
+    let verify = p.run(&["verify"]);
+    assert_eq!(verify.status.code(), Some(0));
+    let local = local_build(&cluster, &p);
+    assert_eq!(local.0, 0);
+    assert_eq!(
+        tree_bytes(&p.path("build/slurmdemo/summary")),
+        tree_bytes(&p.path("local-build/slurmdemo/summary"))
+    );
 }

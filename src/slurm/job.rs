@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::cancel::{self, Registration};
 use super::worker::WorkerLine;
 use super::{JobRequest, SlurmConfig};
+use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, Manifest};
 use crate::exec::BuildOptions;
 use crate::recipe::{Recipe, StepDef};
@@ -43,7 +44,9 @@ pub fn run_step(
     srun_args.extend(request.srun_args().into_iter().map(OsString::from));
     srun_args.extend(config.srun_args.iter().map(OsString::from));
     srun_args.push("--".into());
-    srun_args.extend(worker_command(cache, recipe, step, key, opts, &request)?);
+    srun_args.extend(worker_command(
+        cache, recipe, step, key, opts, config, &request,
+    )?);
     let log = std::path::absolute(&opts.build_dir)?
         .join(&recipe.name)
         .join(".slurm")
@@ -77,7 +80,12 @@ pub fn run_step(
             let state = job.id.map(final_state);
             failed(state.as_ref().map(|s| s.state.as_str()));
             last = Some(job.failure(state.as_ref(), &log));
-        } else if let Some(manifest) = cache.lookup(key) {
+        } else if let Some(manifest) = cache.lookup(key).or_else(|| {
+            config
+                .node_cache
+                .as_ref()
+                .and_then(|_| fetch_from_remote(cache, key, opts, &step.name, reporter))
+        }) {
             reporter.job(
                 &step.name,
                 &JobEvent {
@@ -111,6 +119,7 @@ fn worker_command(
     step: &StepDef,
     key: &str,
     opts: &BuildOptions,
+    config: &SlurmConfig,
     request: &JobRequest,
 ) -> Result<Vec<OsString>> {
     let exe = std::env::current_exe().context("cannot find the yibuild executable")?;
@@ -124,12 +133,46 @@ fn worker_command(
     args.push(step.name.clone().into());
     args.push(format!("--key={key}").into());
     let mut cache_dir = OsString::from("--cache-dir=");
-    cache_dir.push(cache.root());
+    match (&config.node_cache, &opts.remote) {
+        (Some(node_cache), Some(remote)) => {
+            cache_dir.push(node_cache);
+            args.push(format!("--remote-cache={}", remote.url).into());
+            args.push("--remote-cache-mode=read-write".into());
+            args.push("--remote-cache-required".into());
+            if let Some(endpoint) = &remote.endpoint {
+                args.push(format!("--remote-cache-endpoint={endpoint}").into());
+            }
+        }
+        _ => cache_dir.push(cache.root()),
+    }
     args.push(cache_dir);
     args.push(format!("--threads={}", request.cpus).into());
     args.push(format!("--mem-budget={}", request.step_mem_budget()).into());
     args.push(format!("--device={device}").into());
     Ok(args)
+}
+
+/// With a node-local cache, the worker uploaded its output to the remote
+/// cache: download it into the coordinator's cache (blake3-verified). A
+/// failure is reported and leaves the step failed.
+fn fetch_from_remote(
+    cache: &Cache,
+    key: &str,
+    opts: &BuildOptions,
+    step: &str,
+    reporter: &dyn Reporter,
+) -> Option<Manifest> {
+    let fetched = (|| -> Result<Manifest> {
+        let remote = RemoteCache::connect(opts.remote.as_ref().context("no remote cache")?)?;
+        let manifest = remote
+            .lookup(key)?
+            .context("the worker's output is not in the remote cache")?;
+        remote.pull(cache, key, &manifest)?;
+        Ok(manifest)
+    })();
+    fetched
+        .map_err(|e| reporter.note(step, &format!("cannot fetch the job's output: {e:#}")))
+        .ok()
 }
 
 /// What one srun told us.

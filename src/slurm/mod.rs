@@ -60,4 +60,9 @@ pub struct SlurmConfig {
     pub srun_args: Vec<String>,
     /// How many times a failed job is submitted again.
     pub retries: u32,
+    /// A cache directory local to each node (relative paths are relative to
+    /// `.yibuild.yaml`). With it, nodes need not share a filesystem with the
+    /// submit host: workers fetch their inputs from the remote cache into it
+    /// and upload their outputs, which the coordinator then downloads.
+    pub node_cache: Option<std::path::PathBuf>,
 }

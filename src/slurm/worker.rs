@@ -10,6 +10,11 @@
 //! records. Its output enters the cache through [`Cache::ingest`], which
 //! writes the action entry last, so a job killed at any point leaves no entry.
 //!
+//! With a node-local cache (`slurm.node_cache`) the worker is given the
+//! remote cache: it downloads upstream outputs it lacks from there and
+//! uploads its own output before it exits, which is how the coordinator,
+//! on another filesystem, receives it.
+//!
 //! It talks to the coordinator through its stdout, which srun forwards: one
 //! `yibuild-worker: job ID on NODE` line first, then `yibuild-worker: note …`
 //! for progress. Errors go to stderr and end up in the job's log.
@@ -19,9 +24,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
 use crate::exec::{self, key_inputs, BuildOptions};
 use crate::graph::BuildGraph;
+use crate::hub::download::human_bytes;
 use crate::recipe::{Recipe, StepDef};
 use crate::steps::Artifact;
 
@@ -78,36 +85,53 @@ pub fn exec_step(recipe: &Recipe, step_name: &str, key: &str, opts: &BuildOption
         .step(step_name)
         .ok_or_else(|| anyhow!("recipe {} has no step `{step_name}`", recipe.file.display()))?;
     let cache = Cache::open_unlocked(&opts.cache_dir)?;
+    let remote = opts.remote.as_ref().map(RemoteCache::connect).transpose()?;
     let staging = cache.temp_dir(&format!("{step_name}-inputs"))?;
-    let result = resolve_inputs(recipe, step, &cache, &staging).and_then(|inputs| {
-        let actual = key_inputs(step, &inputs)
-            .context("internal: an input of the step was not resolved")?
-            .key();
-        if actual != key {
-            bail!(
-                "refusing to build `{step_name}`: the coordinator asked for key {key}, but \
+    let result =
+        resolve_inputs(recipe, step, &cache, remote.as_ref(), &staging).and_then(|inputs| {
+            let actual = key_inputs(step, &inputs)
+                .context("internal: an input of the step was not resolved")?
+                .key();
+            if actual != key {
+                bail!(
+                    "refusing to build `{step_name}`: the coordinator asked for key {key}, but \
                  this node computes {actual} from the inputs it sees (do the nodes see the \
                  same sources and run the same yibuild?)"
-            );
-        }
-        if cache.lookup(key).is_some() {
-            WorkerLine::Note("already in the cache".to_owned()).print();
-            return Ok(());
-        }
-        let log = |line: &str| WorkerLine::Note(line.to_owned()).print();
-        exec::run_step(&cache, recipe, step, key, &inputs, opts, &log).map(|_| ())
-    });
+                );
+            }
+            let manifest = match cache.lookup(key) {
+                Some(manifest) => {
+                    WorkerLine::Note("already in the cache".to_owned()).print();
+                    manifest
+                }
+                None => {
+                    let log = |line: &str| WorkerLine::Note(line.to_owned()).print();
+                    exec::run_step(&cache, recipe, step, key, &inputs, opts, &log)?
+                }
+            };
+            if let Some(remote) = &remote {
+                let pushed = remote.push(&cache, key, &manifest)?;
+                WorkerLine::Note(format!(
+                    "uploaded {} to the remote cache",
+                    human_bytes(pushed.bytes)
+                ))
+                .print();
+            }
+            Ok(())
+        });
     std::fs::remove_dir_all(&staging).ok();
     result
 }
 
 /// The artifacts of `step`'s inputs as this node sees them: sources hashed
-/// here, upstream steps found in the cache by their keys and hardlinked into
+/// here, upstream steps found in the cache by their keys (downloaded from
+/// `remote` first when this node's cache lacks them) and hardlinked into
 /// `staging`.
 fn resolve_inputs(
     recipe: &Recipe,
     step: &StepDef,
     cache: &Cache,
+    remote: Option<&RemoteCache>,
     staging: &Path,
 ) -> Result<BTreeMap<String, Artifact>> {
     let graph = BuildGraph::new(recipe);
@@ -137,9 +161,17 @@ fn resolve_inputs(
             let up_key = key_inputs(up, &artifacts)
                 .context("internal: an upstream input was not resolved")?
                 .key();
-            let manifest = cache
-                .lookup(&up_key)
-                .ok_or_else(|| anyhow!("input step `{name}` (key {up_key}) is not in the cache"))?;
+            let manifest = match (cache.lookup(&up_key), remote) {
+                (Some(m), _) => m,
+                (None, Some(remote)) => {
+                    let m = remote.lookup(&up_key)?.ok_or_else(|| {
+                        anyhow!("input step `{name}` (key {up_key}) is not in the remote cache")
+                    })?;
+                    remote.pull(cache, &up_key, &m)?;
+                    m
+                }
+                (None, None) => bail!("input step `{name}` (key {up_key}) is not in the cache"),
+            };
             let path = staging.join(name);
             if direct.contains(name) {
                 cache.materialize(&manifest, &path)?;

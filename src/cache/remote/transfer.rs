@@ -40,7 +40,20 @@ pub async fn download(
     cache: &Cache,
     entry: &Entry,
 ) -> Result<u64, RemoteError> {
-    match assemble(store, remote, cache, entry).await {
+    // One download per object at a time, across threads and processes (two
+    // steps' outputs often share files; workers on one node share a cache).
+    let partial = cache.partial_path(&entry.hash);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(partial.with_extension("lock"))
+        .map_err(local)?;
+    lock.lock().map_err(local)?;
+    if cache.has_object(entry) {
+        return Ok(0);
+    }
+    let result = match assemble(store, remote, cache, entry).await {
         // Ranges kept from an earlier attempt may be what is wrong (a local
         // disk problem): try once more from nothing before blaming the bucket.
         Err(RemoteError::Corrupt(_)) if cache.partial_path(&entry.hash).exists() => {
@@ -48,7 +61,11 @@ pub async fn download(
             assemble(store, remote, cache, entry).await
         }
         other => other,
+    };
+    if result.is_ok() {
+        std::fs::remove_file(partial.with_extension("lock")).ok();
     }
+    result
 }
 
 fn discard_partial(cache: &Cache, entry: &Entry) {
