@@ -228,7 +228,12 @@ impl Conversion {
             writer.write_data(&out)?;
             return Ok(());
         }
-        let per_slab = (SLAB_ELEMS / row_len).max(1);
+        // Slabs of at most SLAB_ELEMS, and at least two per thread so that a
+        // tensor smaller than `threads` slabs still keeps every thread busy.
+        let threads = pool.current_num_threads();
+        let per_slab = (SLAB_ELEMS / row_len)
+            .min(rows.div_ceil(2 * threads))
+            .max(1);
         let starts: Vec<usize> = (0..rows).step_by(per_slab).collect();
         for group in starts.chunks(window) {
             let outs: Vec<Result<Vec<u8>>> = pool.install(|| {
