@@ -21,6 +21,7 @@ pub mod merge;
 pub mod project;
 pub mod recipe;
 pub mod report;
+mod simd;
 pub mod slurm;
 pub mod steps;
 pub mod sweep;

@@ -7,9 +7,11 @@
 //! then summed over rows in order, so the bytes written do not depend on the
 //! thread count or the chunk size.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -60,7 +62,18 @@ pub struct Chunks<'a> {
     union: Option<(&'a PlanUnion, Vec<&'a ModelTensors>)>,
     chunk_rows: usize,
     /// A tensor that fits in one chunk is decoded once for all passes.
-    cache: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
+    cache: RefCell<Option<Vec<Vec<f32>>>>,
+    /// Decode buffers kept from earlier tensors: reusing them spares the
+    /// page faults and zeroing of fresh allocations.
+    spare: &'a Mutex<Vec<Vec<f32>>>,
+}
+
+impl Drop for Chunks<'_> {
+    fn drop(&mut self) {
+        if let Some(bufs) = self.cache.get_mut().take() {
+            self.spare.lock().expect("spare buffers").extend(bufs);
+        }
+    }
 }
 
 impl Chunks<'_> {
@@ -115,7 +128,12 @@ impl Chunks<'_> {
         if let Some(bufs) = self.cache.borrow().as_ref() {
             return f(0..rows, bufs);
         }
-        let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.job.inputs.len()];
+        let mut bufs: Vec<Vec<f32>> = {
+            let mut spare = self.spare.lock().expect("spare buffers");
+            (0..self.job.inputs.len())
+                .map(|_| spare.pop().unwrap_or_default())
+                .collect()
+        };
         let mut start = 0;
         while start < rows {
             let end = (start + self.chunk_rows).min(rows);
@@ -166,6 +184,8 @@ impl Chunks<'_> {
         }
         if self.single_chunk() {
             *self.cache.borrow_mut() = Some(bufs);
+        } else {
+            self.spare.lock().expect("spare buffers").extend(bufs);
         }
         Ok(())
     }
@@ -191,15 +211,39 @@ fn check_finite(values: &[f32], model: &InputModel, tensor: &str, first: usize) 
 pub struct Output<'a> {
     job: &'a TensorJob,
     tx: &'a SyncSender<Vec<u8>>,
+    /// Byte buffers the writer has finished with, to be filled again.
+    written_back: &'a Mutex<Receiver<Vec<u8>>>,
+    /// The values buffer handed out by [`Output::buffer`], kept across chunks.
+    values: &'a Mutex<Vec<f32>>,
     written: usize,
 }
 
 impl Output<'_> {
+    /// A zeroed buffer of `len` values for the method to compute a chunk
+    /// into, reused from chunk to chunk; give it back with
+    /// [`Output::emit_buffer`].
+    pub fn buffer(&mut self, len: usize) -> Vec<f32> {
+        let mut v = std::mem::take(&mut *self.values.lock().expect("output buffer"));
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// [`Output::emit`] for a buffer from [`Output::buffer`], which is kept
+    /// for the next chunk.
+    pub fn emit_buffer(&mut self, values: Vec<f32>) -> Result<()> {
+        let sent = self.emit(&values);
+        *self.values.lock().expect("output buffer") = values;
+        sent
+    }
+
     /// Encodes the next rows of output to the job's dtype and queues them for
     /// writing.
     pub fn emit(&mut self, values: &[f32]) -> Result<()> {
         let dtype = self.job.dtype;
-        let mut bytes = vec![0u8; values.len() * dtype.size()];
+        let recycled = self.written_back.lock().expect("writer channel").try_recv();
+        let mut bytes = recycled.unwrap_or_default();
+        bytes.resize(values.len() * dtype.size(), 0);
         bytes
             .par_chunks_mut(BLOCK * dtype.size())
             .zip(values.par_chunks(BLOCK))
@@ -234,10 +278,15 @@ pub fn run(
         .collect();
     let mut writer = ShardedWriter::create(out_dir, planned, opts.max_shard_size)?;
     let (tx, rx) = sync_channel::<Vec<u8>>(2);
+    let (give_back, written_back) = channel::<Vec<u8>>();
+    let written_back = Mutex::new(written_back);
+    let spare = Mutex::new(Vec::new());
+    let values = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         let writer_thread = scope.spawn(move || -> Result<ShardedWriter> {
             for bytes in rx {
                 writer.write(&bytes)?;
+                give_back.send(bytes).ok();
             }
             Ok(writer)
         });
@@ -255,11 +304,14 @@ pub fn run(
                         (u, tensors.collect())
                     }),
                     chunk_rows: (elements / job.row_len().max(1)).max(1),
-                    cache: std::cell::RefCell::new(None),
+                    cache: RefCell::new(None),
+                    spare: &spare,
                 };
                 let mut output = Output {
                     job,
                     tx: &tx,
+                    written_back: &written_back,
+                    values: &values,
                     written: 0,
                 };
                 super::methods::run(plan.method, &chunks, &mut output)
@@ -293,6 +345,19 @@ pub fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) +
     out.par_chunks_mut(row_len.max(1))
         .enumerate()
         .for_each(|(r, row)| f(r, row));
+}
+
+/// [`par_rows`] with a scratch value made by `init` once per parallel task
+/// rather than per row: `f(row_in_chunk, out_row, scratch)`.
+pub fn par_rows_with<T: Send>(
+    out: &mut [f32],
+    row_len: usize,
+    init: impl Fn() -> T + Sync + Send,
+    f: impl Fn(usize, &mut [f32], &mut T) + Sync + Send,
+) {
+    out.par_chunks_mut(row_len.max(1))
+        .enumerate()
+        .for_each_init(init, |scratch, (r, row)| f(r, row, scratch));
 }
 
 /// Adds a per-row statistic of a chunk to running totals, row by row in order,

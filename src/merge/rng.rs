@@ -10,6 +10,8 @@
 //! (mergekit draws from one global torch generator, so any such change shifts
 //! every later mask).
 
+use crate::simd::with_widest_simd;
+
 /// The random stream of one model's mask over one output tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaskStream(u64);
@@ -37,7 +39,7 @@ impl MaskStream {
     }
 
     /// The 64 random bits of counter `counter`.
-    #[inline]
+    #[inline(always)]
     fn bits(self, counter: u64) -> u64 {
         let mut z = self
             .0
@@ -70,6 +72,20 @@ impl MaskStream {
         (lane as u32) < Self::threshold(p)
     }
 
+    /// 32 mask bytes from counters `counter..counter + 8`.
+    #[inline(always)]
+    fn fill_block(self, counter: u64, threshold: u32, block: &mut [u8]) {
+        let mut words = [0u64; 8];
+        for (k, w) in words.iter_mut().enumerate() {
+            *w = self.bits(counter + k as u64);
+        }
+        for (quad, word) in block.chunks_exact_mut(4).zip(words) {
+            for (lane, m) in quad.iter_mut().enumerate() {
+                *m = u8::from((((word >> (lane * 16)) & 0xFFFF) as u32) < threshold);
+            }
+        }
+    }
+
     /// Writes the keep mask (1 = keep) of elements `first..first + out.len()`
     /// at probability `p`: the same draws as [`keep`](Self::keep), one hash per
     /// four elements.
@@ -83,7 +99,16 @@ impl MaskStream {
             rest = &mut rest[1..];
             index += 1;
         }
-        let mut quads = rest.chunks_exact_mut(4);
+        // Eight hashes at a time, so the 64-bit multiplies vectorize.
+        let whole = rest.len() / 32 * 32;
+        let (blocks, tail) = rest.split_at_mut(whole);
+        with_widest_simd!({
+            for (b, block) in blocks.chunks_exact_mut(32).enumerate() {
+                self.fill_block((index >> 2) + 8 * b as u64, threshold, block);
+            }
+        });
+        index += whole as u64;
+        let mut quads = tail.chunks_exact_mut(4);
         for quad in &mut quads {
             let word = self.bits(index >> 2);
             for (lane, m) in quad.iter_mut().enumerate() {

@@ -11,6 +11,8 @@
 // Index loops mirror ggml-quants.c line by line, which keeps the port checkable.
 #![allow(clippy::needless_range_loop)]
 
+use crate::simd::with_widest_simd;
+
 /// Groups whose largest magnitude is below this are treated as all zero
 /// (`GROUP_MAX_EPS`).
 pub const GROUP_MAX_EPS: f32 = 1e-15;
@@ -26,32 +28,6 @@ pub fn nearest_int(x: f32) -> i32 {
 
 /// Trials of a scale search evaluated side by side (one AVX2 register of f32).
 const LANES: usize = 8;
-
-/// Evaluates `$body` (whose callees are `#[inline(always)]`) compiled for
-/// AVX2 when the CPU has it, else for the baseline. Only the vector width
-/// changes: without FMA and fast-math every lane rounds exactly as scalar
-/// code does, so the output bytes are the same on every CPU.
-macro_rules! with_widest_simd {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked just above.
-                unsafe { avx2(|| $body) }
-            } else {
-                $body
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
-}
 
 /// `nearest_int(v)` clamped to `lo..=hi`, computed in floats so that it
 /// vectorizes: adding and subtracting 1.5·2²³ rounds to an integer ties to

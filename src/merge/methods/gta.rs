@@ -10,10 +10,11 @@
 
 use anyhow::Result;
 
-use super::super::engine::{par_rows, sum_rows, Chunks, Output};
+use super::super::engine::{par_rows_with, sum_rows, Chunks, Output};
 use super::super::method::Method;
 use super::super::params::ParamValue;
 use super::sparsify::{Kind, Masks};
+use crate::simd::with_widest_simd;
 
 /// How kept deltas are rescaled.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,58 +174,63 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
             .zip(&scale)
             .map(|(w, s)| (f64::from(*w) * s) as f32)
             .collect();
-        let mut result = vec![0.0f32; rows.len() * row_len];
-        par_rows(&mut result, row_len, |r, row| {
-            let span = r * row_len..(r + 1) * row_len;
-            let b = &inputs[base][span.clone()];
-            // wd_i for this row, model by model.
-            let mut wd = vec![0.0f32; others.len() * row_len];
-            for (p, &i) in others.iter().enumerate() {
-                let x = &inputs[i][span.clone()];
-                let out = &mut wd[p * row_len..(p + 1) * row_len];
-                let f = factors[p];
-                match &ms[p] {
-                    Some(m) => {
-                        let m = &m[span.clone()];
-                        for (((o, x), b), m) in out.iter_mut().zip(x).zip(b).zip(m) {
-                            *o = f * ((x - b) * f32::from(*m));
+        let mut result = out.buffer(rows.len() * row_len);
+        let scratch = || vec![0.0f32; (others.len() + 3) * row_len];
+        par_rows_with(&mut result, row_len, scratch, |r, row, scratch| {
+            // Plain loops over the row, compiled for the widest vectors.
+            with_widest_simd!({
+                let span = r * row_len..(r + 1) * row_len;
+                let b = &inputs[base][span.clone()];
+                // wd_i for this row, model by model, then room for the election.
+                let (wd, election) = scratch.split_at_mut(others.len() * row_len);
+                for (p, &i) in others.iter().enumerate() {
+                    let x = &inputs[i][span.clone()];
+                    let out = &mut wd[p * row_len..(p + 1) * row_len];
+                    let f = factors[p];
+                    match &ms[p] {
+                        Some(m) => {
+                            let m = &m[span.clone()];
+                            for (((o, x), b), m) in out.iter_mut().zip(x).zip(b).zip(m) {
+                                *o = f * ((x - b) * f32::from(*m));
+                            }
                         }
-                    }
-                    None => {
-                        for ((o, x), b) in out.iter_mut().zip(x).zip(b) {
-                            *o = f * (x - b);
+                        None => {
+                            for ((o, x), b) in out.iter_mut().zip(x).zip(b) {
+                                *o = f * (x - b);
+                            }
                         }
                     }
                 }
-            }
-            if elect {
-                elect_row(row, b, &wd, &weights, normalize, lambda);
-            } else {
-                let div = if total_weight.abs() < 1e-8 {
-                    1.0
+                if elect {
+                    elect_row(row, b, wd, &weights, normalize, lambda, election);
                 } else {
-                    total_weight
-                };
-                row.copy_from_slice(b);
-                for p in 0..others.len() {
-                    let w = &wd[p * row_len..(p + 1) * row_len];
-                    for (o, v) in row.iter_mut().zip(w) {
-                        *o += if normalize {
-                            v / div * lambda
-                        } else {
-                            v * lambda
-                        };
+                    let div = if total_weight.abs() < 1e-8 {
+                        1.0
+                    } else {
+                        total_weight
+                    };
+                    row.copy_from_slice(b);
+                    for p in 0..others.len() {
+                        let w = &wd[p * row_len..(p + 1) * row_len];
+                        for (o, v) in row.iter_mut().zip(w) {
+                            *o += if normalize {
+                                v / div * lambda
+                            } else {
+                                v * lambda
+                            };
+                        }
                     }
                 }
-            }
+            })
         });
-        out.emit(&result)
+        out.emit_buffer(result)
     })
 }
 
 /// TIES sign election over one row: only deltas agreeing with the sign of
 /// their sum count; `normalize` divides by the weights of those that count.
 /// Loops run model by model over the row, branch-free, so they vectorize.
+#[inline(always)]
 fn elect_row(
     row: &mut [f32],
     b: &[f32],
@@ -232,19 +238,23 @@ fn elect_row(
     weights: &[f32],
     normalize: bool,
     lambda: f32,
+    scratch: &mut [f32],
 ) {
     let n = row.len();
-    let mut sum = vec![0.0f32; n];
+    let (sum, rest) = scratch.split_at_mut(n);
+    let (mixed, div) = rest.split_at_mut(n);
+    let div = &mut div[..n];
+    sum.fill(0.0);
+    mixed.fill(0.0);
+    div.fill(0.0);
     for p in 0..weights.len() {
         for (s, v) in sum.iter_mut().zip(&wd[p * n..(p + 1) * n]) {
             *s += v;
         }
     }
-    let mut mixed = vec![0.0f32; n];
-    let mut div = vec![0.0f32; n];
     for (p, &w) in weights.iter().enumerate() {
         let values = &wd[p * n..(p + 1) * n];
-        for (((m, d), s), &v) in mixed.iter_mut().zip(div.iter_mut()).zip(&sum).zip(values) {
+        for (((m, d), s), &v) in mixed.iter_mut().zip(div.iter_mut()).zip(&*sum).zip(values) {
             // Non-short-circuit `&`/`|` keep this branch-free.
             let positive = *s >= 0.0;
             let agree = ((v > 0.0) & positive) | ((v < 0.0) & !positive);
@@ -253,7 +263,7 @@ fn elect_row(
             *d += w * keep;
         }
     }
-    for (((o, b), m), d) in row.iter_mut().zip(b).zip(&mixed).zip(&div) {
+    for (((o, b), m), d) in row.iter_mut().zip(b).zip(&*mixed).zip(&*div) {
         let d = if *d == 0.0 { 1.0 } else { *d };
         let m = if normalize { m / d } else { *m };
         *o = b + m * lambda;
