@@ -11,7 +11,7 @@
 //! Models are generated once under `$YIBUILD_BENCH_DIR` (default
 //! `/tmp/yibuild-merge-bench`, about 4 GB). Wall time and peak RSS of each
 //! merge come from `/usr/bin/time` around a child process, so both tools are
-//! measured the same way. `YIBUILD_BENCH_THREADS` sets yibuild's threads.
+//! measured the same way, each after a `sync`. `YIBUILD_BENCH_THREADS` sets yibuild's threads.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -109,6 +109,10 @@ fn config(root: &Path) -> String {
 
 /// Runs `cmd` under `/usr/bin/time`, returning (wall seconds, peak RSS MiB).
 fn timed(cmd: Command) -> (f64, f64) {
+    // Start each tool from the same state: no dirty pages of the previous
+    // run's output still being written back.
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
     let mut full = Command::new("/usr/bin/time");
     full.arg("-f")
         .arg("TIME %e %M")

@@ -3,6 +3,8 @@
 use anyhow::{bail, Result};
 use half::{bf16, f16};
 
+use crate::simd::with_widest_simd;
+
 /// A floating-point element type a model tensor can be stored in.
 ///
 /// Merge, quantize and evaluation math runs in `f32`; these are the storage types
@@ -83,11 +85,11 @@ impl DType {
             // bf16 is the top half of an f32: a shift, which vectorizes when
             // the bytes are 2-aligned (safetensors data always is).
             DType::BF16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
-                Ok(halves) if cfg!(target_endian = "little") => {
+                Ok(halves) if cfg!(target_endian = "little") => with_widest_simd!({
                     for (o, h) in out.iter_mut().zip(halves) {
                         *o = f32::from_bits(u32::from(*h) << 16);
                     }
-                }
+                }),
                 _ => {
                     for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                         *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
