@@ -9,7 +9,7 @@ mod s3_server;
 
 use std::process::Output;
 
-use common::{tree_bytes, with_status, Project};
+use common::{events, tree_bytes, with_status, Project};
 use s3_server::{S3Server, SECRET_KEY};
 use yibuild::cache::remote::{RemoteCache, RemoteMode, RemoteSettings, PART_SIZE};
 use yibuild::cache::{Cache, Entry, Manifest};
@@ -69,13 +69,6 @@ fn run(p: &Project, server: &S3Server, prefix: &str, side: &str, extra: &[&str])
     let mut cmd = p.cmd(&args);
     cmd.envs(server.env());
     cmd.output().unwrap()
-}
-
-fn events(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
-        .collect()
 }
 
 fn stderr(out: &Output) -> String {

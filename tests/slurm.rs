@@ -15,11 +15,11 @@ mod s3_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{tree_bytes, with_status, Project};
+use common::{parse_output, tree_bytes, with_status, Project};
 use serde_json::Value;
 use yibuild::fixtures::{write_finetune, TinyLlama};
 
@@ -86,7 +86,7 @@ impl Cluster {
     fn build_json(&self, p: &Project, args: &[&str]) -> (i32, Vec<Value>, String) {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        parse_events(self.yibuild(p, &all).output().unwrap())
+        parse_output(self.yibuild(p, &all).output().unwrap())
     }
 
     /// Jobs in the queue whose name mentions `recipe`: "id name state".
@@ -113,18 +113,6 @@ impl Drop for Cluster {
             .status()
             .ok();
     }
-}
-
-fn parse_events(out: Output) -> (i32, Vec<Value>, String) {
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        events,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The `job` events of `step`.
@@ -634,7 +622,7 @@ fn a_job_that_stores_nothing_is_not_trusted() {
         .env("PATH", path)
         .output()
         .unwrap();
-    let (code, events, err) = parse_events(out);
+    let (code, events, err) = parse_output(out);
     assert_eq!(code, 1, "{err}");
     assert_eq!(with_status(&events, "failed"), ["patched"]);
     let failed: Vec<&Value> = jobs(&events, "patched")
@@ -670,7 +658,7 @@ fn a_node_local_cache_moves_outputs_through_the_remote_cache() {
         args.extend_from_slice(extra);
         let mut cmd = cluster.yibuild(&p, &args);
         cmd.envs(server.env());
-        parse_events(cmd.output().unwrap())
+        parse_output(cmd.output().unwrap())
     };
 
     let (code, _, err) = run(&[]);

@@ -62,17 +62,25 @@ impl Project {
     pub fn build_json(&self, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        let out = self.run(&all);
-        let events = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
-            .collect();
-        (
-            out.status.code().unwrap_or(-1),
-            events,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        parse_output(self.run(&all))
     }
+}
+
+/// A `--json` run's (exit code, events, stderr).
+pub fn parse_output(out: Output) -> (i32, Vec<serde_json::Value>, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        events(&out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The JSON Lines events a `--json` run printed.
+pub fn events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
+        .collect()
 }
 
 /// The status of each step event, as (step, status) sorted by step.
