@@ -179,6 +179,7 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
         chunks.pass(|rows, inputs| {
             let ms = chunk_masks(&mut masks, rows.clone(), inputs);
             add_l1(&mut totals, inputs, base, &others, &ms, rows.len(), row_len);
+            Masks::recycle(ms);
             Ok(())
         })?;
         l1_factors(&totals, &mut scale);
@@ -251,6 +252,7 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
                 }
             })
         });
+        Masks::recycle(ms);
         out.emit_buffer(result)
     })
 }

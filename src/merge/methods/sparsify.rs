@@ -42,6 +42,12 @@ enum Rule {
     },
 }
 
+thread_local! {
+    /// Mask buffers of finished chunks: fresh multi-megabyte allocations per
+    /// chunk would cost a page fault and a zeroed page per 4 KiB.
+    static SPARE_MASKS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Keep masks for every non-base model of a tensor.
 #[derive(Debug)]
 pub struct Masks {
@@ -134,6 +140,12 @@ impl Masks {
         })
     }
 
+    /// Takes back the masks of a chunk once they are used, so the next
+    /// chunk's (of this tensor or the next) reuse their memory.
+    pub fn recycle(masks: Vec<Option<Vec<u8>>>) {
+        SPARE_MASKS.with(|s| s.borrow_mut().extend(masks.into_iter().flatten()));
+    }
+
     /// Starts a new pass over the tensor.
     pub fn restart(&mut self) {
         self.ties.iter_mut().for_each(|t| *t = [0; 2]);
@@ -156,7 +168,11 @@ impl Masks {
         b: &[f32],
     ) -> Vec<u8> {
         let row_len = row_len.max(1);
-        let mut mask = vec![1u8; x.len()];
+        let mut mask = SPARE_MASKS
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_default();
+        mask.clear();
+        mask.resize(x.len(), 1);
         match &self.rules[pos] {
             Rule::All => {}
             Rule::Random { density, stream } => {
