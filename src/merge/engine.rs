@@ -222,12 +222,11 @@ pub struct Output<'a> {
 }
 
 impl Output<'_> {
-    /// A zeroed buffer of `len` values for the method to compute a chunk
-    /// into, reused from chunk to chunk; give it back with
-    /// [`Output::emit_buffer`].
+    /// A buffer of `len` values for the method to compute a chunk into,
+    /// reused from chunk to chunk (so it holds stale values: the method must
+    /// write every one); give it back with [`Output::emit_buffer`].
     pub fn buffer(&mut self, len: usize) -> Vec<f32> {
         let mut v = std::mem::take(&mut *self.values.lock().expect("output buffer"));
-        v.clear();
         v.resize(len, 0.0);
         v
     }

@@ -168,13 +168,13 @@ impl Masks {
         b: &[f32],
     ) -> Vec<u8> {
         let row_len = row_len.max(1);
+        // A reused buffer holds stale bytes: every rule below writes them all.
         let mut mask = SPARE_MASKS
             .with(|s| s.borrow_mut().pop())
             .unwrap_or_default();
-        mask.clear();
         mask.resize(x.len(), 1);
         match &self.rules[pos] {
-            Rule::All => {}
+            Rule::All => mask.fill(1),
             Rule::Random { density, stream } => {
                 let first = (rows.start * row_len) as u64;
                 mask.par_chunks_mut(1 << 14).enumerate().for_each(|(c, m)| {
