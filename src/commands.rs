@@ -104,7 +104,7 @@ pub fn plan(
                 State::Fresh { key } => {
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "cached", "key": key})
                 }
-                State::Remote { key, bytes } => {
+                State::Remote { key, bytes, .. } => {
                     serde_json::json!({"step": name, "kind": step.step.kind(), "action": "remote", "key": key, "bytes": bytes})
                 }
                 State::Stale { key, reasons, .. } => {
@@ -498,10 +498,7 @@ pub fn cache_transfer(recipe: &Recipe, opts: &BuildOptions, direction: Transfer)
                     human_bytes(pushed.bytes)
                 ));
             }
-            (Transfer::Pull, State::Remote { key, .. }) => {
-                let manifest = remote
-                    .lookup(&key)?
-                    .ok_or_else(|| anyhow::anyhow!("the remote entry of `{name}` disappeared"))?;
+            (Transfer::Pull, State::Remote { key, manifest, .. }) => {
                 let fetched = remote.pull(&cache, &key, &manifest)?;
                 moved += 1;
                 bytes += fetched;

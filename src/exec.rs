@@ -414,6 +414,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 reporter.started(&step.name);
                 let tx = tx.clone();
                 let cache = &cache;
+                let remote_cache = remote.usable();
                 scope.spawn(move || {
                     let started = Instant::now();
                     let result =
@@ -423,7 +424,14 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                                 run_step(cache, recipe, step, &key, &step_inputs, opts, &log)
                             }
                             Executor::Slurm(config) => crate::slurm::run_step(
-                                cache, recipe, step, &key, opts, config, reporter,
+                                cache,
+                                remote_cache,
+                                recipe,
+                                step,
+                                &key,
+                                opts,
+                                config,
+                                reporter,
                             ),
                         }))
                         .unwrap_or_else(|panic| {

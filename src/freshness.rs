@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use crate::cache::remote::RemoteCache;
-use crate::cache::{Cache, KeyInputs};
+use crate::cache::{Cache, KeyInputs, Manifest};
 use crate::exec::key_inputs;
 use crate::graph::BuildGraph;
 use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
@@ -28,6 +28,8 @@ pub enum State {
         key: String,
         /// Bytes to download (objects the local cache already has excluded).
         bytes: u64,
+        /// The remote's output manifest, to download without asking again.
+        manifest: Manifest,
     },
     /// Must be built; `reasons` says why (never built, or what changed).
     Stale {
@@ -138,7 +140,11 @@ pub fn analyze(
                                 .filter(|e| !cache.has_object(e))
                                 .map(|e| e.size)
                                 .sum();
-                            State::Remote { key, bytes }
+                            State::Remote {
+                                key,
+                                bytes,
+                                manifest,
+                            }
                         }
                     }
                     None => State::Stale {

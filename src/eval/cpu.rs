@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use super::kernels::matmul_block;
-use super::model::{layer_tensor, lm_head_name, LlamaConfig, WeightSource};
+use super::model::{embed_tokens, layer_tensor, lm_head_name, LlamaConfig, WeightSource};
 use super::{Backend, Batch, QueryBlock};
 
 /// Weight rows decoded and multiplied per parallel task.
@@ -159,22 +159,7 @@ impl<'w> CpuModel<'w> {
     fn forward_hidden(&self, batch: &Batch) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let rows = batch.rows();
-        let hidden = cfg.hidden;
-        let mut h = vec![0.0f32; rows * hidden];
-        for (i, t) in batch.tokens().enumerate() {
-            let t = t as usize;
-            if t >= cfg.vocab {
-                bail!(
-                    "token id {t} is outside the model's vocabulary of {}",
-                    cfg.vocab
-                );
-            }
-            self.weights.read_rows(
-                "model.embed_tokens.weight",
-                t..t + 1,
-                &mut h[i * hidden..(i + 1) * hidden],
-            )?;
-        }
+        let mut h = embed_tokens(self.weights, cfg, batch)?;
         let positions = batch.positions();
         let rope = RopeTable::new(cfg, batch.max_position() + 1);
         for l in 0..cfg.layers {

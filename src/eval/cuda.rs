@@ -21,7 +21,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::model::{layer_tensor, lm_head_name, LlamaConfig, WeightSource};
+use super::model::{embed_tokens, layer_tensor, lm_head_name, LlamaConfig, WeightSource};
 use super::{Backend, Batch};
 
 /// Checks that the CUDA driver, NVRTC and cuBLAS libraries load and that a
@@ -396,21 +396,7 @@ impl<'w> CudaModel<'w> {
     fn forward_hidden(&self, batch: &Batch) -> Result<CudaSlice<f32>> {
         let cfg = &self.cfg;
         let rows = batch.rows();
-        let mut host = vec![0.0f32; rows * cfg.hidden];
-        for (i, t) in batch.tokens().enumerate() {
-            let t = t as usize;
-            if t >= cfg.vocab {
-                bail!(
-                    "token id {t} is outside the model's vocabulary of {}",
-                    cfg.vocab
-                );
-            }
-            self.weights.read_rows(
-                "model.embed_tokens.weight",
-                t..t + 1,
-                &mut host[i * cfg.hidden..(i + 1) * cfg.hidden],
-            )?;
-        }
+        let host = embed_tokens(self.weights, cfg, batch)?;
         let mut h = driver(self.stream.clone_htod(&host))?;
         drop(host);
         let all_rows: Vec<u32> = (0..rows as u32).collect();

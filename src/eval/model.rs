@@ -338,6 +338,32 @@ fn parse_rope_scaling(node: Option<&Json>, max_positions: usize) -> Result<RopeS
     })
 }
 
+/// The embedding rows of a batch's tokens, one `hidden`-wide row per token,
+/// read through `weights` (both backends start a forward pass here).
+pub fn embed_tokens(
+    weights: &dyn WeightSource,
+    cfg: &LlamaConfig,
+    batch: &super::Batch,
+) -> Result<Vec<f32>> {
+    let hidden = cfg.hidden;
+    let mut h = vec![0.0f32; batch.rows() * hidden];
+    for (i, t) in batch.tokens().enumerate() {
+        let t = t as usize;
+        if t >= cfg.vocab {
+            bail!(
+                "token id {t} is outside the model's vocabulary of {}",
+                cfg.vocab
+            );
+        }
+        weights.read_rows(
+            "model.embed_tokens.weight",
+            t..t + 1,
+            &mut h[i * hidden..(i + 1) * hidden],
+        )?;
+    }
+    Ok(h)
+}
+
 /// Read access to a model's weights by Hugging Face tensor name
 /// (`model.layers.0.self_attn.q_proj.weight`), decoded to `f32` a block of
 /// rows at a time, so backends never need a whole model in `f32`.

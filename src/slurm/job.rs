@@ -28,8 +28,12 @@ const TAIL_LINES: usize = 15;
 
 /// Runs `step` (key `key`) as a Slurm job, resubmitting up to
 /// `config.retries` times, and returns its manifest once the cache holds it.
+/// With node-local caches the output comes back through `remote`, the
+/// build's remote cache.
+#[allow(clippy::too_many_arguments)]
 pub fn run_step(
     cache: &Cache,
+    remote: Option<&RemoteCache>,
     recipe: &Recipe,
     step: &StepDef,
     key: &str,
@@ -84,7 +88,7 @@ pub fn run_step(
             config
                 .node_cache
                 .as_ref()
-                .and_then(|_| fetch_from_remote(cache, key, opts, &step.name, reporter))
+                .and_then(|_| fetch_from_remote(cache, remote, key, &step.name, reporter))
         }) {
             reporter.job(
                 &step.name,
@@ -157,13 +161,13 @@ fn worker_command(
 /// failure is reported and leaves the step failed.
 fn fetch_from_remote(
     cache: &Cache,
+    remote: Option<&RemoteCache>,
     key: &str,
-    opts: &BuildOptions,
     step: &str,
     reporter: &dyn Reporter,
 ) -> Option<Manifest> {
     let fetched = (|| -> Result<Manifest> {
-        let remote = RemoteCache::connect(opts.remote.as_ref().context("no remote cache")?)?;
+        let remote = remote.context("the remote cache is not usable")?;
         let manifest = remote
             .lookup(key)?
             .context("the worker's output is not in the remote cache")?;
