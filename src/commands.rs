@@ -99,22 +99,19 @@ pub fn plan(
     let states = plan_states(recipe, &opts.cache_dir, &opts.targets, remote.as_ref())?;
     if json {
         for (name, state) in &states {
-            let step = recipe.step(name).expect("planned step");
-            let v = match state {
-                State::Fresh { key } => {
-                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "cached", "key": key})
-                }
-                State::Remote { key, bytes, .. } => {
-                    serde_json::json!({"step": name, "kind": step.step.kind(), "action": "remote", "key": key, "bytes": bytes})
-                }
-                State::Stale { key, reasons, .. } => {
-                    let mut v = serde_json::json!({"step": name, "kind": step.step.kind(), "action": "build", "key": key, "reasons": reasons});
-                    if let Some(job) = jobs.and_then(|j| j.get(name)) {
-                        v["resources"] = serde_json::json!(job);
-                    }
-                    v
-                }
+            let mut v = state_json(recipe, name, state);
+            let action = match state {
+                State::Fresh { .. } => "cached",
+                State::Remote { .. } => "remote",
+                State::Stale { .. } => "build",
             };
+            v["action"] = serde_json::json!(action);
+            if let (State::Remote { bytes, .. }, Some(obj)) = (state, v.as_object_mut()) {
+                obj.insert("bytes".into(), serde_json::json!(bytes));
+            }
+            if let Some(job) = jobs.and_then(|j| j.get(name)) {
+                v["resources"] = serde_json::json!(job);
+            }
             out.push_str(&format!("{v}\n"));
         }
         return Ok(out);
@@ -158,7 +155,7 @@ pub fn plan(
                 out.push_str(&format!(
                     "{:>12} {name} ({kind}): {}\n",
                     "build",
-                    reasons.join("; ")
+                    freshness::join_reasons(reasons)
                 ));
                 if let Some(job) = jobs.and_then(|j| j.get(name)) {
                     out.push_str(&format!("{:>12} slurm job: {}\n", "", job.describe()));
@@ -319,26 +316,39 @@ pub fn report(recipe: &Recipe, build_dir: &Path) -> Result<String> {
 }
 
 /// `yibuild status`: fresh / stale / missing for every step.
-pub fn status(recipe: &Recipe, cache_dir: &Path) -> Result<String> {
+pub fn status(recipe: &Recipe, cache_dir: &Path, json: bool) -> Result<String> {
     let all: Vec<String> = recipe.steps.iter().map(|s| s.name.clone()).collect();
     let states = plan_states(recipe, cache_dir, &all, None)?;
     let mut out = String::new();
-    for (name, state) in states {
-        let word = match state {
-            State::Fresh { .. } => "fresh",
-            State::Remote { .. } => "remote",
-            State::Stale {
-                built_before: true, ..
-            } => "stale",
-            State::Stale { .. } => "missing",
-        };
-        out.push_str(&format!("{word:>8} {name}\n"));
+    for (name, state) in &states {
+        if json {
+            out.push_str(&format!("{}\n", state_json(recipe, name, state)));
+        } else {
+            out.push_str(&format!("{:>8} {name}\n", state.word()));
+        }
     }
     Ok(out)
 }
 
+/// One step's state as a JSON object, the same for `plan`, `status` and
+/// `explain`: `event: "state"`, the step, its kind, its state word, its key
+/// and, when it must be built, the typed reasons.
+fn state_json(recipe: &Recipe, name: &str, state: &State) -> serde_json::Value {
+    let kind = recipe.step(name).map(|s| s.step.kind());
+    let mut v =
+        serde_json::json!({"event": "state", "step": name, "kind": kind, "state": state.word()});
+    match state {
+        State::Fresh { key } | State::Remote { key, .. } => v["key"] = serde_json::json!(key),
+        State::Stale { key, reasons, .. } => {
+            v["key"] = serde_json::json!(key);
+            v["reasons"] = serde_json::json!(reasons);
+        }
+    }
+    v
+}
+
 /// `yibuild explain STEP`: which input or parameter changed since it last built.
-pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str) -> Result<String> {
+pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str, json: bool) -> Result<String> {
     if recipe.step(step).is_none() {
         return Err(exec::InputError(format!(
             "recipe {} has no step `{step}`",
@@ -351,6 +361,9 @@ pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str) -> Result<String> 
         .into_iter()
         .find(|(n, _)| n == step)
         .expect("target is planned");
+    if json {
+        return Ok(format!("{}\n", state_json(recipe, step, &state)));
+    }
     Ok(match state {
         State::Fresh { key } => format!("`{step}` is fresh (key {})\n", &key[..16]),
         State::Remote { key, .. } => {

@@ -23,12 +23,13 @@ use anyhow::{Context, Result};
 
 use crate::cache::remote::{RemoteCache, RemoteError, RemoteSettings};
 use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
+use crate::freshness::stale_reasons;
 use crate::graph::BuildGraph;
 use crate::hub::download::human_bytes;
 use crate::hub::{HubConfig, HubFetch, HubOptions};
 use crate::recipe::{suggest, Recipe, StepDef};
 use crate::report::{Reporter, StepStatus, Summary};
-use crate::steps::{Artifact, Device, StepContext};
+use crate::steps::{Artifact, Device, Reads, StepContext};
 
 /// How to run a build.
 #[derive(Debug, Clone)]
@@ -173,21 +174,12 @@ pub fn prepare_sources(
             .memo()
             .manifest(&path)
             .with_context(|| format!("cannot hash source `{name}`"))?;
-        artifacts.insert(
-            name,
-            Artifact {
-                path,
-                digest: manifest.digest(),
-            },
-        );
+        artifacts.insert(name, Artifact::from_manifest(path, &manifest));
     }
     for (name, pinned) in &fetch.sources {
         artifacts.insert(
             name.clone(),
-            Artifact {
-                path: pinned.snapshot(),
-                digest: pinned.entry.digest(),
-            },
+            Artifact::from_lock(pinned.snapshot(), &pinned.entry),
         );
     }
     cache.memo().save()?;
@@ -234,13 +226,7 @@ fn hub_sources_not_needed(
         if let Ok(crate::hub::HubSourceState::Pinned(p)) =
             crate::hub::pin_offline(recipe, name, hub)
         {
-            out.insert(
-                name.clone(),
-                Artifact {
-                    path: p.snapshot(),
-                    digest: p.entry.digest(),
-                },
-            );
+            out.insert(name.clone(), Artifact::from_lock(p.snapshot(), &p.entry));
         }
     }
     (out, fresh)
@@ -249,8 +235,9 @@ fn hub_sources_not_needed(
 /// The key components of `step` given its inputs' artifacts.
 pub fn key_inputs(step: &StepDef, artifacts: &BTreeMap<String, Artifact>) -> Option<KeyInputs> {
     let mut inputs = BTreeMap::new();
-    for i in step.step.inputs() {
-        inputs.insert(i.name.clone(), artifacts.get(&i.name)?.digest.clone());
+    for (name, part) in reads_by_input(step) {
+        let digest = artifacts.get(&name)?.digest_of(part);
+        inputs.insert(name, digest);
     }
     Some(KeyInputs {
         format: CACHE_FORMAT,
@@ -259,6 +246,30 @@ pub fn key_inputs(step: &StepDef, artifacts: &BTreeMap<String, Artifact>) -> Opt
         params: step.step.params(),
         inputs,
     })
+}
+
+/// The files of each input that `step` reads, with their content ids: kept in
+/// the step's build record so that a later rebuild can name the files that
+/// changed.
+pub fn files_read(
+    step: &StepDef,
+    artifacts: &BTreeMap<String, Artifact>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    reads_by_input(step)
+        .into_iter()
+        .filter_map(|(name, part)| Some((name.clone(), artifacts.get(&name)?.files_read(part))))
+        .collect()
+}
+
+/// What the step reads of each input it names (an input named twice, e.g. as
+/// model and as tokenizer, is read in full).
+fn reads_by_input(step: &StepDef) -> BTreeMap<String, Reads> {
+    let mut reads: BTreeMap<String, Reads> = BTreeMap::new();
+    for i in step.step.inputs() {
+        let both = reads.get(&i.name).map_or(i.reads, |r| r.union(i.reads));
+        reads.insert(i.name, both);
+    }
+    reads
 }
 
 /// Where a step's output is materialized.
@@ -330,14 +341,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 if let Some(manifest) = cache.lookup(&key) {
                     pending.remove(i);
                     let dest = recipe_build_dir.join(&step.name);
-                    publish(&cache, recipe, step, &dest, &key, key_inputs, &manifest)?;
-                    artifacts.insert(
-                        step.name.clone(),
-                        Artifact {
-                            path: dest,
-                            digest: manifest.digest(),
-                        },
-                    );
+                    let files = files_read(step, &artifacts);
+                    publish(
+                        &cache, recipe, step, &dest, &key, key_inputs, files, &manifest,
+                    )?;
+                    artifacts.insert(step.name.clone(), Artifact::from_manifest(dest, &manifest));
                     reporter.finished(&step.name, StepStatus::Cached, &key, 0.0, None);
                     summary.cached.push(step.name.clone());
                     continue;
@@ -405,11 +413,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 }
                 pending.remove(i);
                 running.insert(step.name.clone(), mem);
-                let reasons = match cache.record(&recipe.name, &step.name) {
-                    Some(r) if r.key != key => crate::freshness::changes(&r.inputs, &key_inputs),
-                    Some(_) => vec!["its cached output is gone".to_owned()],
-                    None => vec!["never built".to_owned()],
-                };
+                let reasons = stale_reasons(
+                    cache.record(&recipe.name, &step.name).as_ref(),
+                    &key,
+                    &key_inputs,
+                    &files_read(step, &artifacts),
+                );
                 reporter.dirty(&step.name, &reasons);
                 reporter.started(&step.name);
                 let tx = tx.clone();
@@ -505,15 +514,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 &dest,
                 &done.key,
                 done.key_inputs,
+                files_read(step, &artifacts),
                 &manifest,
             )?;
-            artifacts.insert(
-                step.name.clone(),
-                Artifact {
-                    path: dest,
-                    digest: manifest.digest(),
-                },
-            );
+            artifacts.insert(step.name.clone(), Artifact::from_manifest(dest, &manifest));
             reporter.finished(&step.name, status, &done.key, done.seconds, None);
             match status {
                 StepStatus::Restored => {
@@ -705,6 +709,7 @@ pub(crate) fn run_step(
 }
 
 /// Materializes a finished step and records what it was built from.
+#[allow(clippy::too_many_arguments)]
 fn publish(
     cache: &Cache,
     recipe: &Recipe,
@@ -712,6 +717,7 @@ fn publish(
     dest: &Path,
     key: &str,
     inputs: KeyInputs,
+    files: BTreeMap<String, BTreeMap<String, String>>,
     manifest: &Manifest,
 ) -> Result<()> {
     cache.materialize(manifest, dest)?;
@@ -721,6 +727,7 @@ fn publish(
         &BuildRecord {
             key: key.to_owned(),
             inputs,
+            files,
             output: manifest.digest(),
         },
     )

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use crate::cache::remote::RemoteCache;
+use crate::cache::BuildRecord;
 use crate::cache::{Cache, KeyInputs, Manifest};
-use crate::exec::key_inputs;
+use crate::exec::{files_read, key_inputs};
 use crate::graph::BuildGraph;
 use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
 use crate::recipe::Recipe;
@@ -35,14 +36,27 @@ pub enum State {
     Stale {
         /// The current key, when all inputs are known.
         key: Option<String>,
-        /// One clause per reason.
-        reasons: Vec<String>,
+        /// Every reason, in a stable order.
+        reasons: Vec<StaleReason>,
         /// Whether it was ever built by this recipe.
         built_before: bool,
     },
 }
 
 impl State {
+    /// One word for `status`: fresh, remote, stale (built before, now out of
+    /// date) or missing (never built by this recipe).
+    pub fn word(&self) -> &'static str {
+        match self {
+            State::Fresh { .. } => "fresh",
+            State::Remote { .. } => "remote",
+            State::Stale {
+                built_before: true, ..
+            } => "stale",
+            State::Stale { .. } => "missing",
+        }
+    }
+
     /// Whether the output exists, locally or remotely: nothing will run.
     pub fn is_available(&self) -> bool {
         !matches!(self, State::Stale { .. })
@@ -70,7 +84,7 @@ pub fn analyze(
                         artifacts.insert(name.clone(), a);
                     }
                     Err(why) => {
-                        missing.insert(name.clone(), format!("source `{name}` {why}"));
+                        missing.insert(name.clone(), why);
                     }
                 }
                 continue;
@@ -78,26 +92,14 @@ pub fn analyze(
             match src.locate() {
                 Ok(path) => match cache.memo().manifest(&path) {
                     Ok(m) => {
-                        artifacts.insert(
-                            name.clone(),
-                            Artifact {
-                                path,
-                                digest: m.digest(),
-                            },
-                        );
+                        artifacts.insert(name.clone(), Artifact::from_manifest(path, &m));
                     }
                     Err(e) => {
-                        missing.insert(
-                            name.clone(),
-                            format!("source `{name}` cannot be read: {e:#}"),
-                        );
+                        missing.insert(name.clone(), format!("cannot be read: {e:#}"));
                     }
                 },
                 Err(e) => {
-                    missing.insert(
-                        name.clone(),
-                        format!("source `{name}` is not available: {e}"),
-                    );
+                    missing.insert(name.clone(), format!("is not available: {e}"));
                 }
             }
         }
@@ -126,10 +128,7 @@ pub fn analyze(
                     Some(manifest) => {
                         artifacts.insert(
                             name.clone(),
-                            Artifact {
-                                path: Default::default(),
-                                digest: manifest.digest(),
-                            },
+                            Artifact::from_manifest(Default::default(), &manifest),
                         );
                         if local.is_some() {
                             State::Fresh { key }
@@ -148,13 +147,12 @@ pub fn analyze(
                         }
                     }
                     None => State::Stale {
-                        reasons: match &record {
-                            Some(r) if r.key == key => {
-                                vec!["its cached output is gone (gc or a new cache dir)".to_owned()]
-                            }
-                            Some(r) => changes(&r.inputs, &inputs),
-                            None => vec!["never built".to_owned()],
-                        },
+                        reasons: stale_reasons(
+                            record.as_ref(),
+                            &key,
+                            &inputs,
+                            &files_read(step, &artifacts),
+                        ),
                         key: Some(key),
                         built_before: record.is_some(),
                     },
@@ -165,9 +163,9 @@ pub fn analyze(
                     .inputs(name)
                     .into_iter()
                     .filter(|i| !artifacts.contains_key(i))
-                    .map(|i| match missing.get(&i) {
-                        Some(why) => why.clone(),
-                        None => format!("input `{i}` will be rebuilt"),
+                    .map(|i| match missing.get(&i).cloned() {
+                        Some(why) => StaleReason::InputUnavailable { input: i, why },
+                        None => StaleReason::InputPending { input: i },
                     })
                     .collect();
                 State::Stale {
@@ -188,10 +186,7 @@ pub fn analyze(
 pub(crate) fn hub_artifact(recipe: &Recipe, name: &str) -> Result<Artifact, String> {
     let config = HubConfig::from_env(HubOptions::default());
     match pin_offline(recipe, name, &config) {
-        Ok(HubSourceState::Pinned(p)) => Ok(Artifact {
-            path: p.snapshot(),
-            digest: p.entry.digest(),
-        }),
+        Ok(HubSourceState::Pinned(p)) => Ok(Artifact::from_lock(p.snapshot(), &p.entry)),
         Ok(HubSourceState::Unresolved) => Err(
             "is not pinned yet (not in yibuild.lock nor the Hub cache); `yibuild fetch` pins it"
                 .to_owned(),
@@ -200,46 +195,267 @@ pub(crate) fn hub_artifact(recipe: &Recipe, name: &str) -> Result<Artifact, Stri
     }
 }
 
+/// Why a step must run: one variant per kind of cause, each carrying what
+/// changed. Shown by `-v`, `plan`, `status` and `explain` through its
+/// `Display`, and serialized with a stable `reason` tag in `--json` output.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum StaleReason {
+    /// This recipe never built the step.
+    NeverBuilt,
+    /// The step was built with the current key but its output is no longer in
+    /// the cache (gc, another cache directory, or a damaged entry removed).
+    OutputGone,
+    /// The cache format changed.
+    CacheFormatChanged {
+        /// The format of the last build.
+        old: u32,
+        /// The current format.
+        new: u32,
+    },
+    /// The step's kind changed.
+    KindChanged {
+        /// The kind of the last build.
+        old: String,
+        /// The current kind.
+        new: String,
+    },
+    /// The kind's implementation version changed (a new yibuild).
+    ImplementationChanged {
+        /// The step kind.
+        kind: String,
+        /// The version of the last build.
+        old: u32,
+        /// The current version.
+        new: u32,
+    },
+    /// A parameter was changed, added (`old` absent) or removed (`new` absent).
+    ParameterChanged {
+        /// The parameter's dotted path in the step's normalized parameters.
+        parameter: String,
+        /// Its value in the last build.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old: Option<Json>,
+        /// Its value now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new: Option<Json>,
+    },
+    /// The part of an input the step reads has other content.
+    InputChanged {
+        /// The input's name.
+        input: String,
+        /// Its digest in the last build.
+        old: String,
+        /// Its digest now.
+        new: String,
+        /// The files (relative paths) that differ, when the last build
+        /// recorded them.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
+    },
+    /// The step reads an input it did not read before.
+    InputAdded {
+        /// The input's name.
+        input: String,
+    },
+    /// The step no longer reads an input.
+    InputRemoved {
+        /// The input's name.
+        input: String,
+    },
+    /// An input cannot be read now (a missing source, an unpinned Hub repo).
+    InputUnavailable {
+        /// The input's name.
+        input: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An input is itself going to be rebuilt, so this step's key is not
+    /// known yet.
+    InputPending {
+        /// The input's name.
+        input: String,
+    },
+}
+
+impl std::fmt::Display for StaleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StaleReason::NeverBuilt => write!(f, "never built"),
+            StaleReason::OutputGone => {
+                write!(f, "its cached output is gone (gc or a new cache dir)")
+            }
+            StaleReason::CacheFormatChanged { old, new } => {
+                write!(f, "the cache format changed ({old} → {new})")
+            }
+            StaleReason::KindChanged { old, new } => {
+                write!(f, "the step kind changed (`{old}` → `{new}`)")
+            }
+            StaleReason::ImplementationChanged { kind, old, new } => write!(
+                f,
+                "the `{kind}` implementation changed (version {old} → {new})"
+            ),
+            StaleReason::ParameterChanged {
+                parameter,
+                old,
+                new,
+            } => match (old, new) {
+                (Some(old), Some(new)) => write!(
+                    f,
+                    "parameter `{parameter}` changed: {} → {}",
+                    brief(old),
+                    brief(new)
+                ),
+                (None, Some(new)) => {
+                    write!(f, "parameter `{parameter}` was added ({})", brief(new))
+                }
+                (Some(old), None) => {
+                    write!(
+                        f,
+                        "parameter `{parameter}` was removed (was {})",
+                        brief(old)
+                    )
+                }
+                (None, None) => write!(f, "parameter `{parameter}` changed"),
+            },
+            StaleReason::InputChanged {
+                input,
+                old,
+                new,
+                files,
+            } => {
+                write!(f, "input `{input}` changed")?;
+                match files.as_slice() {
+                    [] => {}
+                    [one] => write!(f, " (file `{one}`)")?,
+                    [first, rest @ ..] => write!(f, " (`{first}` and {} more files)", rest.len())?,
+                }
+                write!(f, " (content {} → {})", short(old), short(new))
+            }
+            StaleReason::InputAdded { input } => write!(f, "input `{input}` was added"),
+            StaleReason::InputRemoved { input } => write!(f, "input `{input}` was removed"),
+            StaleReason::InputUnavailable { input, why } => write!(f, "source `{input}` {why}"),
+            StaleReason::InputPending { input } => write!(f, "input `{input}` will be rebuilt"),
+        }
+    }
+}
+
+/// The reasons as one line, `; `-separated, for human output.
+pub fn join_reasons(reasons: &[StaleReason]) -> String {
+    reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A value as JSON, cut to its first 60 characters when longer (a whole chat
+/// template is no use in a one-line reason; `--json` carries it whole).
+fn brief(value: &Json) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+/// Why a step whose current key is `key` must run, given what it was last
+/// built from (`record`): the one place stale reasons are decided, for builds
+/// and for `plan`, `status` and `explain`. `files` are the files of each input
+/// the step reads now, to name the ones that changed.
+pub fn stale_reasons(
+    record: Option<&BuildRecord>,
+    key: &str,
+    inputs: &KeyInputs,
+    files: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Vec<StaleReason> {
+    match record {
+        None => vec![StaleReason::NeverBuilt],
+        Some(r) if r.key == key => vec![StaleReason::OutputGone],
+        Some(r) => changes(&r.inputs, inputs, &r.files, files),
+    }
+}
+
 /// What changed between the key components of the last build and now, one
-/// clause each, naming the exact parameter or input with old and new values.
-pub fn changes(old: &KeyInputs, new: &KeyInputs) -> Vec<String> {
+/// reason each, naming the exact parameter or input with old and new values.
+fn changes(
+    old: &KeyInputs,
+    new: &KeyInputs,
+    old_files: &BTreeMap<String, BTreeMap<String, String>>,
+    new_files: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Vec<StaleReason> {
     let mut out = Vec::new();
     if old.format != new.format {
-        out.push(format!(
-            "the cache format changed ({} → {})",
-            old.format, new.format
-        ));
+        out.push(StaleReason::CacheFormatChanged {
+            old: old.format,
+            new: new.format,
+        });
     }
     if old.kind != new.kind {
-        out.push(format!(
-            "the step kind changed (`{}` → `{}`)",
-            old.kind, new.kind
-        ));
+        out.push(StaleReason::KindChanged {
+            old: old.kind.clone(),
+            new: new.kind.clone(),
+        });
     } else if old.version != new.version {
-        out.push(format!(
-            "the `{}` implementation changed (version {} → {})",
-            new.kind, old.version, new.version
-        ));
+        out.push(StaleReason::ImplementationChanged {
+            kind: new.kind.clone(),
+            old: old.version,
+            new: new.version,
+        });
     }
     diff_json("", &old.params, &new.params, &mut out);
     for (name, digest) in &new.inputs {
         match old.inputs.get(name) {
-            None => out.push(format!("input `{name}` was added")),
-            Some(d) if d != digest => out.push(format!(
-                "input `{name}` changed (content {} → {})",
-                &d[..12],
-                &digest[..12]
-            )),
+            None => out.push(StaleReason::InputAdded {
+                input: name.clone(),
+            }),
+            Some(d) if d != digest => out.push(StaleReason::InputChanged {
+                input: name.clone(),
+                old: d.clone(),
+                new: digest.clone(),
+                files: changed_files(old_files.get(name), new_files.get(name)),
+            }),
             _ => {}
         }
     }
     for name in old.inputs.keys().filter(|n| !new.inputs.contains_key(*n)) {
-        out.push(format!("input `{name}` was removed"));
+        out.push(StaleReason::InputRemoved {
+            input: name.clone(),
+        });
     }
     out
 }
 
-fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
+/// The paths whose content differs between two file lists of an input; empty
+/// when the old list was not recorded.
+fn changed_files(
+    old: Option<&BTreeMap<String, String>>,
+    new: Option<&BTreeMap<String, String>>,
+) -> Vec<String> {
+    let (Some(old), Some(new)) = (old, new) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|p| old.get(*p) != new.get(*p))
+        .map(|p| {
+            if p.is_empty() {
+                "(the file)".to_owned()
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    paths.dedup();
+    paths
+}
+
+fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<StaleReason>) {
     let join = |k: &str| {
         if path.is_empty() {
             k.to_owned()
@@ -255,11 +471,11 @@ fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
             for k in keys {
                 match (a.get(k), b.get(k)) {
                     (Some(x), Some(y)) => diff_json(&join(k), x, y, out),
-                    (Some(x), None) => {
-                        out.push(format!("parameter `{}` was removed (was {x})", join(k)))
-                    }
-                    (None, Some(y)) => out.push(format!("parameter `{}` was added ({y})", join(k))),
-                    (None, None) => {}
+                    (x, y) => out.push(StaleReason::ParameterChanged {
+                        parameter: join(k),
+                        old: x.cloned(),
+                        new: y.cloned(),
+                    }),
                 }
             }
         }
@@ -268,7 +484,11 @@ fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
                 diff_json(&join(&i.to_string()), x, y, out);
             }
         }
-        _ if old != new => out.push(format!("parameter `{path}` changed: {old} → {new}")),
+        _ if old != new => out.push(StaleReason::ParameterChanged {
+            parameter: path.to_owned(),
+            old: Some(old.clone()),
+            new: Some(new.clone()),
+        }),
         _ => {}
     }
 }
@@ -287,7 +507,11 @@ mod tests {
             params: json!({"files": {"config.json": {"set": {"max_position_embeddings": v}}}}),
             inputs: BTreeMap::from([("merged".to_owned(), "ab".repeat(32))]),
         };
-        let c = changes(&mk(32768), &mk(16384));
+        let none = BTreeMap::new();
+        let c: Vec<String> = changes(&mk(32768), &mk(16384), &none, &none)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             c,
             vec![

@@ -282,10 +282,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = c.build_options(steps)?;
             print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)
         }
-        Some(Command::Status { recipe }) => print(commands::status(&load(&recipe)?, &c.cache_dir)?),
-        Some(Command::Explain { recipe, step }) => {
-            print(commands::explain(&load(&recipe)?, &c.cache_dir, &step)?)
+        Some(Command::Status { recipe }) => {
+            print(commands::status(&load(&recipe)?, &c.cache_dir, c.json)?)
         }
+        Some(Command::Explain { recipe, step }) => print(commands::explain(
+            &load(&recipe)?,
+            &c.cache_dir,
+            &step,
+            c.json,
+        )?),
         Some(Command::Report { recipe }) => print(commands::report(&load(&recipe)?, &c.build_dir)?),
         Some(Command::Graph { recipe, format }) => {
             print(commands::graph(&load(&recipe)?, &format)?)

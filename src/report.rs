@@ -9,6 +9,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::freshness::{join_reasons, StaleReason};
+
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepStatus {
@@ -101,7 +103,7 @@ pub trait Reporter: Sync {
     /// The build is about to run `total` steps.
     fn planned(&self, total: usize);
     /// A step must run, for `reasons` (never built, or what changed).
-    fn dirty(&self, step: &str, reasons: &[String]);
+    fn dirty(&self, step: &str, reasons: &[StaleReason]);
     /// A step started running.
     fn started(&self, step: &str);
     /// A step produced a line of progress or a note.
@@ -151,7 +153,7 @@ impl Reporter for JsonReporter {
     fn planned(&self, total: usize) {
         self.emit(json!({"event": "plan", "steps": total}));
     }
-    fn dirty(&self, step: &str, reasons: &[String]) {
+    fn dirty(&self, step: &str, reasons: &[StaleReason]) {
         self.emit(json!({"event": "dirty", "step": step, "reasons": reasons}));
     }
     fn started(&self, step: &str) {
@@ -282,9 +284,9 @@ impl Reporter for HumanReporter {
             bar.enable_steady_tick(Duration::from_millis(200));
         }
     }
-    fn dirty(&self, step: &str, reasons: &[String]) {
+    fn dirty(&self, step: &str, reasons: &[StaleReason]) {
         if self.verbose {
-            self.status("Dirty", &format!("{step}: {}", reasons.join("; ")), "36");
+            self.status("Dirty", &format!("{step}: {}", join_reasons(reasons)), "36");
         }
     }
     fn started(&self, step: &str) {

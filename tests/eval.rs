@@ -43,6 +43,7 @@ fn run_eval(
                 Artifact {
                     path: p.to_path_buf(),
                     digest: format!("digest-of-{n}"),
+                    ..Default::default()
                 },
             )
         })

@@ -54,6 +54,7 @@ fn run_step(
                 Artifact {
                     path: p.to_path_buf(),
                     digest: "0".repeat(64),
+                    ..Default::default()
                 },
             )
         })

@@ -1,5 +1,33 @@
 //! Step keys: blake3 over a canonical encoding of everything that determines a
 //! step's output.
+//!
+//! # What a step key covers
+//!
+//! A step is rebuilt exactly when its key changes, so the key must cover
+//! everything its output depends on and nothing else. [`KeyInputs`] is that
+//! list; the build record keeps it so that `explain` can name what changed.
+//!
+//! | component | what it is | why |
+//! |---|---|---|
+//! | `format` | [`CACHE_FORMAT`] | a new layout or key encoding invalidates every entry |
+//! | `kind` | the step kind (`merge`, `eval`, ...) | two kinds never share outputs |
+//! | `version` | the kind's implementation version | a yibuild that changes a kind's bytes bumps it |
+//! | `params` | the step's parsed, typed parameters | not the YAML text: formatting, key order and comments never matter |
+//! | `inputs` | per input, the digest of the part the step reads | an eval borrowing a model's tokenizer is keyed on `tokenizer.json`, not the weights (`Reads` in `steps`) |
+//!
+//! Left out on purpose:
+//!
+//! | left out | why |
+//! |---|---|
+//! | absolute paths, the recipe's location | moving a project keeps its cache |
+//! | mtimes, inodes, owners, modes (except the exec bit) | touching or copying a file changes no content |
+//! | thread counts, `--jobs`, `--mem-budget`, Slurm resources | outputs are bit-identical whatever the parallelism or memory window |
+//! | the recipe and step names of inputs' producers | only their content digests matter (early cutoff) |
+//! | timings | `results.json`'s `timing` object is left out of releases |
+//!
+//! An input's digest is the blake3 of its sorted manifest (path, size, blake3,
+//! exec bit), or of its Hub lock entry (repository, commit, per-file sha256 or
+//! blob id); for a part of an input, the blake3 of the selected files' ids.
 
 use std::collections::BTreeMap;
 

@@ -18,6 +18,7 @@
 //! names is durable. A build killed at any point leaves no action that names a
 //! missing or partial object.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -59,6 +60,10 @@ pub struct BuildRecord {
     pub key: String,
     /// The key's components.
     pub inputs: KeyInputs,
+    /// The files of each input the step read, with their content ids (empty
+    /// in records written before yibuild kept them).
+    #[serde(default)]
+    pub files: BTreeMap<String, BTreeMap<String, String>>,
     /// Digest of the output.
     pub output: String,
 }

@@ -31,6 +31,11 @@ pub struct LockedFile {
 }
 
 impl LockedFile {
+    /// The file's content id for step keys: its size and its blob name.
+    pub fn content_id(&self) -> String {
+        format!("{}:{}", self.size, self.etag())
+    }
+
     /// The name of the file's blob in the Hub cache: the sha256 for LFS files,
     /// the git blob id otherwise (what the Hub sends as the ETag).
     pub fn etag(&self) -> &str {

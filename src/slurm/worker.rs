@@ -149,10 +149,7 @@ fn resolve_inputs(
                     .memo()
                     .manifest(&path)
                     .with_context(|| format!("cannot hash source `{name}`"))?;
-                Artifact {
-                    path,
-                    digest: manifest.digest(),
-                }
+                Artifact::from_manifest(path, &manifest)
             }
         } else {
             let up = recipe
@@ -176,10 +173,7 @@ fn resolve_inputs(
             if direct.contains(name) {
                 cache.materialize(&manifest, &path)?;
             }
-            Artifact {
-                path,
-                digest: manifest.digest(),
-            }
+            Artifact::from_manifest(path, &manifest)
         };
         artifacts.insert(name.clone(), artifact);
     }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::files::write_json;
-use super::{input_ref, Device, InputRef, ParseContext, Step, StepContext};
+use super::{input_ref, Device, InputRef, ParseContext, Reads, Step, StepContext};
 use crate::eval::gguf_weights::GgufWeights;
 use crate::eval::model::{check_weights, LlamaConfig, WeightSource};
 use crate::eval::passkey::{passkey, PasskeySpec};
@@ -107,7 +107,7 @@ impl Eval {
             model: input_ref(cx.diag, f.req("model")?, "model")?,
             tokenizer: f
                 .opt("tokenizer")
-                .map(|n| input_ref(cx.diag, n, "tokenizer"))
+                .map(|n| Ok(input_ref(cx.diag, n, "tokenizer")?.reading(Reads::TOKENIZER)))
                 .transpose()?,
             device,
             allow_long_context: f.opt_bool("allow_long_context")?.unwrap_or(false),
@@ -290,7 +290,12 @@ impl Step for Eval {
     }
 
     fn inputs(&self) -> Vec<InputRef> {
-        let mut v = vec![self.model.clone()];
+        // The model's own tokenizer is read only when no other is named.
+        let model_reads = match self.tokenizer {
+            Some(_) => Reads::MODEL,
+            None => Reads::MODEL.union(Reads::TOKENIZER),
+        };
+        let mut v = vec![self.model.clone().reading(model_reads)];
         v.extend(self.tokenizer.clone());
         v.extend(self.perplexity.as_ref().map(|p| p.text.clone()));
         v

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 
-use super::{InputRef, ParseContext, Step, StepContext};
+use super::{InputRef, ParseContext, Reads, Step, StepContext};
 use crate::merge::{MergeConfig, MergeOptions, DEFAULT_MEM_BUDGET, DEFAULT_SEED};
 use crate::recipe::diag::RecipeError;
 use crate::recipe::yaml::Node;
@@ -54,6 +54,7 @@ impl Step for Merge {
             .map(|m| InputRef {
                 name: m.name.clone(),
                 span: m.span,
+                reads: Reads::EVERYTHING,
             })
             .collect()
     }
@@ -133,7 +134,7 @@ mod tests {
             .map(|n| {
                 let a = Artifact {
                     path: dir.path().join(n),
-                    digest: String::new(),
+                    ..Default::default()
                 };
                 (n.to_string(), a)
             })

@@ -7,6 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cache::Manifest;
+use crate::hub::LockEntry;
 
 use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span};
@@ -69,6 +73,66 @@ pub struct InputRef {
     pub name: String,
     /// Where the reference is written, for "unknown source or step" errors.
     pub span: Span,
+    /// Which files of the input the step reads: its key hashes only those.
+    pub reads: Reads,
+}
+
+impl InputRef {
+    /// The same reference, reading only the files `reads` selects.
+    pub fn reading(mut self, reads: Reads) -> InputRef {
+        self.reads = reads;
+        self
+    }
+}
+
+/// The part of an input a step reads: a set of file groups. A step's key
+/// covers only that part, so an eval that borrows a model's tokenizer is not
+/// rebuilt when that model's weights change, and an eval of the weights is not
+/// rebuilt when only the chat template changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads(u8);
+
+impl Default for Reads {
+    fn default() -> Reads {
+        Reads::EVERYTHING
+    }
+}
+
+impl Reads {
+    /// Every file of the input.
+    pub const EVERYTHING: Reads = Reads(u8::MAX);
+    /// The model itself: `config.json` and the weights (safetensors shards and
+    /// their index, GGUF files).
+    pub const MODEL: Reads = Reads(1);
+    /// The tokenizer (`tokenizer.json`).
+    pub const TOKENIZER: Reads = Reads(2);
+
+    /// Whether a file at `path` (relative to the artifact, `""` for a
+    /// single-file artifact, which is always read whole) is part of what is
+    /// read.
+    pub fn includes(self, path: &str) -> bool {
+        let model = || {
+            path == "config.json"
+                || path == "model.safetensors.index.json"
+                || (!path.contains('/')
+                    && (path.ends_with(".safetensors") || path.ends_with(".gguf")))
+        };
+        self == Reads::EVERYTHING
+            || path.is_empty()
+            || (self.0 & Reads::MODEL.0 != 0 && model())
+            || (self.0 & Reads::TOKENIZER.0 != 0 && path == "tokenizer.json")
+    }
+
+    /// What two references to the same input read together.
+    pub fn union(self, other: Reads) -> Reads {
+        Reads(self.0 | other.0)
+    }
+
+    /// A number naming the set, so that digests of different parts never
+    /// coincide.
+    pub fn code(self) -> u8 {
+        self.0
+    }
 }
 
 /// Which device a step that can compute on a GPU should use.
@@ -84,12 +148,76 @@ pub enum Device {
 }
 
 /// A finished input: where its bytes are and their content digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Artifact {
     /// A file or directory.
     pub path: PathBuf,
-    /// Hex blake3 digest of the artifact's manifest.
+    /// Hex digest of the whole artifact (its manifest or its Hub lock entry).
     pub digest: String,
+    /// The content id of each file by relative path (`""` for a single-file
+    /// artifact), so that a key can cover only the files a step reads.
+    pub files: Arc<BTreeMap<String, String>>,
+}
+
+impl Artifact {
+    /// The artifact at `path` whose files `manifest` lists.
+    pub fn from_manifest(path: PathBuf, manifest: &Manifest) -> Artifact {
+        Artifact {
+            path,
+            digest: manifest.digest(),
+            files: Arc::new(
+                manifest
+                    .files
+                    .iter()
+                    .map(|e| (e.path.clone(), file_id(e.size, &e.hash, e.exec)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A Hub snapshot at `path` pinned by `entry`.
+    pub fn from_lock(path: PathBuf, entry: &LockEntry) -> Artifact {
+        Artifact {
+            path,
+            digest: entry.digest(),
+            files: Arc::new(
+                entry
+                    .files
+                    .iter()
+                    .map(|(p, f)| (p.clone(), f.content_id()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The files `reads` selects, with their content ids.
+    pub fn files_read(&self, reads: Reads) -> BTreeMap<String, String> {
+        self.files
+            .iter()
+            .filter(|(p, _)| reads.includes(p))
+            .map(|(p, id)| (p.clone(), id.clone()))
+            .collect()
+    }
+
+    /// The digest of the part of the artifact `reads` selects: the whole
+    /// artifact's digest when everything is read.
+    pub fn digest_of(&self, reads: Reads) -> String {
+        match reads {
+            Reads::EVERYTHING => self.digest.clone(),
+            part => {
+                let value =
+                    serde_json::json!({"part": part.code(), "files": self.files_read(part)});
+                blake3::hash(crate::cache::canonical_json(&value).as_bytes())
+                    .to_hex()
+                    .to_string()
+            }
+        }
+    }
+}
+
+/// One file's content id within an artifact: size, blake3 and exec bit.
+fn file_id(size: u64, hash: &str, exec: bool) -> String {
+    format!("{size}:{hash}{}", if exec { ":x" } else { "" })
 }
 
 /// What a running step is given.
@@ -168,5 +296,6 @@ pub fn input_ref(diag: &Diag, node: &Node, key: &str) -> Result<InputRef, Recipe
     Ok(InputRef {
         name: crate::recipe::fields::expect_str(diag, node, key)?,
         span: node.span,
+        reads: Reads::EVERYTHING,
     })
 }

@@ -439,7 +439,7 @@ mod tests {
             .map(|(n, p)| {
                 let artifact = Artifact {
                     path: p.to_path_buf(),
-                    digest: String::new(),
+                    ..Default::default()
                 };
                 (n.to_string(), artifact)
             })
