@@ -5,8 +5,10 @@
 //! the content digests of its inputs; if the action table has the key, take the
 //! output from the cache; otherwise run the step into a fresh directory, move
 //! the output into the cache, and record the action. Outputs are materialized
-//! into `build/<recipe>/<step>/` by hardlink. A failed step stops its
-//! dependents; unrelated branches finish.
+//! into `build/<recipe>/<step>/` by hardlink; a cached step whose output is
+//! still as materialized is not touched (a no-op rebuild writes nothing), one
+//! whose output was edited is repaired (see [`crate::cache::materialize`]).
+//! A failed step stops its dependents; unrelated branches finish.
 //!
 //! With a remote cache, a local miss is looked up remotely and, on a hit,
 //! downloaded instead of built; what is built is uploaded in the background
@@ -22,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::cache::remote::{RemoteCache, RemoteError, RemoteSettings};
-use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
+use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, OutputState, CACHE_FORMAT};
 use crate::graph::BuildGraph;
 use crate::hub::download::human_bytes;
 use crate::hub::{HubConfig, HubFetch, HubOptions};
@@ -148,7 +150,8 @@ pub fn prepare_sources(
     }
     let fetch =
         HubFetch::resolve(recipe, plan, hub, log).map_err(|e| InputError(format!("{e:#}")))?;
-    let tmp = cache.temp_dir("preflight")?;
+    // Created only if a Hub source needs a view: a no-op build writes nothing.
+    let tmp = cache.temp_path("preflight");
     let views = fetch
         .preflight_views(&tmp)
         .map_err(|e| InputError(format!("{e:#}")));
@@ -261,6 +264,26 @@ pub fn key_inputs(step: &StepDef, artifacts: &BTreeMap<String, Artifact>) -> Opt
     })
 }
 
+/// The file that marks `build/<recipe>/` as made by yibuild: `clean`
+/// removes only folders that hold it.
+pub const BUILD_MARKER: &str = ".yibuild-output";
+
+/// Creates the recipe's build folder with its [`BUILD_MARKER`], unless it
+/// already has one (a no-op rebuild writes nothing).
+fn mark_build_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join(BUILD_MARKER);
+    if !marker.is_file() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(
+            &marker,
+            "Made by yibuild: `yibuild clean` removes this folder; the cache keeps its contents.\n",
+        )
+        .with_context(|| format!("cannot write {}", marker.display()))?;
+    }
+    Ok(())
+}
+
 /// Where a step's output is materialized.
 pub fn output_dir(opts_build_dir: &Path, recipe: &Recipe, step: &str) -> PathBuf {
     opts_build_dir.join(&recipe.name).join(step)
@@ -286,8 +309,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &log)?;
     let mut unprepared: BTreeSet<String> = skipped.keys().cloned().collect();
     artifacts.extend(skipped);
+    crate::names::check_component("recipe name", &recipe.name).map_err(InputError)?;
     let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
+    mark_build_dir(&recipe_build_dir)?;
 
     let mut pending: Vec<&StepDef> = plan.iter().filter_map(|n| recipe.step(n)).collect();
     reporter.planned(pending.len());
@@ -297,6 +322,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     // Remote lookups, once per key; steps whose remote entry was refused.
     let mut remote_hits: BTreeMap<String, Option<Manifest>> = BTreeMap::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
+    // Steps whose cached output was found damaged, and what was wrong.
+    let mut damaged: BTreeMap<String, String> = BTreeMap::new();
     let (tx, rx) = mpsc::channel::<Finished>();
 
     std::thread::scope(|scope| -> Result<()> {
@@ -327,10 +354,36 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     continue;
                 };
                 let key = key_inputs.key();
-                if let Some(manifest) = cache.lookup(&key) {
+                let dest = recipe_build_dir.join(&step.name);
+                let cached = match cache.lookup(&key) {
+                    Some(manifest) => {
+                        let record = cache.record(&recipe.name, &step.name);
+                        let digest = manifest.digest();
+                        let previous = record
+                            .as_ref()
+                            .filter(|r| r.key == key && r.output == digest)
+                            .and_then(|r| r.materialized.as_ref());
+                        match cache.output_state(&manifest, &dest, previous)? {
+                            OutputState::Intact => Some((manifest, false)),
+                            OutputState::Stale => Some((manifest, true)),
+                            OutputState::Damaged(why) => {
+                                reporter.warning(&format!(
+                                    "step `{}`: {why}; its damaged cache objects were removed and it is built again",
+                                    step.name
+                                ));
+                                damaged.insert(step.name.clone(), why);
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                if let Some((manifest, stale)) = cached {
                     pending.remove(i);
-                    let dest = recipe_build_dir.join(&step.name);
-                    publish(&cache, recipe, step, &dest, &key, key_inputs, &manifest)?;
+                    // An intact output is left alone: a no-op rebuild writes nothing.
+                    if stale {
+                        publish(&cache, recipe, step, &dest, &key, key_inputs, &manifest)?;
+                    }
                     artifacts.insert(
                         step.name.clone(),
                         Artifact {
@@ -406,6 +459,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 pending.remove(i);
                 running.insert(step.name.clone(), mem);
                 let reasons = match cache.record(&recipe.name, &step.name) {
+                    _ if damaged.contains_key(&step.name) => vec![damaged[&step.name].clone()],
                     Some(r) if r.key != key => crate::freshness::changes(&r.inputs, &key_inputs),
                     Some(_) => vec!["its cached output is gone".to_owned()],
                     None => vec!["never built".to_owned()],
@@ -714,7 +768,7 @@ fn publish(
     inputs: KeyInputs,
     manifest: &Manifest,
 ) -> Result<()> {
-    cache.materialize(manifest, dest)?;
+    let materialized = cache.materialize(manifest, dest)?;
     cache.write_record(
         &recipe.name,
         &step.name,
@@ -722,6 +776,7 @@ fn publish(
             key: key.to_owned(),
             inputs,
             output: manifest.digest(),
+            materialized: Some(materialized),
         },
     )
 }
