@@ -105,7 +105,9 @@ fn repair_check(project: &Path, recipe: &yibuild::recipe::Recipe) -> (f64, usize
 }
 
 fn main() {
-    let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse::<f64>().ok());
+    let mut numbers = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse::<f64>().ok());
     let gib = numbers.next().unwrap_or(2.0);
     let steps = numbers.next().map_or(1000, |n| n as usize);
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +136,11 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let demo = tempfile::tempdir().unwrap();
     copy_tree(&root.join("recipes/tiny"), &demo.path().join("tiny"));
-    std::fs::copy(root.join("recipes/tiny-demo.yaml"), demo.path().join("demo.yaml")).unwrap();
+    std::fs::copy(
+        root.join("recipes/tiny-demo.yaml"),
+        demo.path().join("demo.yaml"),
+    )
+    .unwrap();
     let first = time_recipe(demo.path(), "demo.yaml");
     let noop = best_of(5, || time_recipe(demo.path(), "demo.yaml"));
     let recipe = yibuild::recipe::Recipe::load(&demo.path().join("demo.yaml")).unwrap();

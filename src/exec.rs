@@ -273,8 +273,7 @@ pub const BUILD_MARKER: &str = ".yibuild-output";
 fn mark_build_dir(dir: &Path) -> Result<()> {
     let marker = dir.join(BUILD_MARKER);
     if !marker.is_file() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::write(
             &marker,
             "Made by yibuild: `yibuild clean` removes this folder; the cache keeps its contents.\n",
@@ -372,6 +371,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                                     step.name
                                 ));
                                 damaged.insert(step.name.clone(), why);
+                                // A Hub source skipped because this step was
+                                // cached is needed now.
+                                let needed: Vec<String> = graph
+                                    .inputs(&step.name)
+                                    .into_iter()
+                                    .filter(|i| unprepared.remove(i))
+                                    .collect();
+                                artifacts
+                                    .extend(prepare_sources(recipe, &needed, &cache, &hub, &log)?);
                                 None
                             }
                         }

@@ -65,7 +65,14 @@ mod tests {
 
     #[test]
     fn normal_components_pass() {
-        for ok in ["merged", "merged[density=0.5]", "a.b", "..a", "x..", "...yaml"] {
+        for ok in [
+            "merged",
+            "merged[density=0.5]",
+            "a.b",
+            "..a",
+            "x..",
+            "...yaml",
+        ] {
             assert_eq!(component_problem(ok), None, "{ok}");
         }
     }

@@ -273,7 +273,11 @@ fn names_that_would_escape_are_refused_with_exit_2_and_nothing_outside_is_touche
         p.write("multi.yaml", &multi(&format!("'{name}'")));
         let out = p.run(&["multi.yaml"]);
         assert_eq!(code(&out), 2, "{name}: {}", stderr(&out));
-        assert!(stderr(&out).contains("cannot be used as a file name"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot be used as a file name"),
+            "{}",
+            stderr(&out)
+        );
     }
 
     // A config named `...yaml` would be recipe `..`: refused, and so is
@@ -287,17 +291,32 @@ fn names_that_would_escape_are_refused_with_exit_2_and_nothing_outside_is_touche
 
     // A build directory that is (or holds) the current directory is never cleaned.
     for dir in [".", "..", "./"] {
-        let out = p.cmd(&["clean"]).env("YIBUILD_BUILD_DIR", dir).output().unwrap();
+        let out = p
+            .cmd(&["clean"])
+            .env("YIBUILD_BUILD_DIR", dir)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 2, "{dir}: {}", stderr(&out));
-        assert!(stderr(&out).contains("refusing to clean"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("refusing to clean"),
+            "{}",
+            stderr(&out)
+        );
     }
     p.write("objects/mine.txt", "not cache debris");
-    let out = p.cmd(&["gc", "--yes"]).env("YIBUILD_CACHE_DIR", ".").output().unwrap();
+    let out = p
+        .cmd(&["gc", "--yes"])
+        .env("YIBUILD_CACHE_DIR", ".")
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(p.path("objects/mine.txt").is_file());
     // A folder yibuild did not make is not removed.
     p.write("build/handmade/notes.txt", "mine");
-    p.write("recipe.yaml", &BASE_RECIPE.replace("name: ud", "name: handmade"));
+    p.write(
+        "recipe.yaml",
+        &BASE_RECIPE.replace("name: ud", "name: handmade"),
+    );
     let out = p.run(&["clean", "recipe.yaml"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(p.path("build/handmade/notes.txt").is_file());
@@ -354,10 +373,18 @@ fn malformed_cache_entries_are_reported_never_followed_and_never_panic() {
         std::fs::write(&action, bad).unwrap();
         let verify = p.run(&["verify"]);
         assert_eq!(code(&verify), 1, "{bad}: {}", stderr(&verify));
-        assert!(stderr(&verify).contains("is corrupt"), "{}", stderr(&verify));
+        assert!(
+            stderr(&verify).contains("is corrupt"),
+            "{}",
+            stderr(&verify)
+        );
         for cmd in [&["status", "recipe.yaml"][..], &["plan", "recipe.yaml"]] {
             let out = p.run(cmd);
-            assert!(code(&out) == 0 || code(&out) == 1, "{cmd:?}: {}", stderr(&out));
+            assert!(
+                code(&out) == 0 || code(&out) == 1,
+                "{cmd:?}: {}",
+                stderr(&out)
+            );
         }
         let (code, events, err) = p.build_json(&["recipe.yaml"]);
         assert_eq!(code, 0, "{err}");
@@ -380,12 +407,23 @@ fn malformed_cache_entries_are_reported_never_followed_and_never_panic() {
     std::os::unix::fs::symlink(outer.path(), p.path("cache/partial/link")).unwrap();
     let verify = p.run(&["verify"]);
     assert_eq!(code(&verify), 1);
-    assert!(stderr(&verify).contains("stray file"), "{}", stderr(&verify));
-    assert!(stderr(&verify).contains("actions/zz/junk"), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains("stray file"),
+        "{}",
+        stderr(&verify)
+    );
+    assert!(
+        stderr(&verify).contains("actions/zz/junk"),
+        "{}",
+        stderr(&verify)
+    );
     let gc = p.run(&["gc", "--yes"]);
     assert_eq!(code(&gc), 0, "{}", stderr(&gc));
     assert!(p.run(&["verify"]).status.success());
-    assert_eq!(std::fs::read(outer.path().join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(outer.path().join("precious")).unwrap(),
+        b"keep"
+    );
     assert!(!p.path("cache/objects/zz").exists());
     let (code, events, _) = p.build_json(&["recipe.yaml"]);
     assert_eq!(code, 0);

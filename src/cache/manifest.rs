@@ -58,7 +58,10 @@ impl Manifest {
         for (i, e) in self.files.iter().enumerate() {
             if !(single && e.path.is_empty()) {
                 if let Some(why) = crate::names::relative_path_problem(&e.path) {
-                    return Err(format!("path `{}` is not allowed: {why}", e.path.escape_debug()));
+                    return Err(format!(
+                        "path `{}` is not allowed: {why}",
+                        e.path.escape_debug()
+                    ));
                 }
             }
             if !is_hash(&e.hash) {
@@ -69,11 +72,18 @@ impl Manifest {
                 ));
             }
             if e.size > MAX_FILE_SIZE {
-                return Err(format!("`{}` claims {} bytes", e.path.escape_debug(), e.size));
+                return Err(format!(
+                    "`{}` claims {} bytes",
+                    e.path.escape_debug(),
+                    e.size
+                ));
             }
             if let Some(prev) = i.checked_sub(1).map(|j| &self.files[j].path) {
                 if prev >= &e.path {
-                    return Err(format!("paths `{prev}` and `{}` are out of order or repeated", e.path));
+                    return Err(format!(
+                        "paths `{prev}` and `{}` are out of order or repeated",
+                        e.path
+                    ));
                 }
             }
         }
@@ -87,7 +97,6 @@ impl Manifest {
         }
         Ok(())
     }
-
 
     /// Builds a manifest, sorting the entries.
     pub fn new(mut files: Vec<Entry>) -> Manifest {
@@ -132,20 +141,37 @@ mod tests {
 
     #[test]
     fn hostile_manifests_are_refused() {
-        for path in ["../../x", "/etc/passwd", "a/../../b", "a//b", "./a", "a\\u0000b"] {
+        for path in [
+            "../../x",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "./a",
+            "a\\u0000b",
+        ] {
             assert!(Manifest::parse(&with(path, H)).is_err(), "{path}");
         }
-        for hash in ["a", "../../../etc/hostname", &H.to_uppercase(), &format!("{H}0")] {
+        for hash in [
+            "a",
+            "../../../etc/hostname",
+            &H.to_uppercase(),
+            &format!("{H}0"),
+        ] {
             let err = Manifest::parse(&with("x", hash)).unwrap_err();
             assert!(err.contains("not a blake3 hash"), "{err}");
         }
         let truncated = &with("x", H)[..30];
-        assert!(Manifest::parse(truncated).unwrap_err().contains("not a manifest"));
+        assert!(Manifest::parse(truncated)
+            .unwrap_err()
+            .contains("not a manifest"));
         let nested = format!(
             r#"{{"files":[{{"path":"a","size":1,"hash":"{H}"}},{{"path":"a/b","size":1,"hash":"{H}"}}]}}"#
         );
         assert!(Manifest::parse(nested.as_bytes()).is_err());
-        let huge = format!(r#"{{"files":[{{"path":"a","size":{},"hash":"{H}"}}]}}"#, u64::MAX);
+        let huge = format!(
+            r#"{{"files":[{{"path":"a","size":{},"hash":"{H}"}}]}}"#,
+            u64::MAX
+        );
         assert!(Manifest::parse(huge.as_bytes()).is_err());
     }
 }

@@ -87,7 +87,9 @@ impl Cache {
         let Ok(meta) = std::fs::metadata(&path) else {
             return Ok(false);
         };
-        if meta.size() == entry.size && self.memo().known(&meta).as_deref() == Some(entry.hash.as_str()) {
+        if meta.size() == entry.size
+            && self.memo().known(&meta).as_deref() == Some(entry.hash.as_str())
+        {
             note_object(&meta);
             return Ok(true);
         }

@@ -32,7 +32,8 @@ pub struct OutputFile {
 pub fn output_files(root: &Path) -> Result<Vec<OutputFile>> {
     let mut out = Vec::new();
     let mut visited = HashSet::new();
-    let meta = std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let meta =
+        std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
     visited.insert((meta.dev(), meta.ino()));
     walk(root, "", false, &mut visited, &mut out)?;
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -75,7 +76,9 @@ fn walk(
         }
         if meta.is_dir() {
             if !visited.insert((meta.dev(), meta.ino())) {
-                bail!("output `{rel_path}` leads back into a folder already stored (a symlink loop)");
+                bail!(
+                    "output `{rel_path}` leads back into a folder already stored (a symlink loop)"
+                );
             }
             walk(&path, &rel_path, linked, visited, out)?;
         } else if meta.is_file() {
@@ -111,7 +114,12 @@ mod tests {
         let rels: Vec<(&str, bool)> = files.iter().map(|f| (f.rel.as_str(), f.linked)).collect();
         assert_eq!(
             rels,
-            [(".hidden", false), ("alias", true), ("model/w", true), ("sub/a", false)]
+            [
+                (".hidden", false),
+                ("alias", true),
+                ("model/w", true),
+                ("sub/a", false)
+            ]
         );
         assert_eq!(files[2].path, src.join("w").canonicalize().unwrap());
     }
@@ -127,6 +135,9 @@ mod tests {
         std::fs::remove_file(out.join("again")).unwrap();
         symlink("/nonexistent/x", out.join("gone")).unwrap();
         let err = format!("{:#}", output_files(&out).unwrap_err());
-        assert!(err.contains("`gone`") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("`gone`") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

@@ -400,7 +400,9 @@ impl Cache {
             let key = rel
                 .split_once('/')
                 .and_then(|(prefix, file)| Some((prefix, file.strip_suffix(".json")?)))
-                .filter(|(prefix, key)| is_hash(key) && key.starts_with(prefix) && prefix.len() == 2)
+                .filter(|(prefix, key)| {
+                    is_hash(key) && key.starts_with(prefix) && prefix.len() == 2
+                })
                 .map(|(_, key)| key.to_owned());
             let manifest = match (&key, regular) {
                 (Some(_), true) => match std::fs::read(&path) {
@@ -460,12 +462,18 @@ impl Cache {
         }
         let (mut dead_objects, mut bytes) = (0, 0);
         let partial = self.root.join("partial");
-        let partial_downloads = cache_files(&partial)?.into_iter().map(|(rel, _)| CacheFile {
-            path: partial.join(rel),
-            hash: None,
-        });
+        let partial_downloads = cache_files(&partial)?
+            .into_iter()
+            .map(|(rel, _)| CacheFile {
+                path: partial.join(rel),
+                hash: None,
+            });
         for object in self.objects()?.into_iter().chain(partial_downloads) {
-            if object.hash.as_ref().is_some_and(|h| live_objects.contains(h)) {
+            if object
+                .hash
+                .as_ref()
+                .is_some_and(|h| live_objects.contains(h))
+            {
                 continue;
             }
             dead_objects += 1;

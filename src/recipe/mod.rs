@@ -145,8 +145,11 @@ impl Recipe {
                     )
                 })
                 .unwrap_or_else(|| "merged".to_owned());
-            crate::names::check_component("the recipe name taken from the config file's name", &r.name)
-                .map_err(|e| RecipeError::file(file, format!("{e}; rename the file")))?;
+            crate::names::check_component(
+                "the recipe name taken from the config file's name",
+                &r.name,
+            )
+            .map_err(|e| RecipeError::file(file, format!("{e}; rename the file")))?;
             r
         } else {
             if docs.len() > 1 {

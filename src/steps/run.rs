@@ -56,7 +56,9 @@ impl Run {
                     .map_or(node.span, |s| s[i].span);
                 return Err(cx.diag.error(
                     span,
-                    format!("output `{out}` must be a path inside the step's output directory ({why})"),
+                    format!(
+                        "output `{out}` must be a path inside the step's output directory ({why})"
+                    ),
                 ));
             }
         }
