@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
@@ -390,15 +390,19 @@ pub fn graph(recipe: &Recipe, format: &str) -> Result<String> {
 }
 
 /// `yibuild verify`: re-hash every object; returns the problems found.
-pub fn verify(cache_dir: &Path) -> Result<Vec<String>> {
+pub fn verify(cache_dir: &Path, repair: bool) -> Result<Vec<String>> {
+    if repair {
+        refuse_cache_holding_cwd(cache_dir)?;
+    }
     Cache::open_locked(cache_dir, &|| {
         eprintln!("    Blocking waiting for the cache lock")
     })?
-    .verify()
+    .verify(repair)
 }
 
 /// `yibuild gc`: drop what no build record references.
 pub fn gc(cache_dir: &Path, yes: bool) -> Result<String> {
+    refuse_cache_holding_cwd(cache_dir)?;
     let cache = Cache::open_locked(cache_dir, &|| {
         eprintln!("    Blocking waiting for the cache lock")
     })?;
@@ -414,16 +418,81 @@ pub fn gc(cache_dir: &Path, yes: bool) -> Result<String> {
     Ok(s)
 }
 
-/// `yibuild clean`: remove a recipe's materialized outputs (the cache keeps them).
-pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
-    let target = match recipe {
-        Some(r) => build_dir.join(&r.name),
-        None => build_dir.to_path_buf(),
-    };
-    if target.exists() {
-        std::fs::remove_dir_all(&target)?;
+/// Removing from a cache directory that is (or holds) the current directory
+/// would treat the project's own `objects/` or `actions/` as cache debris:
+/// refused ([`exec::InputError`], exit 2).
+fn refuse_cache_holding_cwd(cache_dir: &Path) -> Result<()> {
+    if crate::names::contains(cache_dir, &std::env::current_dir()?) {
+        return Err(exec::InputError(format!(
+            "refusing to remove anything from the cache directory {}: it is the current directory or holds it",
+            cache_dir.display()
+        ))
+        .into());
     }
-    Ok(target)
+    Ok(())
+}
+
+/// `yibuild clean`: remove a recipe's materialized outputs (the cache keeps
+/// them), or with no recipe every recipe's. Only folders yibuild made (they
+/// hold [`exec::BUILD_MARKER`]) inside the build directory are removed, and
+/// never one that holds the current directory; anything else is refused
+/// ([`exec::InputError`], exit 2) before anything is removed. Returns what
+/// was cleaned.
+pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
+    let refuse = |what: &Path, why: &str| -> anyhow::Error {
+        exec::InputError(format!("refusing to clean {}: {why}", what.display())).into()
+    };
+    let cwd = std::env::current_dir()?;
+    if crate::names::contains(build_dir, &cwd) {
+        return Err(refuse(
+            build_dir,
+            "the build directory is the current directory or holds it",
+        ));
+    }
+    let targets = match recipe {
+        Some(r) => {
+            crate::names::check_component("recipe name", &r.name)
+                .map_err(|e| refuse(build_dir, &e))?;
+            let target = build_dir.join(&r.name);
+            if std::fs::symlink_metadata(&target).is_err() {
+                return Ok(target);
+            }
+            vec![target]
+        }
+        None => match std::fs::read_dir(build_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .filter(|p| p.join(exec::BUILD_MARKER).is_file())
+                .collect(),
+            Err(_) => return Ok(build_dir.to_path_buf()),
+        },
+    };
+    for target in &targets {
+        let meta = std::fs::symlink_metadata(target)?;
+        if !meta.is_dir() {
+            return Err(refuse(target, "it is not a folder"));
+        }
+        if !target.join(exec::BUILD_MARKER).is_file() {
+            return Err(refuse(
+                target,
+                &format!("yibuild did not make it (no {} in it)", exec::BUILD_MARKER),
+            ));
+        }
+    }
+    for target in &targets {
+        std::fs::remove_dir_all(target)
+            .with_context(|| format!("cannot remove {}", target.display()))?;
+    }
+    match recipe {
+        Some(_) => Ok(targets.into_iter().next().unwrap_or_default()),
+        None => {
+            // The build directory itself goes only when nothing else is in it.
+            std::fs::remove_dir(build_dir).ok();
+            Ok(build_dir.to_path_buf())
+        }
+    }
 }
 
 /// Parses a byte size such as `2GiB`, `512MiB`, `1.5G` or `1000000`.

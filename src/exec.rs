@@ -5,8 +5,10 @@
 //! the content digests of its inputs; if the action table has the key, take the
 //! output from the cache; otherwise run the step into a fresh directory, move
 //! the output into the cache, and record the action. Outputs are materialized
-//! into `build/<recipe>/<step>/` by hardlink. A failed step stops its
-//! dependents; unrelated branches finish.
+//! into `build/<recipe>/<step>/` by hardlink; a cached step whose output is
+//! still as materialized is not touched (a no-op rebuild writes nothing), one
+//! whose output was edited is repaired (see [`crate::cache::materialize`]).
+//! A failed step stops its dependents; unrelated branches finish.
 //!
 //! With a remote cache, a local miss is looked up remotely and, on a hit,
 //! downloaded instead of built; what is built is uploaded in the background
@@ -22,8 +24,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::cache::remote::{RemoteCache, RemoteError, RemoteSettings};
-use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, CACHE_FORMAT};
-use crate::freshness::stale_reasons;
+use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest, OutputState, CACHE_FORMAT};
+use crate::freshness::{stale_reasons, StaleReason};
 use crate::graph::BuildGraph;
 use crate::hub::download::human_bytes;
 use crate::hub::{HubConfig, HubFetch, HubOptions};
@@ -149,7 +151,8 @@ pub fn prepare_sources(
     }
     let fetch =
         HubFetch::resolve(recipe, plan, hub, log).map_err(|e| InputError(format!("{e:#}")))?;
-    let tmp = cache.temp_dir("preflight")?;
+    // Created only if a Hub source needs a view: a no-op build writes nothing.
+    let tmp = cache.temp_path("preflight");
     let views = fetch
         .preflight_views(&tmp)
         .map_err(|e| InputError(format!("{e:#}")));
@@ -272,6 +275,25 @@ fn reads_by_input(step: &StepDef) -> BTreeMap<String, Reads> {
     reads
 }
 
+/// The file that marks `build/<recipe>/` as made by yibuild: `clean`
+/// removes only folders that hold it.
+pub const BUILD_MARKER: &str = ".yibuild-output";
+
+/// Creates the recipe's build folder with its [`BUILD_MARKER`], unless it
+/// already has one (a no-op rebuild writes nothing).
+fn mark_build_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join(BUILD_MARKER);
+    if !marker.is_file() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(
+            &marker,
+            "Made by yibuild: `yibuild clean` removes this folder; the cache keeps its contents.\n",
+        )
+        .with_context(|| format!("cannot write {}", marker.display()))?;
+    }
+    Ok(())
+}
+
 /// Where a step's output is materialized.
 pub fn output_dir(opts_build_dir: &Path, recipe: &Recipe, step: &str) -> PathBuf {
     opts_build_dir.join(&recipe.name).join(step)
@@ -297,8 +319,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let mut artifacts = prepare_sources(recipe, &to_prepare, &cache, &hub, &log)?;
     let mut unprepared: BTreeSet<String> = skipped.keys().cloned().collect();
     artifacts.extend(skipped);
+    crate::names::check_component("recipe name", &recipe.name).map_err(InputError)?;
     let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
+    mark_build_dir(&recipe_build_dir)?;
 
     let mut pending: Vec<&StepDef> = plan.iter().filter_map(|n| recipe.step(n)).collect();
     reporter.planned(pending.len());
@@ -308,6 +332,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     // Remote lookups, once per key; steps whose remote entry was refused.
     let mut remote_hits: BTreeMap<String, Option<Manifest>> = BTreeMap::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
+    // Steps whose cached output was found damaged, and what was wrong.
+    let mut damaged: BTreeMap<String, String> = BTreeMap::new();
     let (tx, rx) = mpsc::channel::<Finished>();
 
     std::thread::scope(|scope| -> Result<()> {
@@ -338,13 +364,48 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     continue;
                 };
                 let key = key_inputs.key();
-                if let Some(manifest) = cache.lookup(&key) {
+                let dest = recipe_build_dir.join(&step.name);
+                let cached = match cache.lookup(&key) {
+                    Some(manifest) => {
+                        let record = cache.record(&recipe.name, &step.name);
+                        let digest = manifest.digest();
+                        let previous = record
+                            .as_ref()
+                            .filter(|r| r.key == key && r.output == digest)
+                            .and_then(|r| r.materialized.as_ref());
+                        match cache.output_state(&manifest, &dest, previous)? {
+                            OutputState::Intact => Some((manifest, false)),
+                            OutputState::Stale => Some((manifest, true)),
+                            OutputState::Damaged(why) => {
+                                reporter.warning(&format!(
+                                    "step `{}`: {why}; its damaged cache objects were removed and it is built again",
+                                    step.name
+                                ));
+                                damaged.insert(step.name.clone(), why);
+                                // A Hub source skipped because this step was
+                                // cached is needed now.
+                                let needed: Vec<String> = graph
+                                    .inputs(&step.name)
+                                    .into_iter()
+                                    .filter(|i| unprepared.remove(i))
+                                    .collect();
+                                artifacts
+                                    .extend(prepare_sources(recipe, &needed, &cache, &hub, &log)?);
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                if let Some((manifest, stale)) = cached {
                     pending.remove(i);
-                    let dest = recipe_build_dir.join(&step.name);
-                    let files = files_read(step, &artifacts);
-                    publish(
-                        &cache, recipe, step, &dest, &key, key_inputs, files, &manifest,
-                    )?;
+                    // An intact output is left alone: a no-op rebuild writes nothing.
+                    if stale {
+                        let files = files_read(step, &artifacts);
+                        publish(
+                            &cache, recipe, step, &dest, &key, key_inputs, files, &manifest,
+                        )?;
+                    }
                     artifacts.insert(step.name.clone(), Artifact::from_manifest(dest, &manifest));
                     reporter.finished(&step.name, StepStatus::Cached, &key, 0.0, None);
                     summary.cached.push(step.name.clone());
@@ -413,12 +474,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 }
                 pending.remove(i);
                 running.insert(step.name.clone(), mem);
-                let reasons = stale_reasons(
-                    cache.record(&recipe.name, &step.name).as_ref(),
-                    &key,
-                    &key_inputs,
-                    &files_read(step, &artifacts),
-                );
+                let reasons = match damaged.get(&step.name) {
+                    Some(why) => vec![StaleReason::OutputDamaged { why: why.clone() }],
+                    None => stale_reasons(
+                        cache.record(&recipe.name, &step.name).as_ref(),
+                        &key,
+                        &key_inputs,
+                        &files_read(step, &artifacts),
+                    ),
+                };
                 reporter.dirty(&step.name, &reasons);
                 reporter.started(&step.name);
                 let tx = tx.clone();
@@ -720,7 +784,7 @@ fn publish(
     files: BTreeMap<String, BTreeMap<String, String>>,
     manifest: &Manifest,
 ) -> Result<()> {
-    cache.materialize(manifest, dest)?;
+    let materialized = cache.materialize(manifest, dest)?;
     cache.write_record(
         &recipe.name,
         &step.name,
@@ -729,6 +793,7 @@ fn publish(
             inputs,
             files,
             output: manifest.digest(),
+            materialized: Some(materialized),
         },
     )
 }

@@ -206,6 +206,12 @@ pub enum StaleReason {
     /// The step was built with the current key but its output is no longer in
     /// the cache (gc, another cache directory, or a damaged entry removed).
     OutputGone,
+    /// The cached output (or its materialized copy) was found damaged; the
+    /// damaged objects were removed.
+    OutputDamaged {
+        /// What was wrong.
+        why: String,
+    },
     /// The cache format changed.
     CacheFormatChanged {
         /// The format of the last build.
@@ -285,6 +291,7 @@ impl std::fmt::Display for StaleReason {
             StaleReason::OutputGone => {
                 write!(f, "its cached output is gone (gc or a new cache dir)")
             }
+            StaleReason::OutputDamaged { why } => write!(f, "its cached output is damaged: {why}"),
             StaleReason::CacheFormatChanged { old, new } => {
                 write!(f, "the cache format changed ({old} → {new})")
             }

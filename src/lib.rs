@@ -18,6 +18,7 @@ pub mod gguf;
 pub mod graph;
 pub mod hub;
 pub mod merge;
+pub mod names;
 pub mod project;
 pub mod recipe;
 pub mod report;

@@ -190,7 +190,11 @@ enum Command {
         action: CacheAction,
     },
     /// Re-hash every cache object and check every action.
-    Verify,
+    Verify {
+        /// Remove what is corrupt (the next build rebuilds or restores it).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Remove cache entries no build references (dry run unless --yes).
     Gc {
         /// Actually delete.
@@ -337,12 +341,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = c.build_options(steps)?;
             print(commands::cache_transfer(&load(&recipe)?, &opts, direction)?)
         }
-        Some(Command::Verify) => {
-            let problems = commands::verify(&c.cache_dir)?;
+        Some(Command::Verify { repair }) => {
+            let problems = commands::verify(&c.cache_dir, repair)?;
             for p in &problems {
-                eprintln!("error: {p}");
+                match repair {
+                    true => eprintln!("{:>12} {p}", "Repaired"),
+                    false => eprintln!("error: {p}"),
+                }
             }
-            if problems.is_empty() {
+            if problems.is_empty() || repair {
                 eprintln!(
                     "{:>12} cache {} is sound",
                     "Verified",

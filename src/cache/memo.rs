@@ -54,10 +54,13 @@ pub fn hash_file_uncached(path: &Path, size: u64) -> Result<String> {
 impl HashMemo {
     /// Loads the memo stored at `path` (an absent or unreadable file is an empty memo).
     pub fn load(path: &Path) -> HashMemo {
-        let table = std::fs::read(path)
+        let mut table: HashMap<String, String> = std::fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // The memo is cache content like any other: a value that is not a
+        // hash would become an object path.
+        table.retain(|_, hash| super::manifest::is_hash(hash));
         HashMemo {
             path: path.to_path_buf(),
             table: Mutex::new(table),
@@ -84,6 +87,11 @@ impl HashMemo {
             .unwrap()
             .insert(identity(meta), hash.to_owned());
         *self.dirty.lock().unwrap() = true;
+    }
+
+    /// The hash the memo knows for the file with metadata `meta`, if any.
+    pub fn known(&self, meta: &std::fs::Metadata) -> Option<String> {
+        self.table.lock().unwrap().get(&identity(meta)).cloned()
     }
 
     /// The hash of one file, from the memo when its identity is unchanged.

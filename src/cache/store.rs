@@ -26,9 +26,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::copy::{clone_or_copy, note_object};
 use super::key::KeyInputs;
-use super::manifest::{Entry, Manifest};
-use super::memo::{list_files, HashMemo};
+use super::manifest::{is_hash, Entry, Manifest};
+use super::materialize::{unique, Materialized};
+use super::memo::HashMemo;
+use super::output::{output_files, OutputFile};
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -66,6 +69,9 @@ pub struct BuildRecord {
     pub files: BTreeMap<String, BTreeMap<String, String>>,
     /// Digest of the output.
     pub output: String,
+    /// Where the output was materialized and the identity of its files then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub materialized: Option<Materialized>,
 }
 
 /// An open cache directory.
@@ -132,7 +138,12 @@ impl Cache {
 
     /// Where the object with blake3 `hash` lives (read-only; it may not exist).
     pub fn object_path(&self, hash: &str) -> PathBuf {
-        self.root.join("objects").join(&hash[..2]).join(&hash[2..])
+        debug_assert!(is_hash(hash), "object names are checked hashes");
+        let split = hash.len().min(2);
+        self.root
+            .join("objects")
+            .join(&hash[..split])
+            .join(&hash[split..])
     }
 
     /// Whether the object store has `entry`'s file with the right size.
@@ -156,13 +167,18 @@ impl Cache {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(file, &object)
             .with_context(|| format!("cannot store {}", object.display()))?;
-        self.memo.remember(&std::fs::metadata(&object)?, hash);
+        let meta = std::fs::metadata(&object)?;
+        note_object(&meta);
+        self.memo.remember(&meta, hash);
         Ok(())
     }
 
     /// Records the action `key` → `manifest`, whose objects must all be
     /// present (the remote cache calls this after downloading them).
     pub fn record_action(&self, key: &str, manifest: &Manifest) -> Result<()> {
+        manifest
+            .validate()
+            .map_err(|e| anyhow::anyhow!("cannot record action {key}: {e}"))?;
         anyhow::ensure!(
             manifest.files.iter().all(|e| self.has_object(e)),
             "cannot record action {key}: some of its objects are missing"
@@ -174,9 +190,10 @@ impl Cache {
     }
 
     fn action_path(&self, key: &str) -> PathBuf {
+        debug_assert!(is_hash(key), "action keys are checked hashes");
         self.root
             .join("actions")
-            .join(&key[..2])
+            .join(&key[..key.len().min(2)])
             .join(format!("{key}.json"))
     }
 
@@ -189,43 +206,61 @@ impl Cache {
 
     /// A fresh empty directory under `tmp/` for a step to write into.
     pub fn temp_dir(&self, label: &str) -> Result<PathBuf> {
-        let dir = self.root.join("tmp").join(format!(
-            "{}-{}-{}",
-            sanitize(label),
-            std::process::id(),
-            unique()
-        ));
+        let dir = self.temp_path(label);
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
 
+    /// A unique path under `tmp/`, not created: for work that may need no
+    /// files at all (a no-op build writes nothing).
+    pub fn temp_path(&self, label: &str) -> PathBuf {
+        self.root.join("tmp").join(format!(
+            "{}-{}-{}",
+            sanitize(label),
+            std::process::id(),
+            unique()
+        ))
+    }
+
     /// The output manifest of step `key`, if the action table has it and every
     /// object it names is present with the right size.
+    /// An action entry that is unreadable or fails [`Manifest::parse`] is a
+    /// miss (the step is rebuilt and the entry replaced).
     pub fn lookup(&self, key: &str) -> Option<Manifest> {
+        if !is_hash(key) {
+            return None;
+        }
         let bytes = std::fs::read(self.action_path(key)).ok()?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+        let manifest = Manifest::parse(&bytes).ok()?;
         let complete = manifest.files.iter().all(|e| self.has_object(e));
         complete.then_some(manifest)
     }
 
-    /// Moves every file of the finished output `dir` into the object store and
-    /// records the action `key` → manifest. The action is written last.
+    /// Stores every file of the finished output `dir` (see
+    /// [`super::output`]) and records the action `key` → manifest. The
+    /// action is written last. A file the step wrote and nothing else links
+    /// is moved into the object store; any other (reached through a symlink,
+    /// or hardlinked from elsewhere) is only read: the store gets its own copy.
     pub fn ingest(&self, key: &str, dir: &Path) -> Result<Manifest> {
         let mut entries = Vec::new();
-        for rel in list_files(dir)? {
-            let path = dir.join(&rel);
-            let (hash, meta) = self.memo.hash_file(&path)?;
+        for file in output_files(dir)? {
+            let meta = std::fs::metadata(&file.path)?;
             let exec = meta.permissions().mode() & 0o111 != 0;
+            if file.linked || meta.nlink() > 1 {
+                entries.push(self.store_copy(&file, exec)?);
+                continue;
+            }
+            let (hash, meta) = self.memo.hash_file(&file.path)?;
             let entry = Entry {
-                path: rel,
+                path: file.rel,
                 size: meta.size(),
                 hash,
                 exec,
             };
             if self.has_object(&entry) {
-                std::fs::remove_file(&path).ok();
+                std::fs::remove_file(&file.path).ok();
             } else {
-                self.adopt_object(&entry.hash, &path, exec)?;
+                self.adopt_object(&entry.hash, &file.path, exec)?;
             }
             entries.push(entry);
         }
@@ -234,51 +269,44 @@ impl Cache {
         Ok(manifest)
     }
 
-    /// Makes `dest` a directory (or, for a single-file artifact, a file) with the
-    /// artifact's files, hardlinked from the object store (copied across
-    /// filesystems). `dest` is replaced atomically: a reader never sees a mix.
-    pub fn materialize(&self, manifest: &Manifest, dest: &Path) -> Result<()> {
-        let parent = dest.parent().context("destination has no parent")?;
-        std::fs::create_dir_all(parent)?;
-        let staging = parent.join(format!(
-            ".{}.tmp-{}-{}",
-            dest.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id(),
-            unique()
-        ));
-        let single = manifest.files.len() == 1 && manifest.files[0].path.is_empty();
-        if single {
-            link_or_copy_object(&self.object_path(&manifest.files[0].hash), &staging)?;
-        } else {
-            std::fs::create_dir_all(&staging)?;
-            for e in &manifest.files {
-                let target = staging.join(&e.path);
-                std::fs::create_dir_all(target.parent().unwrap())?;
-                link_or_copy_object(&self.object_path(&e.hash), &target)?;
-            }
+    /// The entry of an output file that is not the step's own: when the store
+    /// lacks its bytes, they are copied (reflinked where possible) and the
+    /// copy, hashed again, is what is stored. The original is never moved,
+    /// chmodded or written.
+    fn store_copy(&self, file: &OutputFile, exec: bool) -> Result<Entry> {
+        let (hash, meta) = self.memo.hash_file(&file.path)?;
+        let mut entry = Entry {
+            path: file.rel.clone(),
+            size: meta.size(),
+            hash,
+            exec,
+        };
+        if self.has_object(&entry) {
+            return Ok(entry);
         }
-        if dest.exists() || dest.is_symlink() {
-            let old = parent.join(format!(
-                ".{}.old-{}-{}",
-                dest.file_name().unwrap_or_default().to_string_lossy(),
-                std::process::id(),
-                unique()
-            ));
-            std::fs::rename(dest, &old)?;
-            std::fs::rename(&staging, dest)?;
-            std::fs::remove_dir_all(&old)
-                .or_else(|_| std::fs::remove_file(&old))
-                .ok();
+        let copy = self.temp_path("copy");
+        clone_or_copy(&file.path, &copy)?;
+        let size = std::fs::metadata(&copy)?.size();
+        // The original may have changed since it was hashed: the copy is
+        // what is stored, so its hash is the one recorded.
+        entry.hash = super::memo::hash_file_uncached(&copy, size)?;
+        entry.size = size;
+        if self.has_object(&entry) {
+            std::fs::remove_file(&copy).ok();
         } else {
-            std::fs::rename(&staging, dest)?;
+            self.adopt_object(&entry.hash, &copy, exec)?;
         }
-        Ok(())
+        Ok(entry)
     }
 
     /// The record of what `step` of `recipe` was last built from.
+    /// A record that is unreadable or names something that is not a hash is
+    /// treated as absent.
     pub fn record(&self, recipe: &str, step: &str) -> Option<BuildRecord> {
         let bytes = std::fs::read(self.record_path(recipe, step)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice::<BuildRecord>(&bytes)
+            .ok()
+            .filter(|r| is_hash(&r.key) && is_hash(&r.output))
     }
 
     /// Stores the record of the latest build of `step`.
@@ -290,126 +318,251 @@ impl Cache {
     }
 
     /// Re-hashes every object and checks every action's manifest; returns one
-    /// line per problem (empty when the cache is sound).
-    pub fn verify(&self) -> Result<Vec<String>> {
+    /// line per problem (empty when the cache is sound). Nothing under the
+    /// cache is trusted: a stray file, a symlink, an unreadable or malformed
+    /// action is a problem, never followed. With `repair`, what is wrong is
+    /// removed (the next build rebuilds or restores it) and each line says so.
+    pub fn verify(&self, repair: bool) -> Result<Vec<String>> {
         let mut problems = Vec::new();
-        for (hash, path) in self.objects()? {
-            let size = std::fs::metadata(&path)?.size();
-            let actual = super::memo::hash_file_uncached(&path, size)?;
-            if actual != hash {
-                problems.push(format!(
-                    "object {hash} is corrupt (its bytes hash to {actual})"
-                ));
+        let fix = |path: &Path, line: String, problems: &mut Vec<String>| -> Result<()> {
+            if repair {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                problems.push(format!("{line} (removed)"));
+            } else {
+                problems.push(line);
+            }
+            Ok(())
+        };
+        for object in self.objects()? {
+            let Some(hash) = &object.hash else {
+                let line = format!("stray file {} is not an object", object.path.display());
+                fix(&object.path, line, &mut problems)?;
+                continue;
+            };
+            let size = std::fs::metadata(&object.path)?.size();
+            let actual = super::memo::hash_file_uncached(&object.path, size)?;
+            if &actual != hash {
+                let line = format!("object {hash} is corrupt (its bytes hash to {actual})");
+                fix(&object.path, line, &mut problems)?;
             }
         }
-        for (key, manifest) in self.actions()? {
+        for action in self.actions()? {
+            let manifest = match action.manifest {
+                Ok(m) => m,
+                Err(why) => {
+                    let line = format!("action file {} is corrupt: {why}", action.path.display());
+                    fix(&action.path, line, &mut problems)?;
+                    continue;
+                }
+            };
+            let key = action.key.unwrap_or_default();
+            let mut bad = Vec::new();
             for e in &manifest.files {
                 match std::fs::metadata(self.object_path(&e.hash)) {
                     Ok(m) if m.size() == e.size => {}
-                    Ok(m) => problems.push(format!(
+                    Ok(m) => bad.push(format!(
                         "action {key}: object {} has {} bytes, expected {}",
                         e.hash,
                         m.size(),
                         e.size
                     )),
-                    Err(_) => problems.push(format!("action {key}: object {} is missing", e.hash)),
+                    Err(_) => bad.push(format!("action {key}: object {} is missing", e.hash)),
                 }
+            }
+            if let Some(first) = bad.first().cloned() {
+                problems.extend(bad.into_iter().skip(1));
+                fix(&action.path, first, &mut problems)?;
             }
         }
         Ok(problems)
     }
 
-    /// Every object: (hash, path).
-    fn objects(&self) -> Result<Vec<(String, PathBuf)>> {
-        let mut out = Vec::new();
-        for rel in list_files(&self.root.join("objects"))? {
-            let hash = rel.replace('/', "");
-            out.push((hash, self.root.join("objects").join(&rel)));
-        }
-        Ok(out)
+    /// Every file under `objects/`, with its hash when it is a well-formed
+    /// object (a regular file at `ab/cdef…` spelling a hash).
+    fn objects(&self) -> Result<Vec<CacheFile>> {
+        let dir = self.root.join("objects");
+        Ok(cache_files(&dir)?
+            .into_iter()
+            .map(|(rel, regular)| {
+                let hash = rel.replace('/', "");
+                let well_formed = regular && rel.len() == 65 && rel.as_bytes()[2] == b'/';
+                CacheFile {
+                    path: dir.join(&rel),
+                    hash: (well_formed && is_hash(&hash)).then_some(hash),
+                }
+            })
+            .collect())
     }
 
-    /// Every action: (key, manifest). Unreadable entries are skipped.
-    fn actions(&self) -> Result<Vec<(String, Manifest)>> {
+    /// Every file under `actions/`, each with its key and manifest or why it
+    /// is not a valid action entry.
+    fn actions(&self) -> Result<Vec<ActionFile>> {
+        let dir = self.root.join("actions");
         let mut out = Vec::new();
-        for rel in list_files(&self.root.join("actions"))? {
-            let Some(key) = rel.rsplit('/').next().and_then(|f| f.strip_suffix(".json")) else {
-                continue;
+        for (rel, regular) in cache_files(&dir)? {
+            let path = dir.join(&rel);
+            let key = rel
+                .split_once('/')
+                .and_then(|(prefix, file)| Some((prefix, file.strip_suffix(".json")?)))
+                .filter(|(prefix, key)| {
+                    is_hash(key) && key.starts_with(prefix) && prefix.len() == 2
+                })
+                .map(|(_, key)| key.to_owned());
+            let manifest = match (&key, regular) {
+                (Some(_), true) => match std::fs::read(&path) {
+                    Ok(bytes) => Manifest::parse(&bytes),
+                    Err(e) => Err(format!("unreadable: {e}")),
+                },
+                _ => Err("not an action entry (actions/ab/<key>.json)".to_owned()),
             };
-            let bytes = std::fs::read(self.root.join("actions").join(&rel))?;
-            if let Ok(m) = serde_json::from_slice(&bytes) {
-                out.push((key.to_owned(), m));
-            }
+            out.push(ActionFile {
+                path,
+                key,
+                manifest,
+            });
         }
         Ok(out)
     }
 
     /// Removes actions that no build record references, objects that no kept
-    /// action references, and interrupted remote downloads. Returns (actions, objects, bytes) that were (or, with
-    /// `dry_run`, would be) removed.
+    /// action references, interrupted remote downloads, and anything under
+    /// `actions/` or `objects/` that is not a valid entry. Only files inside
+    /// the cache are removed; symlinks there are removed, never followed.
+    /// Returns (actions, objects, bytes) that were (or, with `dry_run`,
+    /// would be) removed.
     pub fn gc(&self, dry_run: bool) -> Result<(usize, usize, u64)> {
         let mut live_keys = std::collections::HashSet::new();
-        for rel in list_files(&self.root.join("records"))? {
-            let bytes = std::fs::read(self.root.join("records").join(&rel))?;
+        let records = self.root.join("records");
+        for (rel, regular) in cache_files(&records)? {
+            let Ok(bytes) = std::fs::read(records.join(&rel)) else {
+                continue;
+            };
+            if !regular {
+                continue;
+            }
             if let Ok(r) = serde_json::from_slice::<BuildRecord>(&bytes) {
                 live_keys.insert(r.key);
             }
         }
+        let remove = |path: &Path| -> Result<()> {
+            if !dry_run {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+            Ok(())
+        };
         let mut live_objects = std::collections::HashSet::new();
         let mut dead_actions = 0;
-        for (key, manifest) in self.actions()? {
-            if live_keys.contains(&key) {
-                live_objects.extend(manifest.files.into_iter().map(|e| e.hash));
-            } else {
-                dead_actions += 1;
-                if !dry_run {
-                    std::fs::remove_file(self.action_path(&key))?;
+        for action in self.actions()? {
+            match (action.key, action.manifest) {
+                (Some(key), Ok(manifest)) if live_keys.contains(&key) => {
+                    live_objects.extend(manifest.files.into_iter().map(|e| e.hash));
+                }
+                _ => {
+                    dead_actions += 1;
+                    remove(&action.path)?;
                 }
             }
         }
         let (mut dead_objects, mut bytes) = (0, 0);
-        let partial_downloads = list_files(&self.root.join("partial"))?
+        let partial = self.root.join("partial");
+        let partial_downloads = cache_files(&partial)?
             .into_iter()
-            .map(|rel| (String::new(), self.root.join("partial").join(rel)));
-        for (hash, path) in self.objects()?.into_iter().chain(partial_downloads) {
-            if !live_objects.contains(&hash) {
-                dead_objects += 1;
-                bytes += std::fs::metadata(&path)?.size();
-                if !dry_run {
-                    std::fs::remove_file(&path)?;
-                }
+            .map(|(rel, _)| CacheFile {
+                path: partial.join(rel),
+                hash: None,
+            });
+        for object in self.objects()?.into_iter().chain(partial_downloads) {
+            if object
+                .hash
+                .as_ref()
+                .is_some_and(|h| live_objects.contains(h))
+            {
+                continue;
             }
+            dead_objects += 1;
+            bytes += std::fs::symlink_metadata(&object.path)?.size();
+            remove(&object.path)?;
         }
         Ok((dead_actions, dead_objects, bytes))
     }
 }
 
-fn link_or_copy_object(object: &Path, target: &Path) -> Result<()> {
-    if std::fs::hard_link(object, target).is_err() {
-        std::fs::copy(object, target)
-            .with_context(|| format!("cannot copy {} to {}", object.display(), target.display()))?;
-    }
-    Ok(())
+/// A file under `objects/` or `partial/`; `hash` is None for anything that is
+/// not a well-formed object.
+struct CacheFile {
+    path: PathBuf,
+    hash: Option<String>,
 }
 
-fn make_writable(path: &Path) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(path) {
-                for e in rd.flatten() {
-                    make_writable(&e.path());
-                }
+/// A file under `actions/`.
+struct ActionFile {
+    path: PathBuf,
+    key: Option<String>,
+    manifest: Result<Manifest, String>,
+}
+
+/// Every non-directory under the cache directory `dir` as (relative path,
+/// whether it is a regular file), without following symlinks: a link in the
+/// cache is listed as itself, never entered.
+fn cache_files(dir: &Path) -> Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel_path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push((entry.path(), rel_path));
+            } else {
+                out.push((rel_path, ty.is_file()));
             }
         }
-        let mut perms = meta.permissions();
-        perms.set_mode(perms.mode() | 0o200);
-        std::fs::set_permissions(path, perms).ok();
     }
+    out.sort();
+    Ok(out)
 }
 
-/// A name safe to use as one path component.
+/// Makes `path` and, for a real directory, everything in it writable by the
+/// owner, so that debris can be removed. Symlinks are neither followed nor
+/// changed.
+fn make_writable(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    if meta.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+    let mut perms = meta.permissions();
+    perms.set_mode(perms.mode() | 0o200);
+    std::fs::set_permissions(path, perms).ok();
+}
+
+/// A name safe to use as one path component: characters outside a small set
+/// become `_`, and a name the name gate refuses (`.`, `..`, empty) gets a `_`
+/// in front.
 fn sanitize(name: &str) -> String {
-    name.chars()
+    let safe: String = name
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | ',') {
                 c
@@ -417,11 +570,9 @@ fn sanitize(name: &str) -> String {
                 '_'
             }
         })
-        .collect()
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
+        .collect();
+    match crate::names::component_problem(&safe) {
+        None => safe,
+        Some(_) => format!("_{safe}"),
+    }
 }

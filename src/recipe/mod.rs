@@ -145,6 +145,11 @@ impl Recipe {
                     )
                 })
                 .unwrap_or_else(|| "merged".to_owned());
+            crate::names::check_component(
+                "the recipe name taken from the config file's name",
+                &r.name,
+            )
+            .map_err(|e| RecipeError::file(file, format!("{e}; rename the file")))?;
             r
         } else {
             if docs.len() > 1 {
@@ -268,7 +273,7 @@ fn native_recipe(
         ));
     }
     let name = f.req_str("name")?;
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    if crate::names::component_problem(&name).is_some() || name.starts_with('.') {
         return Err(diag.error(
             f.req("name")?.span,
             format!("`name` must be a non-empty name without `/`, found `{name}`"),
@@ -315,6 +320,10 @@ fn native_recipe(
         }
     }
     let (expanded, matrices) = matrix::expand(entries, diag, opts)?;
+    for s in &expanded {
+        crate::names::check_component("step instance name", &s.name)
+            .map_err(|e| diag.error(s.span, e))?;
+    }
     let steps = expanded
         .into_iter()
         .map(|s| parse_step(&s.name, s.span, &s.body, diag))
@@ -475,7 +484,10 @@ fn mergekit_recipe(docs: &[Node], diag: &Diag, dir: &Path) -> Result<Recipe, Rec
                     "each document of a mergekit-multi file needs a `name`",
                 ));
             };
-            expect_str(diag, n, "name")?
+            let name = expect_str(diag, n, "name")?;
+            crate::names::check_component("mergekit-multi document name", &name)
+                .map_err(|e| diag.error(n.span, e))?;
+            name
         } else {
             "merged".to_owned()
         };

@@ -1,22 +1,27 @@
 //! File helpers shared by steps that pass most of a model folder through
-//! unchanged: big files are hardlinked, never copied.
+//! unchanged: cache objects are hardlinked, anything else (a user's source) is
+//! reflinked or copied, never linked (see the rule in [`crate::cache`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Makes `dst` have the bytes of `src` without copying when the filesystem
-/// allows it (hardlink), copying otherwise. A symlink (as in a Hub cache
-/// snapshot) is followed: `dst` gets the target's bytes, never the link.
+use crate::cache::copy::{clone_or_copy, is_object};
+
+/// Makes `dst` (which must not exist) have the bytes of `src`. A cache object
+/// (an earlier step's materialized output) is hardlinked: free, and the cache
+/// owns it. Anything else gets its own copy, a reflink where the filesystem
+/// supports it, so the output shares nothing with the user's file. A symlink
+/// (as in a Hub cache snapshot) is followed: `dst` gets the target's bytes,
+/// never the link.
 pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     let resolved = std::fs::canonicalize(src);
     let src = resolved.as_deref().unwrap_or(src);
-    if std::fs::hard_link(src, dst).is_ok() {
+    let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if is_object(&meta) && std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    std::fs::copy(src, dst)
-        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
-    Ok(())
+    clone_or_copy(src, dst)
 }
 
 /// Links every file of the model folder `src` (recursively) into `dst`, except
@@ -51,10 +56,16 @@ fn link_tree_at(src: &Path, dst: &Path, rel: &str, skip: &dyn Fn(&str) -> bool) 
     Ok(())
 }
 
-/// Writes JSON the way Hugging Face tools do (two-space indent, trailing newline).
+/// Writes JSON the way Hugging Face tools do (two-space indent, trailing
+/// newline). A file already at `path` is unlinked first, never written
+/// through: it may be a hardlink to a cache object passed through by
+/// [`link_or_copy`].
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -49,14 +49,16 @@ impl Run {
         };
         let outputs = f.opt_str_list("outputs")?;
         for (i, out) in outputs.iter().enumerate() {
-            if out.starts_with('/') || out.split('/').any(|p| p == "..") {
+            if let Some(why) = crate::names::relative_path_problem(out) {
                 let span = f
                     .opt("outputs")
                     .and_then(|n| n.as_seq())
                     .map_or(node.span, |s| s[i].span);
                 return Err(cx.diag.error(
                     span,
-                    format!("output `{out}` must be a path inside the step's output directory"),
+                    format!(
+                        "output `{out}` must be a path inside the step's output directory ({why})"
+                    ),
                 ));
             }
         }

@@ -180,12 +180,12 @@ impl RemoteCache {
         let Some(bytes) = bytes.map_err(|e| RemoteError::Unreachable(e.into()))? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(m) if m.files.iter().all(|e| is_hash(&e.hash)) => Ok(Some(m)),
-            _ => {
+        match Manifest::parse(&bytes) {
+            Ok(m) => Ok(Some(m)),
+            Err(why) => {
                 self.forget(&path);
                 Err(RemoteError::Corrupt(format!(
-                    "the action entry {path} is not a valid manifest"
+                    "the action entry {path} is not a valid manifest ({why})"
                 )))
             }
         }
@@ -253,8 +253,4 @@ impl RemoteCache {
             self.runtime.block_on(self.store.delete(path)).ok();
         }
     }
-}
-
-fn is_hash(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
