@@ -170,6 +170,25 @@ fn huge_counts_are_refused_before_allocating() {
 }
 
 #[test]
+fn array_longer_than_the_file_is_refused_before_allocating() {
+    // One metadata entry: an array of 2^28 u32 in a 50-byte file.
+    let mut b = b"GGUF\x03\0\0\0".to_vec();
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(b'a');
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&4u32.to_le_bytes()); // of u32
+    b.extend_from_slice(&(1u64 << 28).to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    let err = reopen_with(&b);
+    assert_eq!(
+        err.to_string(),
+        "truncated: 268435456 array items of `a` needs 1073741824 bytes at offset 49, only 8 remain"
+    );
+}
+
+#[test]
 fn out_of_order_offset() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = std::fs::read(sample(dir.path())).unwrap();

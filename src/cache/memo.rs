@@ -106,8 +106,11 @@ impl HashMemo {
         Ok((hash, meta))
     }
 
-    /// The manifest of a file or a directory tree. Names starting with `.` are
-    /// skipped (VCS and tool metadata is not part of a model).
+    /// The manifest of a source: a file or a directory tree. Every file a step
+    /// may read is in it, dotfiles included (an index may name a dotfile
+    /// shard); only git's own store (`.git`) and the Hub client's download
+    /// bookkeeping (`.cache/huggingface` at the top) are left out, see
+    /// [`list_source_files`].
     pub fn manifest(&self, root: &Path) -> Result<Manifest> {
         let meta =
             std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
@@ -121,7 +124,7 @@ impl HashMemo {
             }]));
         }
         let mut files = Vec::new();
-        for rel in list_files(root)? {
+        for rel in list_source_files(root)? {
             let (hash, meta) = self.hash_file(&root.join(&rel))?;
             files.push(Entry {
                 path: rel,
@@ -137,6 +140,24 @@ impl HashMemo {
 /// Relative `/`-separated paths of every regular file under `root`, sorted,
 /// skipping names that start with `.`.
 pub fn list_files(root: &Path) -> Result<Vec<String>> {
+    walk_files(root, &|name, _| name.starts_with('.'))
+}
+
+/// The files of a source folder that are part of its identity: every regular
+/// file except those under `.git` (git's object store: a model never reads it,
+/// and it can be as large as the model again) and the top-level
+/// `.cache/huggingface` (download bookkeeping `huggingface-cli download
+/// --local-dir` rewrites on every download).
+pub fn list_source_files(root: &Path) -> Result<Vec<String>> {
+    walk_files(root, &|name, rel| {
+        name == ".git" || rel == ".cache/huggingface"
+    })
+}
+
+/// Relative paths of the regular files under `root`, sorted, leaving out every
+/// entry for which `skip(name, relative path)` is true (and, for a folder,
+/// everything in it).
+fn walk_files(root: &Path, skip: &dyn Fn(&str, &str) -> bool) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
@@ -145,14 +166,14 @@ pub fn list_files(root: &Path) -> Result<Vec<String>> {
         {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
             let rel_path = if rel.is_empty() {
-                name
+                name.clone()
             } else {
                 format!("{rel}/{name}")
             };
+            if skip(&name, &rel_path) {
+                continue;
+            }
             let ty = std::fs::metadata(entry.path())?.file_type();
             if ty.is_dir() {
                 stack.push((entry.path(), rel_path));

@@ -114,6 +114,9 @@ fn make_trial(
     distractors: usize,
     rng: &mut SplitMix,
 ) -> Result<Trial> {
+    if distractors >= 90_000 {
+        bail!("{distractors} distractors per trial: there are only 90000 five-digit keys");
+    }
     let key = five_digits(rng);
     let mut others = Vec::with_capacity(distractors);
     while others.len() < distractors {

@@ -74,6 +74,19 @@ impl ValueType {
         self as u32
     }
 
+    /// The fewest bytes one value of this type takes in a file (a string or
+    /// array: its length field), which bounds how many a file can hold.
+    pub fn min_file_size(self) -> u64 {
+        use ValueType::*;
+        match self {
+            U8 | I8 | Bool => 1,
+            U16 | I16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 | String => 8,
+            Array => 12,
+        }
+    }
+
     /// The type with id `id`.
     pub fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
@@ -642,7 +655,25 @@ impl<'a> Cursor<'a> {
                         max: MAX_ARRAY_LEN,
                     });
                 }
-                let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
+                // Checked against the bytes left before allocating: a
+                // claimed length the file cannot hold is a truncated file.
+                let have = (self.bytes.len() - self.at) as u64;
+                let need = n.saturating_mul(elem.min_file_size());
+                if need > have {
+                    return Err(GgufError::Truncated {
+                        what: format!("{n} array items of `{key}`"),
+                        need,
+                        at: self.at as u64,
+                        have,
+                    });
+                }
+                let mut items = Vec::new();
+                items.try_reserve_exact(n as usize).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::OutOfMemory,
+                        format!("cannot allocate {n} array items of `{key}`: {e}"),
+                    )
+                })?;
                 for _ in 0..n {
                     items.push(self.value(elem, key, depth + 1)?);
                 }

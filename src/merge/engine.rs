@@ -337,8 +337,11 @@ pub fn run(
         let writer = writer_thread
             .join()
             .map_err(|_| anyhow::anyhow!("the output writer panicked"))?;
+        // A writer that failed (a full disk) stopped the merge: its error,
+        // with the file and the OS error, is the one to report.
+        let writer = writer?;
         computed?;
-        writer?.finish()
+        writer.finish()
     })
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::config::MergeConfig;
@@ -146,11 +146,15 @@ fn card(config: &MergeConfig, plan: &MergePlan, title: &str, seed: u64) -> Strin
 pub fn write_metadata(config: &MergeConfig, plan: &MergePlan, out: &Path, seed: u64) -> Result<()> {
     write_config(plan, out)?;
     write_tokenizer(config, plan, out)?;
-    std::fs::write(out.join("mergekit_config.yml"), &config.text)?;
+    write_text(&out.join("mergekit_config.yml"), &config.text)?;
     let title = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "merge".into());
-    std::fs::write(out.join("README.md"), card(config, plan, &title, seed))?;
-    Ok(())
+    write_text(&out.join("README.md"), &card(config, plan, &title, seed))
+}
+
+/// Writes a text file, naming it in the error (a full disk says which file).
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

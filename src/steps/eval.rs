@@ -49,14 +49,36 @@ fn device_name(d: Device) -> &'static str {
     }
 }
 
-fn positive(f: &Fields, key: &str) -> Result<Option<usize>, RecipeError> {
+/// The longest window (perplexity `context`, passkey length) a recipe may
+/// ask for: 16Mi tokens, beyond any released model's context. Longer values
+/// are typos that would otherwise try to allocate terabytes.
+pub const MAX_WINDOW: u64 = 1 << 24;
+
+/// Passkey trials per length a recipe may ask for.
+pub const MAX_TRIALS: u64 = 100_000;
+
+/// Distractor keys per passkey trial a recipe may ask for (there are 90,000
+/// five-digit keys; each trial draws distinct ones).
+pub const MAX_DISTRACTORS: u64 = 1_000;
+
+/// An optional count between 1 and `max` (named `limit` in the error).
+fn bounded(f: &Fields, key: &str, max: u64, limit: &str) -> Result<Option<usize>, RecipeError> {
+    let span = || f.opt(key).map_or(f.node().span, |n| n.span);
     match f.opt_u64(key)? {
-        Some(0) => Err(f.diag().error(
-            f.opt(key).map_or(f.node().span, |n| n.span),
-            format!("`{key}` must be at least 1"),
+        Some(0) => Err(f
+            .diag()
+            .error(span(), format!("`{key}` must be at least 1"))),
+        Some(v) if v > max => Err(f.diag().error(
+            span(),
+            format!("`{key}` is {v}, more than {max} (limit {limit})"),
         )),
         v => Ok(v.map(|v| v as usize)),
     }
+}
+
+/// An optional count of at least 1 with no bound beyond `usize`.
+fn positive(f: &Fields, key: &str) -> Result<Option<usize>, RecipeError> {
+    bounded(f, key, usize::MAX as u64, "usize::MAX")
 }
 
 impl Eval {
@@ -127,9 +149,43 @@ impl Eval {
         ppl.max(pk)
     }
 
-    /// Refuses windows the model was not built for, unless overridden.
+    /// Peak memory of the longest window. Weights are mapped, not copied: the
+    /// peak is the activations of the longest window (hidden states,
+    /// projections, MLP, and the copies the parallel GEMM and attention make)
+    /// plus the logits chunk.
+    fn window_bytes(&self, cfg: Option<&LlamaConfig>) -> u64 {
+        let per_row = cfg.map_or(8192 * 24, |c| {
+            [
+                (6, c.hidden),
+                (3, c.q_dim()),
+                (2, c.kv_dim()),
+                (4, c.intermediate),
+            ]
+            .iter()
+            .fold(0u64, |sum, &(n, d)| {
+                sum.saturating_add((d as u64).saturating_mul(n))
+            })
+        });
+        let rows = self.longest_window() as u64 + 64;
+        rows.saturating_mul(per_row)
+            .saturating_mul(4)
+            .saturating_add((128 << 20) + (64 << 20))
+    }
+
+    /// Refuses windows the model was not built for, unless overridden, and
+    /// windows whose activations cannot fit in this machine's memory.
     fn check_context(&self, cfg: &LlamaConfig) -> Result<()> {
         let longest = self.longest_window();
+        let need = self.window_bytes(Some(cfg));
+        let have = physical_memory();
+        if need > have {
+            bail!(
+                "a window of {longest} tokens needs about {} GiB of memory for activations, \
+                 more than this machine's {} GiB",
+                need >> 30,
+                have >> 30
+            );
+        }
         if longest > cfg.max_positions && !self.allow_long_context {
             bail!(
                 "a window of {longest} tokens exceeds the model's max_position_embeddings ({}); \
@@ -142,6 +198,21 @@ impl Eval {
         }
         Ok(())
     }
+}
+
+/// Total physical memory in bytes (`u64::MAX` when the system does not say).
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return u64::MAX;
+    }
+    (pages as u64).saturating_mul(page as u64)
 }
 
 fn parse_perplexity(node: &Node, cx: &ParseContext) -> Result<PerplexityParams, RecipeError> {
@@ -163,7 +234,7 @@ fn parse_perplexity(node: &Node, cx: &ParseContext) -> Result<PerplexityParams, 
                 .with_help("expected `llama.cpp` or `strided`")
         })?,
     };
-    let stride = positive(&f, "stride")?;
+    let stride = bounded(&f, "stride", MAX_WINDOW, "MAX_WINDOW")?;
     if stride.is_some() && protocol == Protocol::LlamaCpp {
         return Err(cx.diag.error(
             f.req("stride")?.span,
@@ -174,7 +245,7 @@ fn parse_perplexity(node: &Node, cx: &ParseContext) -> Result<PerplexityParams, 
         text: input_ref(cx.diag, f.req("text")?, "text")?,
         spec: PerplexitySpec {
             protocol,
-            context: positive(&f, "context")?.unwrap_or(512),
+            context: bounded(&f, "context", MAX_WINDOW, "MAX_WINDOW")?.unwrap_or(512),
             stride,
             max_tokens: positive(&f, "max_tokens")?,
         },
@@ -197,6 +268,10 @@ fn parse_passkey(node: &Node, cx: &ParseContext) -> Result<PasskeySpec, RecipeEr
     let lengths = items
         .iter()
         .map(|n| match n.as_f64() {
+            Some(v) if v > MAX_WINDOW as f64 && v.fract() == 0.0 => Err(cx.diag.error(
+                n.span,
+                format!("passkey length {v} is more than {MAX_WINDOW} tokens (limit MAX_WINDOW)"),
+            )),
             Some(v) if v >= 1.0 && v.fract() == 0.0 => Ok(v as usize),
             _ => Err(cx.diag.error(
                 n.span,
@@ -206,9 +281,9 @@ fn parse_passkey(node: &Node, cx: &ParseContext) -> Result<PasskeySpec, RecipeEr
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PasskeySpec {
         lengths,
-        trials: positive(&f, "trials")?.unwrap_or(10),
+        trials: bounded(&f, "trials", MAX_TRIALS, "MAX_TRIALS")?.unwrap_or(10),
         seed: f.opt_u64("seed")?.unwrap_or(0),
-        distractors: positive(&f, "distractors")?.unwrap_or(9),
+        distractors: bounded(&f, "distractors", MAX_DISTRACTORS, "MAX_DISTRACTORS")?.unwrap_or(9),
     })
 }
 
@@ -321,18 +396,11 @@ impl Step for Eval {
     }
 
     fn memory_estimate(&self, ctx: &StepContext) -> u64 {
-        // Weights are mapped, not copied: the peak is the activations of the
-        // longest window (hidden states, projections, MLP, and the copies the
-        // parallel GEMM and attention make) plus the logits chunk.
         let cfg = ctx
             .inputs
             .get(&self.model.name)
             .and_then(|m| LlamaConfig::from_dir(&m.path).ok());
-        let per_row = cfg.map_or(8192 * 24, |c| {
-            6 * c.hidden + 3 * c.q_dim() + 2 * c.kv_dim() + 4 * c.intermediate
-        }) as u64;
-        let rows = self.longest_window() as u64 + 64;
-        rows * per_row * 4 + (128 << 20) + (64 << 20)
+        self.window_bytes(cfg.as_ref())
     }
 
     fn preflight(&self, sources: &BTreeMap<String, PathBuf>) -> Result<()> {

@@ -72,6 +72,49 @@ impl Run {
     }
 }
 
+/// How long to wait for the rest of a finished command's stderr.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The process group of a `run` command (its id is the shell's pid). Dropping
+/// it kills every process left in the group.
+struct ProcessGroup(u32);
+
+impl ProcessGroup {
+    /// Waits until the group's leader (the shell) exits, without reaping it:
+    /// while it is unreaped its pid cannot be reused, so killing the group
+    /// afterwards cannot hit an unrelated process.
+    fn wait_for_leader(&self) -> std::io::Result<()> {
+        loop {
+            // SAFETY: waitid fills a zeroed siginfo_t we own.
+            let rc = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(
+                    libc::P_PID,
+                    self.0 as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: a plain syscall; ESRCH (no process left) is the usual answer.
+        unsafe {
+            libc::kill(-(self.0 as libc::pid_t), libc::SIGKILL);
+        }
+    }
+}
+
 /// The environment variable name for input `name`: upper case, non-alphanumerics as `_`.
 pub fn input_env_var(name: &str) -> String {
     let mut var = String::from("YIBUILD_IN_");
@@ -143,12 +186,29 @@ impl Step for Run {
                 Ok(())
             });
         }
+        // Its own process group, so that whatever it leaves running in the
+        // background is killed with it before the output is stored.
+        cmd.process_group(0);
         let mut child = cmd.spawn().context("cannot start `sh`")?;
-        let mut stderr = String::new();
+        let group = ProcessGroup(child.id());
+        let (sender, stderr) = std::sync::mpsc::channel();
         if let Some(mut pipe) = child.stderr.take() {
-            pipe.read_to_string(&mut stderr).ok();
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                pipe.read_to_end(&mut text).ok();
+                sender.send(text).ok();
+            });
         }
+        let exited = group.wait_for_leader();
+        drop(group);
         let status = child.wait()?;
+        exited?;
+        // Background processes held the pipe open until they were killed
+        // above; one that left the group (setsid) may hold it for good.
+        let stderr = stderr
+            .recv_timeout(STDERR_GRACE)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
         if !status.success() {
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();

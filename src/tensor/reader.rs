@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -76,19 +76,18 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
             bail!("{}: missing `weight_map` object", index.display());
         };
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let mut files = Vec::new();
+        for (tensor, file) in map {
+            files.push(contained_shard(&index, tensor, file)?);
+        }
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        for p in &paths {
+        for (p, f) in paths.iter().zip(&files) {
             if !p.is_file() {
                 bail!(
-                    "{}: shard `{}` listed in model.safetensors.index.json is missing",
+                    "{}: shard `{f}` listed in model.safetensors.index.json is missing",
                     dir.display(),
-                    p.file_name().unwrap_or_default().to_string_lossy()
                 );
             }
         }
@@ -116,6 +115,32 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         bail!("{}: no .safetensors files found", dir.display());
     }
     Ok(files)
+}
+
+/// The shard file a `weight_map` entry of `index` names, refused unless it is
+/// a relative path that stays inside the model folder: an index from a
+/// download or a shared folder must not make yibuild read (and hash into an
+/// output) a file elsewhere.
+fn contained_shard<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) -> Result<&'a str> {
+    let Some(name) = file.as_str() else {
+        bail!(
+            "{}: weight_map entry `{tensor}` must name a shard file, found `{file}`",
+            index.display()
+        );
+    };
+    let inside = !name.is_empty()
+        && !name.contains('\0')
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        bail!(
+            "{}: weight_map entry `{tensor}` names shard `{name}`, which is not a file inside \
+             the model folder (absolute paths and `..` are refused)",
+            index.display()
+        );
+    }
+    Ok(name)
 }
 
 impl ModelTensors {
@@ -285,5 +310,68 @@ impl ModelTensors {
         info.dtype
             .decode_into(&self.shards[info.shard].1[start..end], out);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TinyLlama;
+
+    /// A two-shard model at `model/` and a valid shard copied next to it, at
+    /// `outside.safetensors`.
+    fn model_and_outside() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        TinyLlama {
+            shards: 2,
+            ..Default::default()
+        }
+        .write(&dir)
+        .unwrap();
+        let outside = root.path().join("outside.safetensors");
+        std::fs::copy(&shard_files(&dir).unwrap()[0], &outside).unwrap();
+        (root, dir, outside)
+    }
+
+    /// Points the first `weight_map` entry of the model in `dir` at `shard`.
+    fn point_first_tensor_at(dir: &Path, shard: serde_json::Value) {
+        let index = dir.join("model.safetensors.index.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        let map = json["weight_map"].as_object_mut().unwrap();
+        let first = map.keys().next().unwrap().clone();
+        map.insert(first, shard);
+        std::fs::write(&index, serde_json::to_vec(&json).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn index_entries_outside_the_model_folder_are_refused() {
+        let (_root, dir, outside) = model_and_outside();
+        for shard in [
+            "../outside.safetensors",
+            "sub/../../outside.safetensors",
+            &outside.display().to_string(),
+        ] {
+            point_first_tensor_at(&dir, serde_json::json!(shard));
+            let err = ModelTensors::open(&dir).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "{}: weight_map entry `",
+                    dir.join("model.safetensors.index.json").display()
+                )) && err.contains(&format!(
+                    "names shard `{shard}`, which is not a file inside the model folder"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_string_index_entry_is_an_error() {
+        let (_root, dir, _) = model_and_outside();
+        point_first_tensor_at(&dir, serde_json::json!(7));
+        let err = shard_files(&dir).unwrap_err().to_string();
+        assert!(err.contains("must name a shard file, found `7`"), "{err}");
     }
 }

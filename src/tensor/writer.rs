@@ -178,8 +178,9 @@ impl ShardedWriter {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let tensors = &self.plan[shard.tensors.clone()];
         let header = shard_header(tensors);
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .and_then(|()| out.write_all(&header))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         let data: u64 = tensors.iter().map(PlannedTensor::byte_len).sum();
         self.current = Some((index, out, data));
         self.next_shard += 1;
@@ -223,8 +224,12 @@ impl ShardedWriter {
                 .current
                 .as_mut()
                 .expect("a shard is open while tensors remain");
-            out.write_all(&bytes[..take])
-                .with_context(|| format!("cannot write {}", self.shards[*index].file))?;
+            out.write_all(&bytes[..take]).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    self.dir.join(&self.shards[*index].file).display()
+                )
+            })?;
             *left -= take as u64;
             self.tensor_left -= take as u64;
             bytes = &bytes[take..];
