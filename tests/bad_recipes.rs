@@ -166,7 +166,12 @@ fn unknown_target_and_missing_source() {
 
 #[test]
 fn non_finite_config_values_are_refused() {
-    for (value, shown) in [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "NaN"), ("1e400", "inf")] {
+    for (value, shown) in [
+        (".inf", "inf"),
+        ("-.inf", "-inf"),
+        (".nan", "NaN"),
+        ("1e400", "inf"),
+    ] {
         let line = format!("      set: {{rope_theta: {value}}}");
         let col = line.find(value).unwrap() + 1;
         let err = assert_located(
@@ -182,6 +187,6 @@ fn non_finite_config_values_are_refused() {
             "{HEAD}  p:\n    patch_config:\n      model: base\n      generation_config:\n        set: {{x: [1, .nan]}}\n"
         ),
         "`set.x` is NaN",
-        "10:19",
+        "10:22",
     );
 }

@@ -729,8 +729,9 @@ fn run_layout(
     std::fs::create_dir(&quant)?;
     write_gguf(&dir, &quant.join("m.gguf"), Preset::F32);
     let hf = parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 64}}").unwrap();
-    let q = parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 64}}")
-        .unwrap();
+    let q =
+        parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 64}}")
+            .unwrap();
     let ppl = |r: Run| r.parsed.perplexity.unwrap().result.perplexity;
     let inputs = [("m", dir.as_path()), ("q", quant.as_path()), ("wiki", text)];
     let file = GgufFile::open(&quant.join("m.gguf"))?;
@@ -763,10 +764,20 @@ fn transformers_4_and_5_configs_give_the_same_forward_pass_and_gguf() {
             layout,
             ..Default::default()
         };
-        let v4 = run_layout(tmp.path(), &text, &fixture(Layout::Transformers4), &format!("{case}-4"))
-            .unwrap();
-        let v5 = run_layout(tmp.path(), &text, &fixture(Layout::Transformers5), &format!("{case}-5"))
-            .unwrap();
+        let v4 = run_layout(
+            tmp.path(),
+            &text,
+            &fixture(Layout::Transformers4),
+            &format!("{case}-4"),
+        )
+        .unwrap();
+        let v5 = run_layout(
+            tmp.path(),
+            &text,
+            &fixture(Layout::Transformers5),
+            &format!("{case}-5"),
+        )
+        .unwrap();
         // Same weights, same meaning: the numbers are identical, and the GGUF
         // evaluates like its source.
         assert_eq!(v4.ppl, v5.ppl, "{case}");
@@ -783,13 +794,25 @@ fn transformers_4_and_5_configs_give_the_same_forward_pass_and_gguf() {
         assert_eq!(meta("llama.rope.freq_base"), Value::F32(5e6));
         assert_eq!(meta("llama.context_length"), Value::U32(2048));
         assert_eq!(meta("llama.attention.key_length"), Value::U32(16));
-        assert_eq!(meta("llama.attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        assert_eq!(
+            meta("llama.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5)
+        );
         if case == "yarn" {
-            assert_eq!(meta("llama.rope.scaling.type"), Value::String("yarn".into()));
+            assert_eq!(
+                meta("llama.rope.scaling.type"),
+                Value::String("yarn".into())
+            );
             assert_eq!(meta("llama.rope.scaling.factor"), Value::F32(4.0));
-            assert_eq!(meta("llama.rope.scaling.original_context_length"), Value::U32(512));
+            assert_eq!(
+                meta("llama.rope.scaling.original_context_length"),
+                Value::U32(512)
+            );
             assert_eq!(meta("llama.rope.scaling.yarn_beta_fast"), Value::F32(16.0));
-            assert!(!v5.metadata.iter().any(|(k, _)| k == "llama.rope.scaling.yarn_beta_slow"));
+            assert!(!v5
+                .metadata
+                .iter()
+                .any(|(k, _)| k == "llama.rope.scaling.yarn_beta_slow"));
         } else {
             assert!(!v5.metadata.iter().any(|(k, _)| k.contains("scaling")));
         }
@@ -808,7 +831,12 @@ fn transformers_4_and_5_configs_give_the_same_forward_pass_and_gguf() {
         "theta-5e6",
     )
     .unwrap();
-    assert!((default_theta.ppl - v5.ppl).abs() > 1e-6 * v5.ppl, "{} vs {}", default_theta.ppl, v5.ppl);
+    assert!(
+        (default_theta.ppl - v5.ppl).abs() > 1e-6 * v5.ppl,
+        "{} vs {}",
+        default_theta.ppl,
+        v5.ppl
+    );
 }
 
 #[test]
@@ -827,7 +855,8 @@ fn a_non_finite_perplexity_fails_the_step_and_stores_nothing() {
     yibuild::fixtures::write_model_files(&dir, &fixture.config(), &tensors, fixture.dtype, 1)
         .unwrap();
     yibuild::fixtures::write_byte_level_tokenizer(&dir, fixture.tokenizer_vocab).unwrap();
-    let step = parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
+    let step =
+        parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
     let inputs: BTreeMap<String, Artifact> = [("m", &dir), ("wiki", &text)]
         .iter()
         .map(|(n, p)| {
@@ -869,8 +898,12 @@ fn gguf_with(root: &Path, key: &str, value: u32) -> std::path::PathBuf {
     let entry = conv.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
     entry.1 = Value::U32(value);
     let path = root.join(format!("{key}-{value}.gguf"));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    conv.write(&path, Preset::F32, None, &pool, &|_| {}).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    conv.write(&path, Preset::F32, None, &pool, &|_| {})
+        .unwrap();
     path
 }
 
@@ -883,10 +916,26 @@ fn impossible_gguf_shapes_are_clear_errors() {
         parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 16}}")
             .unwrap();
     for (key, value, want) in [
-        ("llama.block_count", 0, "metadata `llama.block_count` is 0; it must be at least 1"),
-        ("llama.attention.head_count", 0, "metadata `llama.attention.head_count` is 0"),
-        ("llama.attention.head_count_kv", 0, "metadata `llama.attention.head_count_kv` is 0"),
-        ("llama.attention.head_count_kv", 3, "(4) is not a multiple of `llama.attention.head_count_kv` (3)"),
+        (
+            "llama.block_count",
+            0,
+            "metadata `llama.block_count` is 0; it must be at least 1",
+        ),
+        (
+            "llama.attention.head_count",
+            0,
+            "metadata `llama.attention.head_count` is 0",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            0,
+            "metadata `llama.attention.head_count_kv` is 0",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            3,
+            "(4) is not a multiple of `llama.attention.head_count_kv` (3)",
+        ),
         (
             "llama.block_count",
             1_000_000_000,
@@ -894,8 +943,17 @@ fn impossible_gguf_shapes_are_clear_errors() {
         ),
     ] {
         let gguf = gguf_with(tmp.path(), key, value);
-        let inputs = [("q", gguf.as_path()), ("m", &tmp.path().join("m")), ("wiki", &text)];
-        let err = format!("{:#}", run_eval(step.as_ref(), &inputs, 1, Device::Cpu).err().unwrap());
+        let inputs = [
+            ("q", gguf.as_path()),
+            ("m", &tmp.path().join("m")),
+            ("wiki", &text),
+        ];
+        let err = format!(
+            "{:#}",
+            run_eval(step.as_ref(), &inputs, 1, Device::Cpu)
+                .err()
+                .unwrap()
+        );
         assert!(err.contains(want), "{key}={value}: {err}");
     }
 }
@@ -908,9 +966,14 @@ fn absurd_layer_counts_fail_before_anything_is_allocated() {
     let dir = tmp.path().join("m");
     TinyLlama::default().write(&dir).unwrap();
     let config_path = dir.join("config.json");
-    let original: Json = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    let step = parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let original: Json =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let step =
+        parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     for (layers, eval_err, gguf_err) in [
         (
             serde_json::json!(1_000_000_000u64),

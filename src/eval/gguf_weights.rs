@@ -12,8 +12,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::model::{LlamaConfig, RopeScaling, WeightSource};
-use crate::hf::config::Yarn;
 use crate::gguf::{dequantize, GgufFile, TensorEntry};
+use crate::hf::config::Yarn;
 
 /// A GGUF model read through its memory map.
 pub struct GgufWeights {
@@ -166,7 +166,9 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         },
         Some("yarn") => {
             if f("rope.scaling.yarn_ext_factor")?.is_some_and(|e| e != 1.0) {
-                bail!("metadata `llama.rope.scaling.yarn_ext_factor` other than 1 is not supported");
+                bail!(
+                    "metadata `llama.rope.scaling.yarn_ext_factor` other than 1 is not supported"
+                );
             }
             RopeScaling::Yarn(Yarn {
                 factor: scaling_f("rope.scaling.factor")?,
@@ -199,8 +201,9 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         vocab,
         rms_eps: f("attention.layer_norm_rms_epsilon")?
             .filter(|e| *e > 0.0)
-            .context("metadata `llama.attention.layer_norm_rms_epsilon` is missing or not positive")?
-            as f32,
+            .context(
+                "metadata `llama.attention.layer_norm_rms_epsilon` is missing or not positive",
+            )? as f32,
         rope_theta,
         rope_scaling,
         max_positions,

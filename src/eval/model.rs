@@ -76,9 +76,14 @@ impl LlamaConfig {
     /// pass does not implement (biases, activations other than SiLU).
     pub fn from_decoder(d: DecoderConfig) -> Result<LlamaConfig> {
         let file = d.path.display();
-        for (flag, set) in [("attention_bias", d.attention_bias), ("mlp_bias", d.mlp_bias)] {
+        for (flag, set) in [
+            ("attention_bias", d.attention_bias),
+            ("mlp_bias", d.mlp_bias),
+        ] {
             if set {
-                bail!("{file}: `{flag}: true` is not supported (Llama-family linears have no bias)");
+                bail!(
+                    "{file}: `{flag}: true` is not supported (Llama-family linears have no bias)"
+                );
             }
         }
         if let Some(act) = d.hidden_act.as_deref().filter(|a| *a != "silu") {
@@ -331,7 +336,10 @@ pub fn check_weights(cfg: &LlamaConfig, weights: &dyn WeightSource) -> Result<()
             check(&layer_tensor(l, what), shape)?;
         }
     }
-    if weights.shape(&layer_tensor(cfg.layers, "input_layernorm")).is_some() {
+    if weights
+        .shape(&layer_tensor(cfg.layers, "input_layernorm"))
+        .is_some()
+    {
         bail!(
             "the config declares {} layers but the weights hold more (`{}` exists)",
             cfg.layers,
@@ -356,7 +364,10 @@ mod tests {
     use serde_json::{json, Value as Json};
 
     fn from_json(cfg: &Json) -> Result<LlamaConfig> {
-        LlamaConfig::from_file(&ConfigFile::from_json(Path::new("config.json"), cfg.clone())?)
+        LlamaConfig::from_file(&ConfigFile::from_json(
+            Path::new("config.json"),
+            cfg.clone(),
+        )?)
     }
 
     fn base() -> Json {
@@ -386,10 +397,7 @@ mod tests {
 
         let mut cfg = base();
         cfg["rope_scaling"] = json!({"type": "linear", "factor": 4.0});
-        let lin = from_json(&cfg)
-            .unwrap()
-            .rope_frequencies(100)
-            .0;
+        let lin = from_json(&cfg).unwrap().rope_frequencies(100).0;
         assert_eq!(lin[1], f[1] / 4.0);
 
         cfg["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
@@ -423,6 +431,9 @@ mod tests {
 
         cfg["rope_scaling"] = json!({"type": "su", "factor": 4.0});
         let err = from_json(&cfg).unwrap_err().to_string();
-        assert!(err.contains("`su`, which yibuild does not understand"), "{err}");
+        assert!(
+            err.contains("`su`, which yibuild does not understand"),
+            "{err}"
+        );
     }
 }

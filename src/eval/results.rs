@@ -102,7 +102,10 @@ impl EvalResults {
             numbers.extend([
                 (format!("perplexity {on}"), r.perplexity),
                 (format!("mean negative log-likelihood {on}"), r.mean_nll),
-                (format!("perplexity uncertainty {on}"), r.perplexity_uncertainty),
+                (
+                    format!("perplexity uncertainty {on}"),
+                    r.perplexity_uncertainty,
+                ),
             ]);
         }
         for l in self.passkey.iter().flat_map(|p| &p.lengths) {
@@ -110,7 +113,10 @@ impl EvalResults {
                 format!("passkey mean key log-probability at {} tokens", l.length),
                 l.mean_key_log_prob,
             ));
-            numbers.push((format!("passkey accuracy at {} tokens", l.length), l.accuracy));
+            numbers.push((
+                format!("passkey accuracy at {} tokens", l.length),
+                l.accuracy,
+            ));
         }
         match numbers.iter().find(|(_, v)| !v.is_finite()) {
             Some((what, v)) => anyhow::bail!(

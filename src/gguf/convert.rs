@@ -124,8 +124,12 @@ impl HParams {
             kv.push(u("attention.key_length", c.head_dim));
             kv.push(u("attention.value_length", c.head_dim));
         }
-        let scaling_type =
-            |t: &str| (format!("{a}.rope.scaling.type"), Value::String(t.to_owned()));
+        let scaling_type = |t: &str| {
+            (
+                format!("{a}.rope.scaling.type"),
+                Value::String(t.to_owned()),
+            )
+        };
         match &c.rope_scaling {
             RopeScaling::Linear { factor } => {
                 kv.push(scaling_type("linear"));
@@ -134,7 +138,10 @@ impl HParams {
             RopeScaling::Yarn(y) => {
                 kv.push(scaling_type("yarn"));
                 kv.push(f("rope.scaling.factor", y.factor));
-                kv.push(u("rope.scaling.original_context_length", y.original_max_positions));
+                kv.push(u(
+                    "rope.scaling.original_context_length",
+                    y.original_max_positions,
+                ));
                 for (key, value) in [
                     ("rope.scaling.yarn_attn_factor", y.attention_factor),
                     ("rope.scaling.yarn_beta_fast", y.beta_fast),

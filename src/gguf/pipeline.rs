@@ -78,9 +78,7 @@ impl Conversion {
         MixtureModel {
             n_layer: c.layers,
             n_gqa: c.heads / c.kv_heads,
-            is_70b: arch == super::convert::Arch::Llama
-                && c.layers == 80
-                && c.heads != c.kv_heads,
+            is_70b: arch == super::convert::Arch::Llama && c.layers == 80 && c.heads != c.kv_heads,
             tied_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
         }
     }

@@ -479,7 +479,9 @@ impl ConfigFile {
         let layers = top.positive("num_hidden_layers")?;
         let heads = top.positive("num_attention_heads")?;
         let kv_heads = match (top.count("num_key_value_heads")?, defaults) {
-            (Some(0), _) => return Err(top.err("num_key_value_heads", "is 0; it must be at least 1")),
+            (Some(0), _) => {
+                return Err(top.err("num_key_value_heads", "is 0; it must be at least 1"))
+            }
             (Some(n), _) => n,
             (None, Some(d)) => d.kv_heads.unwrap_or(heads),
             (None, None) => return Err(no_default("num_key_value_heads")),
@@ -812,15 +814,25 @@ mod tests {
         assert_eq!(f(v5()).dtype().unwrap(), Some("bfloat16"));
         let mut both = v5();
         both["torch_dtype"] = json!("float16");
-        assert!(f(both).dtype().unwrap_err().to_string().contains("disagree"));
+        assert!(f(both)
+            .dtype()
+            .unwrap_err()
+            .to_string()
+            .contains("disagree"));
     }
 
     #[test]
     fn every_rope_type_is_read_from_either_layout() {
         let cases = [
             (json!({"rope_type": "default"}), RopeScaling::None),
-            (json!({"type": "linear", "factor": 4.0}), RopeScaling::Linear { factor: 4.0 }),
-            (json!({"rope_type": "dynamic", "factor": 2.0}), RopeScaling::Dynamic { factor: 2.0 }),
+            (
+                json!({"type": "linear", "factor": 4.0}),
+                RopeScaling::Linear { factor: 4.0 },
+            ),
+            (
+                json!({"rope_type": "dynamic", "factor": 2.0}),
+                RopeScaling::Dynamic { factor: 2.0 },
+            ),
             (
                 json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                        "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}),
@@ -894,7 +906,9 @@ mod tests {
         let e = format!("{:#}", read(c).unwrap_err());
         assert!(e.contains("no `rope_theta`"), "{e}");
         let mut c = v4();
-        c.as_object_mut().unwrap().shift_remove("num_key_value_heads");
+        c.as_object_mut()
+            .unwrap()
+            .shift_remove("num_key_value_heads");
         c["architectures"] = json!(["MistralForCausalLM"]);
         c["num_attention_heads"] = json!(16);
         c["hidden_size"] = json!(256);
@@ -909,27 +923,99 @@ mod tests {
             err(c)
         };
         let cases = [
-            (with("rope_theta", json!("5e6")), "m/config.json: `rope_theta` must be a number, found \"5e6\""),
-            (with("rope_scaling", json!({"type": "su", "factor": 2.0})), "`rope_scaling.type` is `su`, which yibuild does not understand"),
-            (with("rope_scaling", json!({"type": "linear"})), "`rope_scaling.factor` is required for rope_type `linear`"),
-            (with("rope_scaling", json!({"type": "linear", "factor": -1.0})), "`rope_scaling.factor` is -1; it must be positive"),
-            (with("rope_scaling", json!({"type": "linear", "factor": 2.0, "wobble": 1})), "`rope_scaling.wobble` is not a rotary setting"),
-            (with("rope_scaling", json!({"rope_type": "llama3", "factor": 8.0})), "`rope_scaling.low_freq_factor` is required"),
-            (with("num_attention_heads", json!(0)), "`num_attention_heads` is 0"),
-            (with("num_key_value_heads", json!(3)), "(4) is not a multiple of `num_key_value_heads` (3)"),
-            (with("num_key_value_heads", json!(0)), "`num_key_value_heads` is 0"),
-            (with("num_hidden_layers", json!(100_000_000_000u64)), "is 100000000000, more than any model can have"),
-            (with("num_hidden_layers", json!(2.5)), "`num_hidden_layers` must be a whole number"),
+            (
+                with("rope_theta", json!("5e6")),
+                "m/config.json: `rope_theta` must be a number, found \"5e6\"",
+            ),
+            (
+                with("rope_scaling", json!({"type": "su", "factor": 2.0})),
+                "`rope_scaling.type` is `su`, which yibuild does not understand",
+            ),
+            (
+                with("rope_scaling", json!({"type": "linear"})),
+                "`rope_scaling.factor` is required for rope_type `linear`",
+            ),
+            (
+                with("rope_scaling", json!({"type": "linear", "factor": -1.0})),
+                "`rope_scaling.factor` is -1; it must be positive",
+            ),
+            (
+                with(
+                    "rope_scaling",
+                    json!({"type": "linear", "factor": 2.0, "wobble": 1}),
+                ),
+                "`rope_scaling.wobble` is not a rotary setting",
+            ),
+            (
+                with(
+                    "rope_scaling",
+                    json!({"rope_type": "llama3", "factor": 8.0}),
+                ),
+                "`rope_scaling.low_freq_factor` is required",
+            ),
+            (
+                with("num_attention_heads", json!(0)),
+                "`num_attention_heads` is 0",
+            ),
+            (
+                with("num_key_value_heads", json!(3)),
+                "(4) is not a multiple of `num_key_value_heads` (3)",
+            ),
+            (
+                with("num_key_value_heads", json!(0)),
+                "`num_key_value_heads` is 0",
+            ),
+            (
+                with("num_hidden_layers", json!(100_000_000_000u64)),
+                "is 100000000000, more than any model can have",
+            ),
+            (
+                with("num_hidden_layers", json!(2.5)),
+                "`num_hidden_layers` must be a whole number",
+            ),
             (with("hidden_size", json!(2)), "`head_dim` is 0"),
             (with("head_dim", json!(15)), "`head_dim` is 15"),
             (with("rms_norm_eps", json!(0.0)), "`rms_norm_eps` is 0"),
-            (with("layer_types", json!(["full_attention"])), "`layer_types` names 1 layers but `num_hidden_layers` is 2"),
-            (with("layer_types", json!(["full_attention", "chunked"])), "entry 1 is \"chunked\""),
-            (with("architectures", json!("LlamaForCausalLM")), "`architectures` must be a list"),
-            (with("rope_parameters", json!({"rope_type": "default", "rope_theta": 1e4})), "`rope_parameters.rope_theta` (10000) and `rope_theta` (5000000) disagree"),
-            (with("rope_parameters", json!({"full_attention": {"rope_theta": 1e4}})), "per layer type"),
-            (with("rope_parameters", json!({"rope_type": "yarn", "factor": 2.0, "truncate": false})), "`rope_parameters.truncate` is false"),
-            (with("rope_parameters", json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]})), "`rope_parameters.short_factor` has 1 values; head_dim / 2 = 8"),
+            (
+                with("layer_types", json!(["full_attention"])),
+                "`layer_types` names 1 layers but `num_hidden_layers` is 2",
+            ),
+            (
+                with("layer_types", json!(["full_attention", "chunked"])),
+                "entry 1 is \"chunked\"",
+            ),
+            (
+                with("architectures", json!("LlamaForCausalLM")),
+                "`architectures` must be a list",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    json!({"rope_type": "default", "rope_theta": 1e4}),
+                ),
+                "`rope_parameters.rope_theta` (10000) and `rope_theta` (5000000) disagree",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    json!({"full_attention": {"rope_theta": 1e4}}),
+                ),
+                "per layer type",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    json!({"rope_type": "yarn", "factor": 2.0, "truncate": false}),
+                ),
+                "`rope_parameters.truncate` is false",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+                ),
+                "`rope_parameters.short_factor` has 1 values; head_dim / 2 = 8",
+            ),
         ];
         for (got, want) in cases {
             assert!(got.contains(want), "expected {want:?} in {got:?}");
@@ -937,7 +1023,8 @@ mod tests {
         let mut c = v5();
         c["rope_scaling"] = json!({"type": "linear", "factor": 2.0});
         c["rope_parameters"] = json!({"rope_type": "linear", "factor": 3.0, "rope_theta": 5e6});
-        assert!(err(c).contains("`rope_parameters.factor` (3.0) and `rope_scaling.factor` (2.0) disagree"));
+        assert!(err(c)
+            .contains("`rope_parameters.factor` (3.0) and `rope_scaling.factor` (2.0) disagree"));
     }
 
     #[test]
