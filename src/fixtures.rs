@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::hf::config::Layout;
 use crate::steps::files::write_json;
 use crate::tensor::DType;
 
@@ -45,6 +46,11 @@ pub struct TinyLlama {
     pub rope_theta: f64,
     /// `architectures[0]` and `model_type` pair.
     pub architecture: (&'static str, &'static str),
+    /// Rotary scaling keys (`{"rope_type": "yarn", "factor": 4.0, ...}`),
+    /// written as `rope_scaling` or inside `rope_parameters` by [`TinyLlama::config`].
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Which transformers version's config.json layout to write.
+    pub layout: Layout,
 }
 
 impl Default for TinyLlama {
@@ -64,6 +70,8 @@ impl Default for TinyLlama {
             max_positions: 2048,
             rope_theta: 10000.0,
             architecture: ("LlamaForCausalLM", "llama"),
+            rope_scaling: None,
+            layout: Layout::Transformers4,
         }
     }
 }
@@ -166,8 +174,37 @@ impl TinyLlama {
             .collect()
     }
 
-    /// The `config.json` of this model.
+    /// The `config.json` of this model, in the layout of [`TinyLlama::layout`]:
+    /// transformers 4 (top-level `rope_theta` / `rope_scaling`, `torch_dtype`)
+    /// or transformers 5 (`rope_parameters`, `dtype`, `head_dim`), as each
+    /// version's `save_pretrained` writes it.
     pub fn config(&self) -> serde_json::Value {
+        let mut config = self.config_v4();
+        if self.layout == Layout::Transformers4 {
+            if let Some(scaling) = &self.rope_scaling {
+                config["rope_scaling"] = scaling.clone();
+            }
+            return config;
+        }
+        let mut rope = json!({"rope_theta": self.rope_theta, "rope_type": "default"});
+        if let Some(serde_json::Value::Object(scaling)) = &self.rope_scaling {
+            for (k, v) in scaling {
+                let key = if k == "type" { "rope_type" } else { k.as_str() };
+                rope[key] = v.clone();
+            }
+        }
+        if let Some(obj) = config.as_object_mut() {
+            obj.shift_remove("rope_theta");
+            obj.shift_remove("torch_dtype");
+            obj.insert("rope_parameters".into(), rope);
+            obj.insert("dtype".into(), json!(self.dtype.torch_name()));
+            obj.insert("head_dim".into(), json!(self.hidden / self.heads));
+            obj.insert("transformers_version".into(), json!("5.24.0"));
+        }
+        config
+    }
+
+    fn config_v4(&self) -> serde_json::Value {
         json!({
             "architectures": [self.architecture.0],
             "model_type": self.architecture.1,

@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod freshness;
 pub mod gguf;
 pub mod graph;
+pub mod hf;
 pub mod hub;
 pub mod merge;
 pub mod names;

@@ -163,3 +163,30 @@ fn unknown_target_and_missing_source() {
         "{err}"
     );
 }
+
+#[test]
+fn non_finite_config_values_are_refused() {
+    for (value, shown) in [
+        (".inf", "inf"),
+        ("-.inf", "-inf"),
+        (".nan", "NaN"),
+        ("1e400", "inf"),
+    ] {
+        let line = format!("      set: {{rope_theta: {value}}}");
+        let col = line.find(value).unwrap() + 1;
+        let err = assert_located(
+            &format!("{HEAD}  p:\n    patch_config:\n      model: base\n{line}\n"),
+            &format!("`set.rope_theta` is {shown}, which no JSON config can hold"),
+            &format!("9:{col}"),
+        );
+        assert!(err.contains("write a finite number"), "{err}");
+    }
+    // Inside lists and nested objects, and in the other files' edits.
+    assert_located(
+        &format!(
+            "{HEAD}  p:\n    patch_config:\n      model: base\n      generation_config:\n        set: {{x: [1, .nan]}}\n"
+        ),
+        "`set.x` is NaN",
+        "10:22",
+    );
+}

@@ -707,3 +707,303 @@ fn gguf_input_matches_its_source_model() {
         "{err:#}"
     );
 }
+
+/// Perplexity (HF folder and its F32 GGUF) and the GGUF's `llama.*` metadata
+/// of a fixture written in `layout`.
+struct LayoutRun {
+    ppl: f64,
+    gguf_ppl: f64,
+    metadata: Vec<(String, yibuild::gguf::file::Value)>,
+}
+
+fn run_layout(
+    root: &Path,
+    text: &Path,
+    fixture: &TinyLlama,
+    name: &str,
+) -> anyhow::Result<LayoutRun> {
+    use yibuild::gguf::file::GgufFile;
+    use yibuild::gguf::mixture::Preset;
+    let dir = root.join(name);
+    fixture.write(&dir)?;
+    let quant = root.join(format!("{name}-gguf"));
+    std::fs::create_dir(&quant)?;
+    write_gguf(&dir, &quant.join("m.gguf"), Preset::F32);
+    let hf = parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 64}}").unwrap();
+    let q =
+        parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 64}}")
+            .unwrap();
+    let ppl = |r: Run| r.parsed.perplexity.unwrap().result.perplexity;
+    let inputs = [("m", dir.as_path()), ("q", quant.as_path()), ("wiki", text)];
+    let file = GgufFile::open(&quant.join("m.gguf"))?;
+    let metadata = file
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("llama."))
+        .cloned()
+        .collect();
+    Ok(LayoutRun {
+        ppl: ppl(run_eval(hf.as_ref(), &inputs, 2, Device::Cpu)?),
+        gguf_ppl: ppl(run_eval(q.as_ref(), &inputs, 2, Device::Cpu)?),
+        metadata,
+    })
+}
+
+#[test]
+fn transformers_4_and_5_configs_give_the_same_forward_pass_and_gguf() {
+    use yibuild::gguf::file::Value;
+    use yibuild::hf::Layout;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("wiki.txt");
+    write_text(&text, 160);
+    let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 512, "beta_fast": 16.0});
+    for (case, scaling) in [("plain", None), ("yarn", Some(yarn))] {
+        let fixture = |layout| TinyLlama {
+            rope_theta: 5e6,
+            rope_scaling: scaling.clone(),
+            layout,
+            ..Default::default()
+        };
+        let v4 = run_layout(
+            tmp.path(),
+            &text,
+            &fixture(Layout::Transformers4),
+            &format!("{case}-4"),
+        )
+        .unwrap();
+        let v5 = run_layout(
+            tmp.path(),
+            &text,
+            &fixture(Layout::Transformers5),
+            &format!("{case}-5"),
+        )
+        .unwrap();
+        // Same weights, same meaning: the numbers are identical, and the GGUF
+        // evaluates like its source.
+        assert_eq!(v4.ppl, v5.ppl, "{case}");
+        assert_rel(v4.gguf_ppl, v4.ppl, 1e-9, case);
+        assert_rel(v5.gguf_ppl, v5.ppl, 1e-9, case);
+        assert_eq!(v4.metadata, v5.metadata, "{case}");
+        let meta = |k: &str| {
+            v5.metadata
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{case}: no {k}"))
+        };
+        assert_eq!(meta("llama.rope.freq_base"), Value::F32(5e6));
+        assert_eq!(meta("llama.context_length"), Value::U32(2048));
+        assert_eq!(meta("llama.attention.key_length"), Value::U32(16));
+        assert_eq!(
+            meta("llama.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5)
+        );
+        if case == "yarn" {
+            assert_eq!(
+                meta("llama.rope.scaling.type"),
+                Value::String("yarn".into())
+            );
+            assert_eq!(meta("llama.rope.scaling.factor"), Value::F32(4.0));
+            assert_eq!(
+                meta("llama.rope.scaling.original_context_length"),
+                Value::U32(512)
+            );
+            assert_eq!(meta("llama.rope.scaling.yarn_beta_fast"), Value::F32(16.0));
+            assert!(!v5
+                .metadata
+                .iter()
+                .any(|(k, _)| k == "llama.rope.scaling.yarn_beta_slow"));
+        } else {
+            assert!(!v5.metadata.iter().any(|(k, _)| k.contains("scaling")));
+        }
+    }
+    // The base matters: the same weights with transformers' default base
+    // measure differently, so the layouts above agree on 5e6, not by accident.
+    let default_theta = run_layout(tmp.path(), &text, &TinyLlama::default(), "theta-1e4").unwrap();
+    let v5 = run_layout(
+        tmp.path(),
+        &text,
+        &TinyLlama {
+            rope_theta: 5e6,
+            layout: Layout::Transformers5,
+            ..Default::default()
+        },
+        "theta-5e6",
+    )
+    .unwrap();
+    assert!(
+        (default_theta.ppl - v5.ppl).abs() > 1e-6 * v5.ppl,
+        "{} vs {}",
+        default_theta.ppl,
+        v5.ppl
+    );
+}
+
+#[test]
+fn a_non_finite_perplexity_fails_the_step_and_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("wiki.txt");
+    write_text(&text, 60);
+    let dir = tmp.path().join("m");
+    let fixture = TinyLlama::default();
+    let mut tensors = fixture.tensor_values();
+    for (name, _, values) in &mut tensors {
+        if name == "model.norm.weight" {
+            values[3] = f32::NAN;
+        }
+    }
+    yibuild::fixtures::write_model_files(&dir, &fixture.config(), &tensors, fixture.dtype, 1)
+        .unwrap();
+    yibuild::fixtures::write_byte_level_tokenizer(&dir, fixture.tokenizer_vocab).unwrap();
+    let step =
+        parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
+    let inputs: BTreeMap<String, Artifact> = [("m", &dir), ("wiki", &text)]
+        .iter()
+        .map(|(n, p)| {
+            let artifact = Artifact {
+                path: p.to_path_buf(),
+                digest: "0".into(),
+            };
+            (n.to_string(), artifact)
+        })
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    let ctx = StepContext {
+        name: "ppl",
+        recipe_name: "test",
+        inputs: &inputs,
+        out_dir: out.path(),
+        threads: 1,
+        mem_budget: 1 << 30,
+        device: Device::Cpu,
+        log: &|_| {},
+    };
+    let err = format!("{:#}", step.run(&ctx).unwrap_err());
+    assert!(
+        err.contains("the perplexity on `wiki` of `m` is NaN") && err.contains("nothing is stored"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+/// Writes the F32 GGUF of the default fixture with `key` set to `value`.
+fn gguf_with(root: &Path, key: &str, value: u32) -> std::path::PathBuf {
+    use yibuild::gguf::file::Value;
+    use yibuild::gguf::mixture::Preset;
+    let dir = root.join("m");
+    if !dir.exists() {
+        TinyLlama::default().write(&dir).unwrap();
+    }
+    let mut conv = yibuild::gguf::pipeline::Conversion::open(&dir, "m").unwrap();
+    let entry = conv.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
+    entry.1 = Value::U32(value);
+    let path = root.join(format!("{key}-{value}.gguf"));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    conv.write(&path, Preset::F32, None, &pool, &|_| {})
+        .unwrap();
+    path
+}
+
+#[test]
+fn impossible_gguf_shapes_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("wiki.txt");
+    write_text(&text, 60);
+    let step =
+        parse_eval("{model: q, tokenizer: m, device: cpu, perplexity: {text: wiki, context: 16}}")
+            .unwrap();
+    for (key, value, want) in [
+        (
+            "llama.block_count",
+            0,
+            "metadata `llama.block_count` is 0; it must be at least 1",
+        ),
+        (
+            "llama.attention.head_count",
+            0,
+            "metadata `llama.attention.head_count` is 0",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            0,
+            "metadata `llama.attention.head_count_kv` is 0",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            3,
+            "(4) is not a multiple of `llama.attention.head_count_kv` (3)",
+        ),
+        (
+            "llama.block_count",
+            1_000_000_000,
+            "`llama.block_count` is 1000000000 but the file holds 2 blocks",
+        ),
+    ] {
+        let gguf = gguf_with(tmp.path(), key, value);
+        let inputs = [
+            ("q", gguf.as_path()),
+            ("m", &tmp.path().join("m")),
+            ("wiki", &text),
+        ];
+        let err = format!(
+            "{:#}",
+            run_eval(step.as_ref(), &inputs, 1, Device::Cpu)
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains(want), "{key}={value}: {err}");
+    }
+}
+
+#[test]
+fn absurd_layer_counts_fail_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("wiki.txt");
+    write_text(&text, 60);
+    let dir = tmp.path().join("m");
+    TinyLlama::default().write(&dir).unwrap();
+    let config_path = dir.join("config.json");
+    let original: Json =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let step =
+        parse_eval("{model: m, device: cpu, perplexity: {text: wiki, context: 16}}").unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for (layers, eval_err, gguf_err) in [
+        (
+            serde_json::json!(1_000_000_000u64),
+            "the config declares 1000000000 layers but the weights hold 2",
+            "config.json declares 1000000000 layers; expected token_embd and 1000000000 attn_v tensors, found 2",
+        ),
+        (
+            serde_json::json!(100_000_000_000u64),
+            "`num_hidden_layers` is 100000000000, more than any model can have",
+            "`num_hidden_layers` is 100000000000, more than any model can have",
+        ),
+        (
+            serde_json::json!(1),
+            "the config declares 1 layers but the weights hold more",
+            "names layer `1` but config.json declares 1 layers",
+        ),
+    ] {
+        let mut config = original.clone();
+        config["num_hidden_layers"] = layers.clone();
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let started = std::time::Instant::now();
+        let inputs = [("m", dir.as_path()), ("wiki", text.as_path())];
+        let err = format!("{:#}", run_eval(step.as_ref(), &inputs, 1, Device::Cpu).err().unwrap());
+        assert!(err.contains(eval_err), "{layers}: {err}");
+        let err = yibuild::gguf::pipeline::Conversion::open(&dir, "m")
+            .and_then(|c| c.write(&tmp.path().join("x.gguf"), yibuild::gguf::mixture::Preset::F32, None, &pool, &|_| {}))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains(gguf_err), "{layers}: {err:#}");
+        assert!(started.elapsed().as_secs() < 5, "{layers}: took {:?}", started.elapsed());
+    }
+}

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use super::model::{LlamaConfig, RopeScaling, WeightSource};
 use crate::gguf::{dequantize, GgufFile, TensorEntry};
+use crate::hf::config::Yarn;
 
 /// A GGUF model read through its memory map.
 pub struct GgufWeights {
@@ -83,6 +84,9 @@ impl GgufWeights {
     }
 }
 
+/// The hyperparameters in a GGUF's `llama.*` metadata, checked the way the
+/// config.json reader checks them (counts positive, heads a multiple of the
+/// key/value heads) and against the tensors the file actually holds.
 fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = file
         .get("general.architecture")
@@ -94,38 +98,113 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
     if file.tensor("rope_freqs.weight").is_some() {
         bail!("GGUF with `rope_freqs.weight` (llama3 rope scaling) is not supported; evaluate the Hugging Face folder instead");
     }
-    let u = |key: &str| {
-        file.get(&format!("llama.{key}"))
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
+    let u = |key: &str| -> Result<Option<usize>> {
+        match file.get(&format!("llama.{key}")) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .with_context(|| format!("metadata `llama.{key}` is not an integer")),
+        }
     };
-    let f = |key: &str| file.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
-    let req = |key: &str| u(key).with_context(|| format!("metadata `llama.{key}` is missing"));
+    let f = |key: &str| -> Result<Option<f64>> {
+        match file.get(&format!("llama.{key}")) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() => Ok(Some(x)),
+                _ => bail!("metadata `llama.{key}` is not a finite number"),
+            },
+        }
+    };
+    let req = |key: &str| -> Result<usize> {
+        match u(key)? {
+            None => bail!("metadata `llama.{key}` is missing"),
+            Some(0) => bail!("metadata `llama.{key}` is 0; it must be at least 1"),
+            Some(n) => Ok(n),
+        }
+    };
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
+    let kv_heads = match u("attention.head_count_kv")? {
+        Some(0) => bail!("metadata `llama.attention.head_count_kv` is 0; it must be at least 1"),
+        Some(n) => n,
+        None => heads,
+    };
+    if heads % kv_heads != 0 {
+        bail!("metadata `llama.attention.head_count` ({heads}) is not a multiple of `llama.attention.head_count_kv` ({kv_heads})");
+    }
+    let head_dim = u("rope.dimension_count")?.unwrap_or(hidden / heads);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        bail!("the head dimension is {head_dim}; rotary embeddings need an even, positive one");
+    }
+    let layers = req("block_count")?;
+    let present = file
+        .tensors
+        .iter()
+        .filter(|t| t.desc.name.starts_with("blk.") && t.desc.name.ends_with(".attn_norm.weight"))
+        .count();
+    if present != layers {
+        bail!("metadata `llama.block_count` is {layers} but the file holds {present} blocks");
+    }
     let embd = file
         .tensor("token_embd.weight")
         .context("GGUF tensor `token_embd.weight` is missing")?;
-    let vocab = u("vocab_size").unwrap_or(*embd.desc.ne.get(1).unwrap_or(&0) as usize);
+    let vocab = match u("vocab_size")? {
+        Some(v) => v,
+        None => *embd.desc.ne.get(1).unwrap_or(&0) as usize,
+    };
     let max_positions = req("context_length")?;
+    let scaling_f = |key: &str| -> Result<f64> {
+        f(key)?
+            .filter(|x| *x > 0.0)
+            .with_context(|| format!("metadata `llama.{key}` is missing or not positive"))
+    };
     let rope_scaling = match file.get("llama.rope.scaling.type").and_then(|v| v.as_str()) {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {
-            factor: f("rope.scaling.factor").context("`llama.rope.scaling.factor` is missing")?,
+            factor: scaling_f("rope.scaling.factor")?,
         },
-        Some(other) => bail!("GGUF rope scaling `{other}` is not supported (none, linear)"),
+        Some("yarn") => {
+            if f("rope.scaling.yarn_ext_factor")?.is_some_and(|e| e != 1.0) {
+                bail!(
+                    "metadata `llama.rope.scaling.yarn_ext_factor` other than 1 is not supported"
+                );
+            }
+            RopeScaling::Yarn(Yarn {
+                factor: scaling_f("rope.scaling.factor")?,
+                original_max_positions: u("rope.scaling.original_context_length")?
+                    .filter(|n| *n > 0)
+                    .unwrap_or(max_positions),
+                beta_fast: f("rope.scaling.yarn_beta_fast")?,
+                beta_slow: f("rope.scaling.yarn_beta_slow")?,
+                attention_factor: f("rope.scaling.yarn_attn_factor")?,
+                mscale: None,
+                mscale_all_dim: None,
+            })
+        }
+        Some(other) => bail!("GGUF rope scaling `{other}` is not supported (none, linear, yarn)"),
+    };
+    let rope_theta = match f("rope.freq_base")? {
+        Some(t) if t > 0.0 => t,
+        Some(t) => bail!("metadata `llama.rope.freq_base` is {t}; it must be positive"),
+        // llama.cpp's own default when the key is absent.
+        None => 10000.0,
     };
     Ok(LlamaConfig {
         architecture: "llama (GGUF)".to_owned(),
         hidden,
-        layers: req("block_count")?,
+        layers,
         heads,
-        kv_heads: u("attention.head_count_kv").unwrap_or(heads),
-        head_dim: u("rope.dimension_count").unwrap_or(hidden / heads),
+        kv_heads,
+        head_dim,
         intermediate: req("feed_forward_length")?,
         vocab,
-        rms_eps: f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
-        rope_theta: f("rope.freq_base").unwrap_or(10000.0),
+        rms_eps: f("attention.layer_norm_rms_epsilon")?
+            .filter(|e| *e > 0.0)
+            .context(
+                "metadata `llama.attention.layer_norm_rms_epsilon` is missing or not positive",
+            )? as f32,
+        rope_theta,
         rope_scaling,
         max_positions,
         tie_embeddings: file.tensor("output.weight").is_none(),

@@ -1,14 +1,14 @@
 //! The Llama-family model description the forward passes need: hyperparameters
-//! from `config.json` (including the `rope_scaling` variants), the rotary
+//! from `config.json` (read by [`crate::hf::config`]), the rotary
 //! frequency tables they imply, and [`WeightSource`], the one interface through
 //! which a backend reads weights by Hugging Face tensor name.
 
 use std::ops::Range;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value as Json;
+use anyhow::{bail, Result};
 
+use crate::hf::config::{ConfigFile, DecoderConfig};
 use crate::tensor::ModelTensors;
 
 /// Architectures whose forward pass is the Llama one (RMSNorm, rotate-half
@@ -16,52 +16,7 @@ use crate::tensor::ModelTensors;
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
     &["LlamaForCausalLM", "MistralForCausalLM", "YiForCausalLM"];
 
-/// How `rope_scaling` stretches the rotary frequencies for long contexts, with
-/// the parameters of each variant as Hugging Face transformers reads them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Position interpolation: every frequency divided by `factor`.
-    Linear {
-        /// Stretch factor.
-        factor: f64,
-    },
-    /// NTK-aware dynamic scaling: the base grows once a window is longer than
-    /// `original_max_positions`.
-    Dynamic {
-        /// Stretch factor.
-        factor: f64,
-        /// Context the model was trained on.
-        original_max_positions: usize,
-    },
-    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth
-    /// ramp between.
-    Llama3 {
-        /// Stretch factor.
-        factor: f64,
-        /// Wavelengths above `original / low_freq_factor` are fully scaled.
-        low_freq_factor: f64,
-        /// Wavelengths below `original / high_freq_factor` are kept.
-        high_freq_factor: f64,
-        /// Context the model was trained on.
-        original_max_positions: usize,
-    },
-    /// YaRN: per-dimension ramp between interpolation and extrapolation plus an
-    /// attention temperature applied to cos/sin.
-    Yarn {
-        /// Stretch factor.
-        factor: f64,
-        /// Context the model was trained on.
-        original_max_positions: usize,
-        /// Rotations above which a dimension is extrapolated.
-        beta_fast: f64,
-        /// Rotations below which a dimension is interpolated.
-        beta_slow: f64,
-        /// Multiplier on cos and sin.
-        attention_factor: f64,
-    },
-}
+pub use crate::hf::config::RopeScaling;
 
 /// The hyperparameters of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,9 +29,9 @@ pub struct LlamaConfig {
     pub layers: usize,
     /// `num_attention_heads`.
     pub heads: usize,
-    /// `num_key_value_heads` (defaults to `heads`).
+    /// `num_key_value_heads`.
     pub kv_heads: usize,
-    /// `head_dim` (defaults to `hidden / heads`).
+    /// `head_dim`.
     pub head_dim: usize,
     /// `intermediate_size`.
     pub intermediate: usize,
@@ -84,95 +39,71 @@ pub struct LlamaConfig {
     pub vocab: usize,
     /// `rms_norm_eps`.
     pub rms_eps: f32,
-    /// `rope_theta` (default 10000).
+    /// The rotary base (`rope_theta` of either config layout).
     pub rope_theta: f64,
-    /// `rope_scaling`.
+    /// The rotary scaling (`rope_scaling` or `rope_parameters`).
     pub rope_scaling: RopeScaling,
     /// `max_position_embeddings`.
     pub max_positions: usize,
-    /// `tie_word_embeddings` (default false): the output head is the embedding.
+    /// `tie_word_embeddings`: the output head is the embedding.
     pub tie_embeddings: bool,
-    /// `sliding_window` (Mistral), when set.
+    /// The attention window of sliding-attention layers, when any has one.
     pub sliding_window: Option<usize>,
 }
 
-fn get_usize(cfg: &Json, key: &str) -> Option<usize> {
-    cfg.get(key).and_then(Json::as_u64).map(|v| v as usize)
-}
-
-fn get_f64(cfg: &Json, key: &str) -> Option<f64> {
-    cfg.get(key).and_then(Json::as_f64)
-}
-
 impl LlamaConfig {
-    /// Reads `config.json` of a model folder.
+    /// Reads `config.json` of a model folder (either transformers layout),
+    /// refusing architectures whose forward pass differs from Llama's.
     pub fn from_dir(dir: &Path) -> Result<LlamaConfig> {
-        let path = dir.join("config.json");
-        let cfg = crate::steps::files::read_json(&path)?;
-        LlamaConfig::from_json(&cfg).with_context(|| format!("{}", path.display()))
+        LlamaConfig::from_file(&ConfigFile::read(dir)?)
     }
 
-    /// Reads the hyperparameters from a parsed `config.json`, refusing
-    /// architectures whose forward pass differs from Llama's.
-    pub fn from_json(cfg: &Json) -> Result<LlamaConfig> {
-        let architecture = cfg
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(Json::as_str)
-            .or_else(|| cfg.get("model_type").and_then(Json::as_str))
-            .unwrap_or("(none)")
-            .to_owned();
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+    /// [`LlamaConfig::from_dir`] for an already read file.
+    pub fn from_file(file: &ConfigFile) -> Result<LlamaConfig> {
+        let architecture = file.architecture()?.unwrap_or("(none)");
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
             bail!(
-                "unsupported architecture `{architecture}`: the eval step runs Llama-family \
+                "{}: unsupported architecture `{architecture}`: the eval step runs Llama-family \
                  decoders only ({})",
+                file.path().display(),
                 SUPPORTED_ARCHITECTURES.join(", ")
             );
         }
-        let req = |key: &str| {
-            get_usize(cfg, key)
-                .filter(|&v| v > 0)
-                .with_context(|| format!("`{key}` is missing or not a positive integer"))
-        };
-        let hidden = req("hidden_size")?;
-        let heads = req("num_attention_heads")?;
-        let kv_heads = get_usize(cfg, "num_key_value_heads").unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            bail!("`num_attention_heads` ({heads}) is not a multiple of `num_key_value_heads` ({kv_heads})");
-        }
-        let head_dim = get_usize(cfg, "head_dim").unwrap_or(hidden / heads);
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            bail!("head dimension {head_dim} must be even and positive");
-        }
-        for flag in ["attention_bias", "mlp_bias"] {
-            if cfg.get(flag).and_then(Json::as_bool) == Some(true) {
-                bail!("`{flag}: true` is not supported (Llama-family linears have no bias)");
+        LlamaConfig::from_decoder(file.decoder()?)
+    }
+
+    /// The eval view of validated hyperparameters, refusing what the forward
+    /// pass does not implement (biases, activations other than SiLU).
+    pub fn from_decoder(d: DecoderConfig) -> Result<LlamaConfig> {
+        let file = d.path.display();
+        for (flag, set) in [
+            ("attention_bias", d.attention_bias),
+            ("mlp_bias", d.mlp_bias),
+        ] {
+            if set {
+                bail!(
+                    "{file}: `{flag}: true` is not supported (Llama-family linears have no bias)"
+                );
             }
         }
-        if let Some(act) = cfg.get("hidden_act").and_then(Json::as_str) {
-            if act != "silu" {
-                bail!("`hidden_act: {act}` is not supported (expected silu)");
-            }
+        if let Some(act) = d.hidden_act.as_deref().filter(|a| *a != "silu") {
+            bail!("{file}: `hidden_act: {act}` is not supported (expected silu)");
         }
-        let max_positions = req("max_position_embeddings")?;
         Ok(LlamaConfig {
-            architecture,
-            hidden,
-            layers: req("num_hidden_layers")?,
-            heads,
-            kv_heads,
-            head_dim,
-            intermediate: req("intermediate_size")?,
-            vocab: req("vocab_size")?,
-            rms_eps: get_f64(cfg, "rms_norm_eps").unwrap_or(1e-6) as f32,
-            rope_theta: get_f64(cfg, "rope_theta").unwrap_or(10000.0),
-            rope_scaling: parse_rope_scaling(cfg.get("rope_scaling"), max_positions)?,
-            max_positions,
-            tie_embeddings: cfg
-                .get("tie_word_embeddings")
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
-            sliding_window: get_usize(cfg, "sliding_window"),
+            architecture: d.architecture,
+            hidden: d.hidden,
+            layers: d.layers,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            intermediate: d.intermediate,
+            vocab: d.vocab,
+            rms_eps: d.rms_eps as f32,
+            rope_theta: d.rope_theta,
+            rope_scaling: d.rope_scaling,
+            max_positions: d.max_positions,
+            tie_embeddings: d.tie_embeddings,
+            sliding_window: d.sliding_window,
         })
     }
 
@@ -188,7 +119,7 @@ impl LlamaConfig {
 
     /// The rotary inverse frequencies (`head_dim / 2` of them) and the factor
     /// cos/sin are multiplied by, for a window of `seq_len` positions (only
-    /// dynamic scaling depends on it).
+    /// dynamic and longrope scaling depend on it).
     pub fn rope_frequencies(&self, seq_len: usize) -> (Vec<f64>, f64) {
         let d = self.head_dim as f64;
         let base_freqs = |base: f64| -> Vec<f64> {
@@ -196,28 +127,24 @@ impl LlamaConfig {
                 .map(|i| 1.0 / base.powf(2.0 * i as f64 / d))
                 .collect()
         };
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => (base_freqs(self.rope_theta), 1.0),
-            RopeScaling::Linear { factor } => (
+            &RopeScaling::Linear { factor } => (
                 base_freqs(self.rope_theta)
                     .into_iter()
                     .map(|f| f / factor)
                     .collect(),
                 1.0,
             ),
-            RopeScaling::Dynamic {
-                factor,
-                original_max_positions,
-            } => {
+            &RopeScaling::Dynamic { factor } => {
                 let mut base = self.rope_theta;
-                if seq_len > original_max_positions {
-                    let grow =
-                        factor * seq_len as f64 / original_max_positions as f64 - (factor - 1.0);
+                if seq_len > self.max_positions {
+                    let grow = factor * seq_len as f64 / self.max_positions as f64 - (factor - 1.0);
                     base *= grow.powf(d / (d - 2.0));
                 }
                 (base_freqs(base), 1.0)
             }
-            RopeScaling::Llama3 {
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
@@ -243,21 +170,16 @@ impl LlamaConfig {
                     .collect();
                 (freqs, 1.0)
             }
-            RopeScaling::Yarn {
-                factor,
-                original_max_positions,
-                beta_fast,
-                beta_slow,
-                attention_factor,
-            } => {
-                let base = self.rope_theta;
+            RopeScaling::Yarn(yarn) => {
+                let (base, factor) = (self.rope_theta, yarn.factor);
                 let correction_dim = |rotations: f64| {
-                    d * (original_max_positions as f64 / (rotations * 2.0 * std::f64::consts::PI))
+                    d * (yarn.original_max_positions as f64
+                        / (rotations * 2.0 * std::f64::consts::PI))
                         .ln()
                         / (2.0 * base.ln())
                 };
-                let low = correction_dim(beta_fast).floor().max(0.0);
-                let mut high = correction_dim(beta_slow).ceil().min(d - 1.0);
+                let low = correction_dim(yarn.beta_fast()).floor().max(0.0);
+                let mut high = correction_dim(yarn.beta_slow()).ceil().min(d - 1.0);
                 if low == high {
                     high += 0.001;
                 }
@@ -270,72 +192,28 @@ impl LlamaConfig {
                         extrapolated / factor * (1.0 - keep) + extrapolated * keep
                     })
                     .collect();
-                (freqs, attention_factor)
+                (freqs, yarn.attention_factor())
+            }
+            RopeScaling::Longrope {
+                short_factor,
+                long_factor,
+                original_max_positions,
+                attention_factor,
+            } => {
+                let ext = if seq_len > *original_max_positions {
+                    long_factor
+                } else {
+                    short_factor
+                };
+                let freqs = base_freqs(self.rope_theta)
+                    .into_iter()
+                    .zip(ext)
+                    .map(|(f, e)| f / e)
+                    .collect();
+                (freqs, *attention_factor)
             }
         }
     }
-}
-
-fn parse_rope_scaling(node: Option<&Json>, max_positions: usize) -> Result<RopeScaling> {
-    let Some(obj) = node.filter(|n| !n.is_null()) else {
-        return Ok(RopeScaling::None);
-    };
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(Json::as_str)
-        .unwrap_or("default");
-    let factor = || {
-        get_f64(obj, "factor")
-            .filter(|f| *f > 0.0)
-            .context("`rope_scaling.factor` is missing or not positive")
-    };
-    let original = get_usize(obj, "original_max_position_embeddings");
-    Ok(match kind {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: factor()? },
-        "dynamic" => RopeScaling::Dynamic {
-            factor: factor()?,
-            original_max_positions: original.unwrap_or(max_positions),
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: factor()?,
-            low_freq_factor: get_f64(obj, "low_freq_factor").unwrap_or(1.0),
-            high_freq_factor: get_f64(obj, "high_freq_factor").unwrap_or(4.0),
-            original_max_positions: original.context(
-                "`rope_scaling.original_max_position_embeddings` is required for llama3",
-            )?,
-        },
-        "yarn" => {
-            let factor = factor()?;
-            let mscale = |scale: f64, m: f64| {
-                if scale <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * m * scale.ln() + 1.0
-                }
-            };
-            let attention_factor = match (
-                get_f64(obj, "attention_factor"),
-                get_f64(obj, "mscale"),
-                get_f64(obj, "mscale_all_dim"),
-            ) {
-                (Some(a), _, _) => a,
-                (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
-                _ => mscale(factor, 1.0),
-            };
-            RopeScaling::Yarn {
-                factor,
-                original_max_positions: original.unwrap_or(max_positions),
-                beta_fast: get_f64(obj, "beta_fast").unwrap_or(32.0),
-                beta_slow: get_f64(obj, "beta_slow").unwrap_or(1.0),
-                attention_factor,
-            }
-        }
-        other => bail!(
-            "`rope_scaling` type `{other}` is not supported (none, linear, dynamic, llama3, yarn)"
-        ),
-    })
 }
 
 /// The embedding rows of a batch's tokens, one `hidden`-wide row per token,
@@ -410,7 +288,9 @@ pub fn layer_tensor(l: usize, what: &str) -> String {
 }
 
 /// Checks that `weights` holds every tensor `cfg` needs with the right shape,
-/// so a forward pass never fails half-way.
+/// so a forward pass never fails half-way. Layers are checked one at a time
+/// and nothing is allocated per layer, so a config claiming more layers than
+/// the weights hold fails at the first missing one, however large the claim.
 pub fn check_weights(cfg: &LlamaConfig, weights: &dyn WeightSource) -> Result<()> {
     let (h, q, kv, ff, v) = (
         cfg.hidden,
@@ -419,14 +299,29 @@ pub fn check_weights(cfg: &LlamaConfig, weights: &dyn WeightSource) -> Result<()
         cfg.intermediate,
         cfg.vocab,
     );
-    let mut expected: Vec<(String, (usize, usize))> = vec![
-        ("model.embed_tokens.weight".into(), (v, h)),
-        ("model.norm.weight".into(), (h, 1)),
-    ];
+    let check = |name: &str, shape: (usize, usize)| -> Result<()> {
+        match weights.shape(name) {
+            None => bail!("tensor `{name}` is missing"),
+            Some(found) if found != shape => {
+                bail!("tensor `{name}` has shape {found:?}, the config implies {shape:?}")
+            }
+            Some(_) => Ok(()),
+        }
+    };
+    check("model.embed_tokens.weight", (v, h))?;
+    check("model.norm.weight", (h, 1))?;
     if !cfg.tie_embeddings {
-        expected.push(("lm_head.weight".into(), (v, h)));
+        check("lm_head.weight", (v, h))?;
     }
     for l in 0..cfg.layers {
+        if weights.shape(&layer_tensor(l, "input_layernorm")).is_none() && l > 0 {
+            bail!(
+                "the config declares {} layers but the weights hold {l} \
+                 (`{}` is missing)",
+                cfg.layers,
+                layer_tensor(l, "input_layernorm")
+            );
+        }
         for (what, shape) in [
             ("input_layernorm", (h, 1)),
             ("post_attention_layernorm", (h, 1)),
@@ -438,17 +333,18 @@ pub fn check_weights(cfg: &LlamaConfig, weights: &dyn WeightSource) -> Result<()
             ("mlp.up_proj", (ff, h)),
             ("mlp.down_proj", (h, ff)),
         ] {
-            expected.push((layer_tensor(l, what), shape));
+            check(&layer_tensor(l, what), shape)?;
         }
     }
-    for (name, shape) in expected {
-        match weights.shape(&name) {
-            None => bail!("tensor `{name}` is missing"),
-            Some(found) if found != shape => {
-                bail!("tensor `{name}` has shape {found:?}, config.json implies {shape:?}")
-            }
-            Some(_) => {}
-        }
+    if weights
+        .shape(&layer_tensor(cfg.layers, "input_layernorm"))
+        .is_some()
+    {
+        bail!(
+            "the config declares {} layers but the weights hold more (`{}` exists)",
+            cfg.layers,
+            layer_tensor(cfg.layers, "input_layernorm")
+        );
     }
     Ok(())
 }
@@ -465,7 +361,14 @@ pub fn lm_head_name(cfg: &LlamaConfig) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value as Json};
+
+    fn from_json(cfg: &Json) -> Result<LlamaConfig> {
+        LlamaConfig::from_file(&ConfigFile::from_json(
+            Path::new("config.json"),
+            cfg.clone(),
+        )?)
+    }
 
     fn base() -> Json {
         json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
@@ -477,7 +380,7 @@ mod tests {
     fn rejects_unsupported_architecture() {
         let mut cfg = base();
         cfg["architectures"] = json!(["GPT2LMHeadModel"]);
-        let err = LlamaConfig::from_json(&cfg).unwrap_err().to_string();
+        let err = from_json(&cfg).unwrap_err().to_string();
         assert!(
             err.contains("unsupported architecture `GPT2LMHeadModel`"),
             "{err}"
@@ -486,7 +389,7 @@ mod tests {
 
     #[test]
     fn rope_variants_follow_transformers() {
-        let plain = LlamaConfig::from_json(&base()).unwrap();
+        let plain = from_json(&base()).unwrap();
         let (f, scale) = plain.rope_frequencies(100);
         assert_eq!(f.len(), 8);
         assert_eq!((f[0], scale), (1.0, 1.0));
@@ -494,34 +397,43 @@ mod tests {
 
         let mut cfg = base();
         cfg["rope_scaling"] = json!({"type": "linear", "factor": 4.0});
-        let lin = LlamaConfig::from_json(&cfg)
-            .unwrap()
-            .rope_frequencies(100)
-            .0;
+        let lin = from_json(&cfg).unwrap().rope_frequencies(100).0;
         assert_eq!(lin[1], f[1] / 4.0);
 
         cfg["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
-        let dynamic = LlamaConfig::from_json(&cfg).unwrap();
+        let dynamic = from_json(&cfg).unwrap();
         assert_eq!(dynamic.rope_frequencies(4096).0, f);
         let base2 = 10000.0 * (2.0f64 * 8192.0 / 4096.0 - 1.0).powf(16.0 / 14.0);
         assert!((dynamic.rope_frequencies(8192).0[1] - base2.powf(-2.0 / 16.0)).abs() < 1e-15);
 
         cfg["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
-        let l3 = LlamaConfig::from_json(&cfg).unwrap().rope_frequencies(10).0;
+        let l3 = from_json(&cfg).unwrap().rope_frequencies(10).0;
         // wavelength 2π < 64/4 is kept; the lowest frequency (wavelength > 64) is divided.
         assert_eq!(l3[0], f[0]);
         assert_eq!(l3[7], f[7] / 8.0);
 
         cfg["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0,
             "original_max_position_embeddings": 1024});
-        let (y, att) = LlamaConfig::from_json(&cfg).unwrap().rope_frequencies(10);
+        let (y, att) = from_json(&cfg).unwrap().rope_frequencies(10);
         assert!((att - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
         assert_eq!(y[0], f[0]);
         assert!((y[7] - f[7] / 4.0).abs() < 1e-18);
 
+        cfg["rope_scaling"] = json!({"rope_type": "longrope", "original_max_position_embeddings": 1024,
+            "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
+            "long_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 8.0]});
+        let long = from_json(&cfg).unwrap();
+        let (short, att) = long.rope_frequencies(1024);
+        assert_eq!((short[0], short[7]), (f[0], f[7] / 2.0));
+        assert!((att - (1.0 + 4f64.ln() / 1024f64.ln()).sqrt()).abs() < 1e-15);
+        assert_eq!(long.rope_frequencies(1025).0[7], f[7] / 8.0);
+
         cfg["rope_scaling"] = json!({"type": "su", "factor": 4.0});
-        let err = LlamaConfig::from_json(&cfg).unwrap_err().to_string();
-        assert!(err.contains("`su` is not supported"), "{err}");
+        let err = from_json(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("`su`, which yibuild does not understand"),
+            "{err}"
+        );
     }
 }

@@ -90,6 +90,45 @@ pub struct EvalResults {
     pub timing: Timing,
 }
 
+impl EvalResults {
+    /// Refuses results holding a NaN or infinite number (a broken model or
+    /// forward pass): JSON would store them as `null`, and a build must not
+    /// report such a number as a measurement.
+    pub fn check_finite(&self) -> anyhow::Result<()> {
+        let mut numbers: Vec<(String, f64)> = Vec::new();
+        if let Some(p) = &self.perplexity {
+            let r = &p.result;
+            let on = format!("on `{}`", p.text.name);
+            numbers.extend([
+                (format!("perplexity {on}"), r.perplexity),
+                (format!("mean negative log-likelihood {on}"), r.mean_nll),
+                (
+                    format!("perplexity uncertainty {on}"),
+                    r.perplexity_uncertainty,
+                ),
+            ]);
+        }
+        for l in self.passkey.iter().flat_map(|p| &p.lengths) {
+            numbers.push((
+                format!("passkey mean key log-probability at {} tokens", l.length),
+                l.mean_key_log_prob,
+            ));
+            numbers.push((
+                format!("passkey accuracy at {} tokens", l.length),
+                l.accuracy,
+            ));
+        }
+        match numbers.iter().find(|(_, v)| !v.is_finite()) {
+            Some((what, v)) => anyhow::bail!(
+                "the {what} of `{}` is {v}: the forward pass produced non-finite values \
+                 (NaN or infinite weights?); nothing is stored",
+                self.model.name
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Reads a `results.json` written by an eval step (for the table after a
 /// cached step, and for the model card).
 pub fn read_results(path: &std::path::Path) -> anyhow::Result<EvalResults> {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use super::file::Value;
+use crate::hf::config::{ConfigFile, DecoderConfig, RopeScaling};
 use crate::steps::files::read_json;
 use crate::tensor::ModelTensors;
 
@@ -34,54 +35,26 @@ impl Arch {
     }
 }
 
-/// The hyperparameters llama.cpp needs, read from `config.json`.
+/// The hyperparameters llama.cpp needs: the validated `config.json` (either
+/// transformers layout) and the architecture it converts to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HParams {
     /// Target architecture.
     pub arch: Arch,
-    /// `max_position_embeddings`.
-    pub context_length: u64,
-    /// `hidden_size`.
-    pub n_embd: usize,
-    /// `num_hidden_layers`.
-    pub n_layer: usize,
-    /// `intermediate_size`.
-    pub n_ff: usize,
-    /// `num_attention_heads`.
-    pub n_head: usize,
-    /// `num_key_value_heads` (defaults to `n_head`).
-    pub n_head_kv: usize,
-    /// `head_dim` (defaults to `n_embd / n_head`).
-    pub head_dim: usize,
-    /// `rope_theta` (default 10000).
-    pub rope_theta: f64,
-    /// `rms_norm_eps`.
-    pub rms_eps: f64,
-    /// `vocab_size`.
-    pub vocab_size: usize,
-    /// `rope_scaling`: type, factor, original context length.
-    pub rope_scaling: Option<(String, f64, Option<u64>)>,
-}
-
-fn req_usize(config: &Json, key: &str, path: &Path) -> Result<usize> {
-    config
-        .get(key)
-        .and_then(Json::as_u64)
-        .map(|v| v as usize)
-        .with_context(|| format!("{}: missing or non-integer `{key}`", path.display()))
+    /// The decoder hyperparameters.
+    pub config: DecoderConfig,
 }
 
 impl HParams {
-    /// Reads and checks `config.json` of the model folder `dir`.
+    /// Reads and checks `config.json` of the model folder `dir`, refusing
+    /// architectures and rotary scalings llama.cpp would run differently
+    /// from transformers. Returns the raw document too (the tokenizer
+    /// metadata reads its special-token ids).
     pub fn read(dir: &Path) -> Result<(HParams, Json)> {
         let path = dir.join("config.json");
-        let config = read_json(&path)?;
-        let archs: Vec<&str> = config
-            .get("architectures")
-            .and_then(Json::as_array)
-            .map(|a| a.iter().filter_map(Json::as_str).collect())
-            .unwrap_or_default();
-        let arch = match archs.first().copied() {
+        let raw = read_json(&path)?;
+        let file = ConfigFile::from_json(&path, raw.clone())?;
+        let arch = match file.architecture()? {
             Some("LlamaForCausalLM" | "MistralForCausalLM" | "YiForCausalLM") => Arch::Llama,
             Some("Qwen2ForCausalLM") => Arch::Qwen2,
             Some(other) => bail!(
@@ -91,137 +64,95 @@ impl HParams {
             ),
             None => bail!("{}: no `architectures` entry", path.display()),
         };
-        let n_embd = req_usize(&config, "hidden_size", &path)?;
-        let n_head = req_usize(&config, "num_attention_heads", &path)?;
-        let n_head_kv = config
-            .get("num_key_value_heads")
-            .and_then(Json::as_u64)
-            .map_or(n_head, |v| v as usize);
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        let config = file.decoder()?;
+        let refuse = |why: &str| -> Result<()> {
             bail!(
-                "{}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}",
-                path.display()
-            );
-        }
-        let head_dim = config
-            .get("head_dim")
-            .and_then(Json::as_u64)
-            .map_or(n_embd / n_head, |v| v as usize);
-        let rope_scaling = match config.get("rope_scaling") {
-            Some(Json::Object(s)) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("");
-                match kind {
-                    "linear" | "yarn" => Some((
-                        kind.to_owned(),
-                        s.get("factor").and_then(Json::as_f64).unwrap_or(1.0),
-                        s.get("original_max_position_embeddings")
-                            .and_then(Json::as_u64),
-                    )),
-                    "default" | "" => None,
-                    other => bail!(
-                        "{}: rope_scaling type `{other}` is not supported for GGUF conversion \
-                         (supported: linear, yarn)",
-                        path.display()
-                    ),
-                }
+                "{}: rope_type `{}` {why}; yibuild refuses to write a GGUF llama.cpp would run differently",
+                path.display(),
+                config.rope_scaling.name()
+            )
+        };
+        match &config.rope_scaling {
+            RopeScaling::None | RopeScaling::Linear { .. } | RopeScaling::Yarn(_) => {}
+            // transformers changes nothing up to max_position_embeddings, the
+            // context the GGUF declares; llama.cpp has no dynamic scaling.
+            RopeScaling::Dynamic { .. } => {}
+            RopeScaling::Llama3 { .. } => {
+                refuse("needs a generated `rope_freqs` tensor, which yibuild does not write yet")?
             }
-            _ => None,
-        };
-        let hp = HParams {
-            arch,
-            context_length: req_usize(&config, "max_position_embeddings", &path)? as u64,
-            n_embd,
-            n_layer: req_usize(&config, "num_hidden_layers", &path)?,
-            n_ff: req_usize(&config, "intermediate_size", &path)?,
-            n_head,
-            n_head_kv,
-            head_dim,
-            rope_theta: config
-                .get("rope_theta")
-                .and_then(Json::as_f64)
-                .unwrap_or(10000.0),
-            rms_eps: config
-                .get("rms_norm_eps")
-                .and_then(Json::as_f64)
-                .with_context(|| format!("{}: missing `rms_norm_eps`", path.display()))?,
-            vocab_size: req_usize(&config, "vocab_size", &path)?,
-            rope_scaling,
-        };
-        Ok((hp, config))
+            RopeScaling::Longrope { .. } => {
+                refuse("has per-dimension factors that llama.cpp's llama and qwen2 architectures do not read")?
+            }
+        }
+        Ok((HParams { arch, config }, raw))
     }
 
-    /// The `<arch>.*` and `general.architecture` keys.
+    /// The `<arch>.*` and `general.architecture` keys, the same keys and
+    /// values llama.cpp's `convert_hf_to_gguf.py` writes (its `TextModel` and
+    /// `LlamaModel` `set_gguf_parameters`, with the config loaded by
+    /// transformers ≥ 4.45, which gives every Llama config a `head_dim`):
+    ///
+    /// * both: context/embedding/feed-forward length, block and head counts,
+    ///   `rope.freq_base` (from either layout), the RMS epsilon, and the rope
+    ///   scaling keys: `linear` → type + factor; `yarn` → type, factor,
+    ///   original context length, and `yarn_attn_factor`, `yarn_beta_fast`,
+    ///   `yarn_beta_slow` when the config writes them; `dynamic` → none.
+    /// * `llama` adds `vocab_size`, `rope.dimension_count` and
+    ///   `attention.key_length` / `value_length`; `qwen2` writes the latter
+    ///   two only when config.json has `head_dim`.
     pub fn metadata(&self) -> Vec<(String, Value)> {
         let a = self.arch.name();
+        let c = &self.config;
+        let u = |key: &str, v: usize| (format!("{a}.{key}"), Value::U32(v as u32));
+        let f = |key: &str, v: f64| (format!("{a}.{key}"), Value::F32(v as f32));
         let mut kv = vec![
             ("general.architecture".to_owned(), Value::String(a.into())),
-            (
-                format!("{a}.context_length"),
-                Value::U32(self.context_length as u32),
-            ),
-            (
-                format!("{a}.embedding_length"),
-                Value::U32(self.n_embd as u32),
-            ),
-            (format!("{a}.block_count"), Value::U32(self.n_layer as u32)),
-            (
-                format!("{a}.feed_forward_length"),
-                Value::U32(self.n_ff as u32),
-            ),
-            (
-                format!("{a}.attention.head_count"),
-                Value::U32(self.n_head as u32),
-            ),
-            (
-                format!("{a}.attention.head_count_kv"),
-                Value::U32(self.n_head_kv as u32),
-            ),
-            (
-                format!("{a}.rope.freq_base"),
-                Value::F32(self.rope_theta as f32),
-            ),
-            (
-                format!("{a}.attention.layer_norm_rms_epsilon"),
-                Value::F32(self.rms_eps as f32),
-            ),
-            (
-                format!("{a}.rope.dimension_count"),
-                Value::U32(self.head_dim as u32),
-            ),
-            (
-                format!("{a}.vocab_size"),
-                Value::U32(self.vocab_size as u32),
-            ),
+            u("context_length", c.max_positions),
+            u("embedding_length", c.hidden),
+            u("block_count", c.layers),
+            u("feed_forward_length", c.intermediate),
+            u("attention.head_count", c.heads),
+            u("attention.head_count_kv", c.kv_heads),
+            f("rope.freq_base", c.rope_theta),
+            f("attention.layer_norm_rms_epsilon", c.rms_eps),
         ];
-        if self.head_dim != self.n_embd / self.n_head {
-            kv.push((
-                format!("{a}.attention.key_length"),
-                Value::U32(self.head_dim as u32),
-            ));
-            kv.push((
-                format!("{a}.attention.value_length"),
-                Value::U32(self.head_dim as u32),
-            ));
+        if self.arch == Arch::Llama {
+            kv.push(u("rope.dimension_count", c.head_dim));
+            kv.push(u("vocab_size", c.vocab));
         }
-        if let Some((kind, factor, original)) = &self.rope_scaling {
-            kv.push((
+        if self.arch == Arch::Llama || c.head_dim_explicit {
+            kv.push(u("attention.key_length", c.head_dim));
+            kv.push(u("attention.value_length", c.head_dim));
+        }
+        let scaling_type = |t: &str| {
+            (
                 format!("{a}.rope.scaling.type"),
-                Value::String(kind.clone()),
-            ));
-            kv.push((
-                format!("{a}.rope.scaling.factor"),
-                Value::F32(*factor as f32),
-            ));
-            if let Some(o) = original {
-                kv.push((
-                    format!("{a}.rope.scaling.original_context_length"),
-                    Value::U32(*o as u32),
-                ));
+                Value::String(t.to_owned()),
+            )
+        };
+        match &c.rope_scaling {
+            RopeScaling::Linear { factor } => {
+                kv.push(scaling_type("linear"));
+                kv.push(f("rope.scaling.factor", *factor));
             }
+            RopeScaling::Yarn(y) => {
+                kv.push(scaling_type("yarn"));
+                kv.push(f("rope.scaling.factor", y.factor));
+                kv.push(u(
+                    "rope.scaling.original_context_length",
+                    y.original_max_positions,
+                ));
+                for (key, value) in [
+                    ("rope.scaling.yarn_attn_factor", y.attention_factor),
+                    ("rope.scaling.yarn_beta_fast", y.beta_fast),
+                    ("rope.scaling.yarn_beta_slow", y.beta_slow),
+                ] {
+                    if let Some(v) = value {
+                        kv.push(f(key, v));
+                    }
+                }
+            }
+            _ => {}
         }
         kv
     }
@@ -271,8 +202,9 @@ impl PlannedTensor {
 /// the config. Tensors keep the model's file order; rotary caches are dropped.
 pub fn plan_tensors(hp: &HParams, model: &ModelTensors) -> Result<Vec<PlannedTensor>> {
     let dir = model.dir().display();
-    let (e, ff, v) = (hp.n_embd, hp.n_ff, hp.vocab_size);
-    let (q, kv) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+    let c = &hp.config;
+    let (e, ff, v) = (c.hidden, c.intermediate, c.vocab);
+    let (q, kv) = (c.q_dim(), c.kv_dim());
     let mut out = Vec::new();
     for hf in model.names() {
         if hf.ends_with("rotary_emb.inv_freq") {
@@ -295,10 +227,10 @@ pub fn plan_tensors(hp: &HParams, model: &ModelTensors) -> Result<Vec<PlannedTen
                     let layer: usize = idx
                     .parse()
                     .ok()
-                    .filter(|l| *l < hp.n_layer)
-                    .with_context(|| format!("{dir}: tensor `{other}` names layer `{idx}` but the model has {} layers", hp.n_layer))?;
-                    let permute_q = (hp.arch == Arch::Llama).then_some(hp.n_head);
-                    let permute_k = (hp.arch == Arch::Llama).then_some(hp.n_head_kv);
+                    .filter(|l| *l < c.layers)
+                    .with_context(|| format!("{dir}: tensor `{other}` names layer `{idx}` but config.json declares {} layers", c.layers))?;
+                    let permute_q = (hp.arch == Arch::Llama).then_some(c.heads);
+                    let permute_k = (hp.arch == Arch::Llama).then_some(c.kv_heads);
                     let (short, shape, permute) = match part {
                         "input_layernorm.weight" => ("attn_norm.weight", vec![e], None),
                         "post_attention_layernorm.weight" => ("ffn_norm.weight", vec![e], None),
@@ -346,11 +278,12 @@ pub fn plan_tensors(hp: &HParams, model: &ModelTensors) -> Result<Vec<PlannedTen
         .iter()
         .filter(|t| t.name.ends_with("attn_v.weight"))
         .count();
-    if attn_v != hp.n_layer || !out.iter().any(|t| t.name == "token_embd.weight") {
+    if attn_v != c.layers || !out.iter().any(|t| t.name == "token_embd.weight") {
         bail!(
-            "{dir}: expected token_embd and {} attn_v tensors, found {} attn_v tensors",
-            hp.n_layer,
-            attn_v
+            "{dir}: config.json declares {} layers; expected token_embd and {} attn_v tensors, \
+             found {attn_v} attn_v tensors",
+            c.layers,
+            c.layers,
         );
     }
     Ok(out)

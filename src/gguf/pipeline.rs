@@ -64,7 +64,7 @@ impl Conversion {
             ("general.name".to_owned(), Value::String(name.to_owned())),
         ];
         metadata.extend(hparams.metadata().into_iter().skip(1));
-        metadata.extend(vocab_metadata(dir, hparams.vocab_size, &config)?);
+        metadata.extend(vocab_metadata(dir, hparams.config.vocab, &config)?);
         Ok(Conversion {
             hparams,
             tensors,
@@ -74,13 +74,11 @@ impl Conversion {
     }
 
     fn mixture_model(&self) -> MixtureModel {
-        let hp = &self.hparams;
+        let (arch, c) = (self.hparams.arch, &self.hparams.config);
         MixtureModel {
-            n_layer: hp.n_layer,
-            n_gqa: hp.n_head / hp.n_head_kv,
-            is_70b: hp.arch == super::convert::Arch::Llama
-                && hp.n_layer == 80
-                && hp.n_head != hp.n_head_kv,
+            n_layer: c.layers,
+            n_gqa: c.heads / c.kv_heads,
+            is_70b: arch == super::convert::Arch::Llama && c.layers == 80 && c.heads != c.kv_heads,
             tied_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
         }
     }

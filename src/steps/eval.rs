@@ -482,6 +482,7 @@ impl Step for Eval {
             passkey,
             timing,
         };
+        results.check_finite()?;
         write_json(
             &ctx.out_dir.join("results.json"),
             &serde_json::to_value(&results)?,

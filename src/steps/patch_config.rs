@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 use super::files::{link_tree, read_json, write_json};
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::recipe::fields::{expect_str, Fields};
-use crate::recipe::yaml::Node;
+use crate::recipe::yaml::{Node, Value};
 
 /// Edits to one JSON file of the model folder.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,13 +56,36 @@ fn parse_edit_fields(
                 .error(set.span, "`set` must be a mapping of dotted keys to values"));
         };
         for (k, v) in entries {
-            edits
-                .set
-                .insert(expect_str(cx.diag, k, "set")?, v.to_json());
+            let key = expect_str(cx.diag, k, "set")?;
+            refuse_non_finite(v, cx, &key)?;
+            edits.set.insert(key, v.to_json());
         }
     }
     edits.unset = f.opt_str_list("unset")?;
     Ok(edits)
+}
+
+/// Refuses `.inf`, `.nan` and numbers too large for a double (`1e400`) in
+/// a value to set: JSON cannot hold them, and no config value means them.
+fn refuse_non_finite(
+    node: &Node,
+    cx: &ParseContext,
+    key: &str,
+) -> Result<(), crate::recipe::diag::RecipeError> {
+    match &node.value {
+        Value::Float(f) if !f.is_finite() => Err(cx
+            .diag
+            .error(
+                node.span,
+                format!("`set.{key}` is {f}, which no JSON config can hold"),
+            )
+            .with_help("write a finite number (an overflowing literal like 1e400 reads as inf)")),
+        Value::Seq(items) => items.iter().try_for_each(|n| refuse_non_finite(n, cx, key)),
+        Value::Map(entries) => entries
+            .iter()
+            .try_for_each(|(_, n)| refuse_non_finite(n, cx, key)),
+        _ => Ok(()),
+    }
 }
 
 impl PatchConfig {

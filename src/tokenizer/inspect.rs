@@ -11,6 +11,7 @@ use anyhow::Result;
 use super::spm::read_spm_model;
 use super::templates::builtin_name;
 use super::vocab::{ModelRows, Vocab};
+use crate::hf::config::ConfigFile;
 use crate::steps::files::read_json;
 use crate::tensor::ModelTensors;
 
@@ -37,13 +38,11 @@ pub fn inspect_model(dir: &Path) -> Result<String> {
         .iter()
         .map(|(d, n)| format!("{d} ({n} tensors)"))
         .collect();
-    let declared = config["torch_dtype"]
-        .as_str()
-        .or(config["dtype"].as_str())
-        .unwrap_or("unset");
+    let file = ConfigFile::from_json(&dir.join("config.json"), config.clone())?;
+    let declared = file.dtype()?.unwrap_or("unset");
     writeln!(
         out,
-        "dtype:          {} (config torch_dtype: {declared})",
+        "dtype:          {} (config dtype: {declared})",
         dtypes.join(", ")
     )?;
     writeln!(
@@ -189,7 +188,7 @@ mod tests {
             body,
             [
                 "architecture:   LlamaForCausalLM (llama)",
-                "dtype:          bfloat16 (21 tensors) (config torch_dtype: bfloat16)",
+                "dtype:          bfloat16 (21 tensors) (config dtype: bfloat16)",
                 // 2 × 384×64 embeddings + 2 × 36992 per layer + 64 final norm.
                 "parameters:     123200 (123.2K) in 21 tensors",
                 "vocab:          tokenizer 321 | config vocab_size 384 | embedding rows 384 (model.embed_tokens.weight) | lm_head rows 384 (lm_head.weight)",

@@ -1,0 +1,8 @@
+//! Hugging Face model-folder files read the one way every step agrees on.
+//!
+//! * [`config`]: `config.json` in its transformers 4 and transformers 5
+//!   layouts, validated, with the rotary settings as a typed value.
+
+pub mod config;
+
+pub use config::{ConfigFile, DecoderConfig, Layout, RopeScaling, Yarn};
