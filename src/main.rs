@@ -250,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = cli.common;
     let parse_opts = ParseOptions {
         max_variants: c.max_variants,
+        device: c.device,
     };
     let load = |path: &std::path::Path| -> anyhow::Result<Recipe> {
         Ok(Recipe::load_with(path, &parse_opts)?)
@@ -273,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // --max-variants; here it only has to be read again.
             let unlimited = ParseOptions {
                 max_variants: usize::MAX,
+                device: c.device,
             };
             let recipe = Recipe::load_with(&recipe, &unlimited)?;
             yibuild::slurm::worker::exec_step(&recipe, &step, &key, &c.build_options(Vec::new())?)?;
