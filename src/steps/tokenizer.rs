@@ -552,11 +552,13 @@ mod tests {
         Ok((out, lines.into_inner().unwrap()))
     }
 
-    /// A byte-level BPE model of `rows` embedding rows and a folder holding
-    /// only a SentencePiece tokenizer (plus a config, as a model repo has).
+    /// A model with the default SentencePiece tokenizer and a folder
+    /// holding only the SentencePiece tokenizer `spm` (plus a config, as a
+    /// model repo has): ids of shared tokens agree.
     fn setup(root: &Path, model: TinyLlama, spm: SpmTokenizer) -> (PathBuf, PathBuf) {
         let model_dir = root.join("model");
         model.write(&model_dir).unwrap();
+        SpmTokenizer::default().write(&model_dir).unwrap();
         let donor = root.join("donor");
         std::fs::create_dir_all(&donor).unwrap();
         spm.write(&donor).unwrap();
@@ -843,8 +845,9 @@ mod tests {
         assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
         let generation = read_json(&out.join("generation_config.json")).unwrap();
         assert_eq!(generation["eos_token_id"], json!([2, 320]));
+        assert!(generation.get("stop_strings").is_none(), "{generation}");
         assert_eq!(
-            generation["stop_strings"],
+            read_json(&out.join(STOP_STRINGS_FILE)).unwrap()["stop_strings"],
             json!(["<|im_end|>", "</s>", "\n###"])
         );
         assert_eq!(generation["bos_token_id"], 1);
