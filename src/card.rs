@@ -558,7 +558,7 @@ pub fn parameter_count(dir: &Path) -> Result<u64> {
 }
 
 /// What a model folder itself says for its card: its chat template and its
-/// generation config's stop strings.
+/// stop strings (generation config's, and the tokenizer step's file).
 pub fn folder_prompt(dir: &Path) -> (Option<String>, Vec<String>) {
     let read = |f: &str| -> Json {
         std::fs::read_to_string(dir.join(f))
@@ -569,15 +569,28 @@ pub fn folder_prompt(dir: &Path) -> (Option<String>, Vec<String>) {
     let template = read("tokenizer_config.json")["chat_template"]
         .as_str()
         .map(str::to_owned);
-    let stops = match &read("generation_config.json")["stop_strings"] {
-        Json::Array(a) => a
-            .iter()
-            .filter_map(Json::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Json::String(s) => vec![s.clone()],
-        _ => Vec::new(),
-    };
+    // Older folders (and other tools) put them in generation_config.json;
+    // yibuild's tokenizer step writes its own file.
+    let mut stops: Vec<String> = Vec::new();
+    for file in [
+        "generation_config.json",
+        crate::steps::STOP_STRINGS_FILE,
+    ] {
+        let found = match &read(file)["stop_strings"] {
+            Json::Array(a) => a
+                .iter()
+                .filter_map(Json::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Json::String(s) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        for s in found {
+            if !stops.contains(&s) {
+                stops.push(s);
+            }
+        }
+    }
     (template, stops)
 }
 

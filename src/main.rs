@@ -254,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = cli.common;
     let parse_opts = ParseOptions {
         max_variants: c.max_variants,
+        device: c.device,
     };
     let load = |path: &std::path::Path| -> anyhow::Result<Recipe> {
         Ok(Recipe::load_with(path, &parse_opts)?)
@@ -277,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // --max-variants; here it only has to be read again.
             let unlimited = ParseOptions {
                 max_variants: usize::MAX,
+                device: c.device,
             };
             let recipe = Recipe::load_with(&recipe, &unlimited)?;
             yibuild::slurm::worker::exec_step(&recipe, &step, &key, &c.build_options(Vec::new())?)?;

@@ -96,6 +96,11 @@ pub struct JobEvent<'a> {
     pub state: Option<&'a str>,
 }
 
+/// The message of a step's log line that is a warning (`warning: ...`).
+pub fn step_warning(line: &str) -> Option<&str> {
+    line.strip_prefix("warning: ")
+}
+
 /// Receives build events. Implementations must be cheap and thread-safe.
 pub trait Reporter: Sync {
     /// The cache is locked by another build; this one waits.
@@ -106,7 +111,9 @@ pub trait Reporter: Sync {
     fn dirty(&self, step: &str, reasons: &[StaleReason]);
     /// A step started running.
     fn started(&self, step: &str);
-    /// A step produced a line of progress or a note.
+    /// A step produced a line of progress or a note. A line that starts
+    /// with `warning: ` is a warning about the step's output, which is shown
+    /// without `-v` (see [`step_warning`]).
     fn note(&self, step: &str, line: &str);
     /// Something the user should know that does not fail the build (a
     /// remote cache that cannot be reached, a refused remote entry).
@@ -160,7 +167,10 @@ impl Reporter for JsonReporter {
         self.emit(json!({"event": "started", "step": step}));
     }
     fn note(&self, step: &str, line: &str) {
-        self.emit(json!({"event": "note", "step": step, "message": line}));
+        match step_warning(line) {
+            Some(w) => self.emit(json!({"event": "warning", "step": step, "message": w})),
+            None => self.emit(json!({"event": "note", "step": step, "message": line})),
+        }
     }
     fn warning(&self, message: &str) {
         self.emit(json!({"event": "warning", "message": message}));
@@ -313,7 +323,9 @@ impl Reporter for HumanReporter {
         }
     }
     fn note(&self, step: &str, line: &str) {
-        if self.verbose {
+        if let Some(w) = step_warning(line) {
+            self.warning(&format!("{step}: {w}"));
+        } else if self.verbose {
             self.status("Note", &format!("{step}: {line}"), "36");
         } else if let Some(bar) = &self.bar {
             bar.set_message(format!("{step}: {line}"));

@@ -19,6 +19,7 @@ fn parse_eval(yaml: &str) -> Result<Box<dyn Step>, String> {
         diag: &diag,
         step: "ppl",
         seed: None,
+        device: Device::Auto,
     };
     steps::parse("eval", &node, &cx).map_err(|e| e.to_string())
 }

@@ -36,6 +36,7 @@ fn parse_step(yaml: &str) -> Result<Box<dyn Step>, String> {
         diag: &diag,
         step: "q",
         seed: None,
+        device: Device::Auto,
     };
     parse("quantize", &docs[0], &cx).map_err(|e| e.to_string())
 }

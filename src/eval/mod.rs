@@ -133,31 +133,45 @@ pub trait Backend {
 /// Where to run, as requested by the user.
 pub use crate::steps::Device;
 
-/// Opens the backend for `device`: CUDA when asked for (an error without a
-/// usable GPU), CUDA or CPU for `auto` (saying on `log` why the CPU was chosen),
-/// the CPU otherwise.
+/// What `auto` means on this machine, probed once per process: CUDA when a
+/// GPU and its libraries are usable, else the CPU with the reason.
+fn machine_device() -> &'static (Device, Option<String>) {
+    static PROBED: std::sync::OnceLock<(Device, Option<String>)> = std::sync::OnceLock::new();
+    PROBED.get_or_init(|| match cuda::probe() {
+        Ok(()) => (Device::Cuda, None),
+        Err(why) => (Device::Cpu, Some(format!("{why:#}"))),
+    })
+}
+
+/// The device a step runs on: its own `device:` when explicit, else
+/// `--device` when explicit, else what this machine has. Never `auto`, so
+/// that step keys and results name the device that computes.
+pub fn resolve_device(step: Device, cli: Device) -> Device {
+    match (step, cli) {
+        (Device::Auto, Device::Auto) => machine_device().0,
+        (Device::Auto, d) | (d, _) => d,
+    }
+}
+
+/// Why `auto` resolved to the CPU on this machine, when it did.
+pub fn no_gpu_reason() -> Option<&'static str> {
+    machine_device().1.as_deref()
+}
+
+/// Opens the backend for a resolved `device`: CUDA (an error without a
+/// usable GPU) or the CPU.
 pub fn open_backend<'w>(
     device: Device,
     cfg: &LlamaConfig,
     weights: &'w dyn WeightSource,
     threads: usize,
-    log: &dyn Fn(&str),
 ) -> Result<Box<dyn Backend + 'w>> {
-    let cpu = || -> Result<Box<dyn Backend + 'w>> {
-        Ok(Box::new(cpu::CpuModel::new(cfg.clone(), weights, threads)?))
-    };
     match device {
-        Device::Cpu => cpu(),
+        Device::Cpu => Ok(Box::new(cpu::CpuModel::new(cfg.clone(), weights, threads)?)),
         Device::Cuda => match cuda::probe() {
             Ok(()) => Ok(Box::new(cuda::CudaModel::new(cfg.clone(), weights)?)),
             Err(why) => bail!("device `cuda` requested but no GPU is usable: {why}"),
         },
-        Device::Auto => match cuda::probe() {
-            Ok(()) => Ok(Box::new(cuda::CudaModel::new(cfg.clone(), weights)?)),
-            Err(why) => {
-                log(&format!("eval: no usable GPU ({why}); running on the CPU"));
-                cpu()
-            }
-        },
+        Device::Auto => bail!("internal: the device was not resolved before the step ran"),
     }
 }

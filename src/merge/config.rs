@@ -13,7 +13,7 @@ use crate::recipe::yaml::{Node, Span, Value};
 use crate::tensor::DType;
 
 use super::method::{Method, LEGACY_PARAMS};
-use super::params::{parse_parameters, Parameters};
+use super::params::{parameters_json, parse_parameters, Parameters};
 
 /// A reference to an input model: `path[@revision]`, or in a recipe the name of
 /// a source or step.
@@ -227,7 +227,12 @@ fn parse_layer_range(diag: &Diag, node: &Node) -> Result<(usize, usize), RecipeE
     }
 }
 
-fn parse_source(diag: &Diag, node: &Node, slices: bool) -> Result<SliceSource, RecipeError> {
+fn parse_source(
+    diag: &Diag,
+    node: &Node,
+    slices: bool,
+    method: Method,
+) -> Result<SliceSource, RecipeError> {
     let keys: &'static [&'static str] = if slices {
         &["model", "layer_range", "parameters"]
     } else {
@@ -252,11 +257,11 @@ fn parse_source(diag: &Diag, node: &Node, slices: bool) -> Result<SliceSource, R
     Ok(SliceSource {
         model: parse_model_ref(diag, f.req("model")?, "model")?,
         layer_range,
-        parameters: parse_parameters(diag, f.opt("parameters"))?,
+        parameters: parse_parameters(diag, f.opt("parameters"), &|n| method.param_kind(n))?,
     })
 }
 
-fn parse_slice(diag: &Diag, node: &Node) -> Result<OutputSlice, RecipeError> {
+fn parse_slice(diag: &Diag, node: &Node, method: Method) -> Result<OutputSlice, RecipeError> {
     let f = Fields::new(
         diag,
         node,
@@ -269,7 +274,7 @@ fn parse_slice(diag: &Diag, node: &Node) -> Result<OutputSlice, RecipeError> {
         .as_seq()
         .ok_or_else(|| diag.error(sources_node.span, "`sources` must be a list"))?
         .iter()
-        .map(|n| parse_source(diag, n, true))
+        .map(|n| parse_source(diag, n, true, method))
         .collect::<Result<Vec<_>, _>>()?;
     if sources.is_empty() {
         return Err(diag.error(sources_node.span, "a slice needs at least one source"));
@@ -280,7 +285,7 @@ fn parse_slice(diag: &Diag, node: &Node) -> Result<OutputSlice, RecipeError> {
             .opt("base_model")
             .map(|n| parse_model_ref(diag, n, "base_model"))
             .transpose()?,
-        parameters: parse_parameters(diag, f.opt("parameters"))?,
+        parameters: parse_parameters(diag, f.opt("parameters"), &|n| method.param_kind(n))?,
     })
 }
 
@@ -482,7 +487,7 @@ impl MergeConfig {
                                 parameters: Vec::new(),
                             })
                         } else {
-                            parse_source(diag, n, false)
+                            parse_source(diag, n, false, method)
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -502,7 +507,7 @@ impl MergeConfig {
                     .ok_or_else(|| diag.error(s.span, "`slices` must be a list"))?;
                 let slices = items
                     .iter()
-                    .map(|n| parse_slice(diag, n))
+                    .map(|n| parse_slice(diag, n, method))
                     .collect::<Result<Vec<_>, _>>()?;
                 if slices.is_empty() {
                     return Err(diag.error(s.span, "`slices` is empty"));
@@ -525,7 +530,7 @@ impl MergeConfig {
             slices,
             whole_models,
             base_model,
-            parameters: parse_parameters(diag, f.opt("parameters"))?,
+            parameters: parse_parameters(diag, f.opt("parameters"), &|n| method.param_kind(n))?,
             dtype: parse_dtype(diag, &f, "dtype")?,
             out_dtype: parse_dtype(diag, &f, "out_dtype")?,
             tokenizer: tokenizer.source,
@@ -534,10 +539,45 @@ impl MergeConfig {
             pad_to_multiple_of: tokenizer.pad_to_multiple_of,
             chat_template: f.opt_str("chat_template")?,
             text: text.to_owned(),
-            json: node.to_json(),
+            json: serde_json::Value::Null,
+        };
+        let config = MergeConfig {
+            json: config.normalized_json(node.to_json()),
+            ..config
         };
         config.check_parameter_names(diag)?;
         Ok(config)
+    }
+
+    /// `json` (the config as written) with every `parameters:` mapping in
+    /// typed form, so that the spellings of one value (`1`, `1.0`, `"1"`)
+    /// give one step key.
+    fn normalized_json(&self, mut json: serde_json::Value) -> serde_json::Value {
+        fn set(entry: &mut serde_json::Value, params: &Parameters) {
+            if entry.get("parameters").is_some() {
+                entry["parameters"] = parameters_json(params);
+            }
+        }
+        set(&mut json, &self.parameters);
+        let list = if self.whole_models { "models" } else { "slices" };
+        let Some(entries) = json.get_mut(list).and_then(|v| v.as_array_mut()) else {
+            return json;
+        };
+        if self.whole_models {
+            for (entry, source) in entries.iter_mut().zip(&self.slices[0].sources) {
+                set(entry, &source.parameters);
+            }
+            return json;
+        }
+        for (entry, slice) in entries.iter_mut().zip(&self.slices) {
+            set(entry, &slice.parameters);
+            if let Some(sources) = entry.get_mut("sources").and_then(|v| v.as_array_mut()) {
+                for (s, source) in sources.iter_mut().zip(&slice.sources) {
+                    set(s, &source.parameters);
+                }
+            }
+        }
+        json
     }
 
     /// Every distinct model the config references, in first-mention order

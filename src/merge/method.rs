@@ -44,6 +44,20 @@ pub enum Method {
     Passthrough,
 }
 
+/// What values a parameter takes; quoted numbers count as numbers, as
+/// mergekit 0.1.5 reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A finite number; a list of numbers is a gradient.
+    Number,
+    /// A whole number (an iteration count), never a gradient.
+    Count,
+    /// `true` or `false`.
+    Flag,
+    /// `rescale`: a flag, or `l1` / `inverse_density`.
+    Rescale,
+}
+
 /// The default of a parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ParamDefault {
@@ -62,11 +76,59 @@ pub enum ParamDefault {
 pub struct ParamSpec {
     /// The name as written under `parameters:`.
     pub name: &'static str,
-    /// Its default.
+    /// The values it takes.
+    pub kind: ParamKind,
+    /// Its default (mergekit's documented one).
     pub default: ParamDefault,
 }
 
-use ParamDefault::{Bool, Num, Required, Unset};
+const fn required(name: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Number,
+        default: ParamDefault::Required,
+    }
+}
+
+const fn unset(name: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Number,
+        default: ParamDefault::Unset,
+    }
+}
+
+const fn num(name: &'static str, default: f64) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Number,
+        default: ParamDefault::Num(default),
+    }
+}
+
+const fn count(name: &'static str, default: f64) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Count,
+        default: ParamDefault::Num(default),
+    }
+}
+
+const fn flag(name: &'static str, default: bool) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Flag,
+        default: ParamDefault::Bool(default),
+    }
+}
+
+const fn rescale(default: bool) -> ParamSpec {
+    ParamSpec {
+        name: "rescale",
+        kind: ParamKind::Rescale,
+        default: ParamDefault::Bool(default),
+    }
+}
 
 /// What a method does with `base_model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,20 +144,19 @@ pub enum BaseRole {
 /// Accepted anywhere and ignored, as mergekit does: old recipes on the Hub use them.
 pub const LEGACY_PARAMS: &[&str] = &["int8_mask", "embed_slerp"];
 
-const GTA_GLOBALS_NORMALIZE: &[ParamSpec] = &[
-    ParamSpec {
-        name: "normalize",
-        default: Bool(true),
-    },
-    ParamSpec {
-        name: "rescale",
-        default: Bool(false),
-    },
-    ParamSpec {
-        name: "lambda",
-        default: Num(1.0),
-    },
-];
+/// `normalize`, `rescale` and `lambda` of the task-arithmetic family.
+const fn gta_globals(normalize: bool, rescale_default: bool) -> [ParamSpec; 3] {
+    [
+        flag("normalize", normalize),
+        rescale(rescale_default),
+        num("lambda", 1.0),
+    ]
+}
+
+const GTA_PLAIN: [ParamSpec; 3] = gta_globals(false, false);
+const GTA_NORMALIZE: [ParamSpec; 3] = gta_globals(true, false);
+const GTA_RESCALE: [ParamSpec; 3] = gta_globals(false, true);
+const GTA_BOTH: [ParamSpec; 3] = gta_globals(true, true);
 
 impl Method {
     /// Every method with its `merge_method:` name.
@@ -154,60 +215,23 @@ impl Method {
     pub fn model_params(self) -> &'static [ParamSpec] {
         use Method::*;
         match self {
-            Linear | Nuslerp | Multislerp => &[ParamSpec {
-                name: "weight",
-                default: Required,
-            }],
-            Karcher => &[ParamSpec {
-                name: "weight",
-                default: Num(1.0),
-            }],
-            TaskArithmetic | Ties | DareTies | DareLinear => &[
-                ParamSpec {
-                    name: "weight",
-                    default: Required,
-                },
-                ParamSpec {
-                    name: "density",
-                    default: Num(1.0),
-                },
-            ],
-            Breadcrumbs | BreadcrumbsTies => &[
-                ParamSpec {
-                    name: "weight",
-                    default: Required,
-                },
-                ParamSpec {
-                    name: "density",
-                    default: Num(1.0),
-                },
-                ParamSpec {
-                    name: "gamma",
-                    default: Num(0.01),
-                },
-            ],
-            Della | DellaLinear => &[
-                ParamSpec {
-                    name: "weight",
-                    default: Required,
-                },
-                ParamSpec {
-                    name: "density",
-                    default: Num(1.0),
-                },
-                ParamSpec {
-                    name: "epsilon",
-                    default: Num(0.15),
-                },
-            ],
-            Sce => &[ParamSpec {
-                name: "weight",
-                default: Unset,
-            }],
-            Passthrough => &[ParamSpec {
-                name: "scale",
-                default: Unset,
-            }],
+            Linear | Nuslerp | Multislerp => &const { [required("weight")] },
+            Karcher => &const { [num("weight", 1.0)] },
+            TaskArithmetic | Ties | DareTies | DareLinear => {
+                &const { [required("weight"), num("density", 1.0)] }
+            }
+            Breadcrumbs | BreadcrumbsTies => &const { [
+                required("weight"),
+                num("density", 1.0),
+                num("gamma", 0.01),
+            ] },
+            Della | DellaLinear => &const { [
+                required("weight"),
+                num("density", 1.0),
+                num("epsilon", 0.15),
+            ] },
+            Sce => &const { [unset("weight")] },
+            Passthrough => &const { [unset("scale")] },
             Slerp | ModelStock | Nearswap | Ram | RamplusTl => &[],
         }
     }
@@ -216,115 +240,33 @@ impl Method {
     pub fn global_params(self) -> &'static [ParamSpec] {
         use Method::*;
         match self {
-            Linear => &[ParamSpec {
-                name: "normalize",
-                default: Bool(true),
-            }],
-            Slerp | Nearswap => &[ParamSpec {
-                name: "t",
-                default: Required,
-            }],
-            Nuslerp => &[
-                ParamSpec {
-                    name: "nuslerp_flatten",
-                    default: Bool(true),
-                },
-                ParamSpec {
-                    name: "nuslerp_row_wise",
-                    default: Bool(false),
-                },
-            ],
-            Multislerp => &[
-                ParamSpec {
-                    name: "normalize_weights",
-                    default: Bool(true),
-                },
-                ParamSpec {
-                    name: "eps",
-                    default: Num(1e-8),
-                },
-            ],
-            Karcher => &[
-                ParamSpec {
-                    name: "max_iter",
-                    default: Num(10.0),
-                },
-                ParamSpec {
-                    name: "tol",
-                    default: Num(1e-5),
-                },
-            ],
-            TaskArithmetic | Breadcrumbs | BreadcrumbsTies => &[
-                ParamSpec {
-                    name: "normalize",
-                    default: Bool(false),
-                },
-                ParamSpec {
-                    name: "rescale",
-                    default: Bool(false),
-                },
-                ParamSpec {
-                    name: "lambda",
-                    default: Num(1.0),
-                },
-            ],
-            Ties => GTA_GLOBALS_NORMALIZE,
-            DareTies | DareLinear | DellaLinear => &[
-                ParamSpec {
-                    name: "normalize",
-                    default: Bool(false),
-                },
-                ParamSpec {
-                    name: "rescale",
-                    default: Bool(true),
-                },
-                ParamSpec {
-                    name: "lambda",
-                    default: Num(1.0),
-                },
-            ],
-            Della => &[
-                ParamSpec {
-                    name: "normalize",
-                    default: Bool(true),
-                },
-                ParamSpec {
-                    name: "rescale",
-                    default: Bool(true),
-                },
-                ParamSpec {
-                    name: "lambda",
-                    default: Num(1.0),
-                },
-            ],
-            Sce => &[ParamSpec {
-                name: "select_topk",
-                default: Num(1.0),
-            }],
-            ModelStock => &[ParamSpec {
-                name: "filter_wise",
-                default: Bool(false),
-            }],
-            Ram => &[ParamSpec {
-                name: "epsilon",
-                default: Num(1e-5),
-            }],
-            RamplusTl => &[
-                ParamSpec {
-                    name: "r",
-                    default: Num(0.1),
-                },
-                ParamSpec {
-                    name: "alpha",
-                    default: Num(0.2),
-                },
-                ParamSpec {
-                    name: "epsilon",
-                    default: Num(1e-5),
-                },
-            ],
+            Linear => &const { [flag("normalize", true)] },
+            Slerp | Nearswap => &const { [required("t")] },
+            Nuslerp => &const { [
+                flag("nuslerp_flatten", true),
+                flag("nuslerp_row_wise", false),
+            ] },
+            Multislerp => &const { [flag("normalize_weights", true), num("eps", 1e-8)] },
+            Karcher => &const { [count("max_iter", 10.0), num("tol", 1e-5)] },
+            TaskArithmetic | Breadcrumbs | BreadcrumbsTies => &GTA_PLAIN,
+            Ties => &GTA_NORMALIZE,
+            DareTies | DareLinear | DellaLinear => &GTA_RESCALE,
+            Della => &GTA_BOTH,
+            Sce => &const { [num("select_topk", 1.0)] },
+            ModelStock => &const { [flag("filter_wise", false)] },
+            Ram => &const { [num("epsilon", 1e-5)] },
+            RamplusTl => &const { [num("r", 0.1), num("alpha", 0.2), num("epsilon", 1e-5)] },
             Passthrough => &[],
         }
+    }
+
+    /// The kind of parameter `name`, when the method reads it.
+    pub fn param_kind(self, name: &str) -> Option<ParamKind> {
+        self.model_params()
+            .iter()
+            .chain(self.global_params())
+            .find(|p| p.name == name)
+            .map(|p| p.kind)
     }
 
     /// The role of `base_model`.

@@ -55,6 +55,7 @@ pub mod params;
 pub mod plan;
 pub mod rng;
 pub mod select;
+pub mod typed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //! first entry whose filter is absent, `*`, or a substring of the tensor name.
 
 use crate::recipe::diag::{Diag, RecipeError};
+use super::method::ParamKind;
 use crate::recipe::yaml::{Node, Span, Value};
 
 /// A resolved parameter value.
@@ -21,24 +22,6 @@ pub enum ParamValue {
 }
 
 impl ParamValue {
-    /// The value as a number; booleans count as 0/1 like Python's.
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            ParamValue::Num(x) => Some(*x),
-            ParamValue::Bool(b) => Some(f64::from(u8::from(*b))),
-            ParamValue::Str(_) => None,
-        }
-    }
-
-    /// The value as a boolean; numbers are true when non-zero.
-    pub fn as_bool(&self) -> Option<bool> {
-        match self {
-            ParamValue::Bool(b) => Some(*b),
-            ParamValue::Num(x) => Some(*x != 0.0),
-            ParamValue::Str(_) => None,
-        }
-    }
-
     /// JSON form, for normalized step parameters.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
@@ -85,7 +68,8 @@ pub struct NamedSetting {
 /// The `parameters:` mapping of one level of the config, in written order.
 pub type Parameters = Vec<NamedSetting>;
 
-fn scalar(node: &Node) -> Option<ParamValue> {
+/// The value of an untyped parameter (a legacy one mergekit ignores).
+fn untyped(node: &Node) -> Option<ParamValue> {
     match &node.value {
         Value::Int(i) => Some(ParamValue::Num(*i as f64)),
         Value::Float(f) => Some(ParamValue::Num(*f)),
@@ -95,45 +79,136 @@ fn scalar(node: &Node) -> Option<ParamValue> {
     }
 }
 
-fn parse_plain(diag: &Diag, node: &Node, name: &str) -> Result<Setting, RecipeError> {
-    if let Some(v) = scalar(node) {
-        return Ok(Setting::Scalar(v));
+/// A finite number written as a number or as a quoted number.
+fn number(node: &Node) -> Option<f64> {
+    let x = match &node.value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    x.is_finite().then_some(x)
+}
+
+/// How a scalar is shown in an error.
+fn shown(node: &Node) -> String {
+    match &node.value {
+        Value::Str(s) => format!("`{s}`"),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => node.type_name().to_string(),
     }
-    let Some(items) = node.as_seq() else {
-        return Err(diag.error(
+}
+
+/// One scalar of parameter `name`, typed by `kind` (`None`: untyped).
+fn scalar(
+    diag: &Diag,
+    node: &Node,
+    name: &str,
+    kind: Option<ParamKind>,
+) -> Result<ParamValue, RecipeError> {
+    let Some(kind) = kind else {
+        return untyped(node).ok_or_else(|| {
+            diag.error(
+                node.span,
+                format!(
+                    "parameter `{name}` must be a scalar, found {}",
+                    node.type_name()
+                ),
+            )
+        });
+    };
+    let bad = |expected: &str| {
+        diag.error(
             node.span,
             format!(
-                "parameter `{name}` must be a number, a list (gradient) or a list of \
-                 {{filter, value}} entries, found {}",
-                node.type_name()
+                "parameter `{name}` must be {expected}, found {}",
+                shown(node)
             ),
-        ));
+        )
+    };
+    match kind {
+        ParamKind::Number => number(node)
+            .map(ParamValue::Num)
+            .ok_or_else(|| bad("a finite number (quoted or not)")),
+        ParamKind::Count => number(node)
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+            .map(ParamValue::Num)
+            .ok_or_else(|| bad("a whole number")),
+        ParamKind::Flag => match node.value {
+            Value::Bool(b) => Ok(ParamValue::Bool(b)),
+            _ => Err(bad("true or false")),
+        },
+        ParamKind::Rescale => match &node.value {
+            Value::Bool(b) => Ok(ParamValue::Bool(*b)),
+            Value::Str(s) if s == "l1" || s == "inverse_density" => Ok(ParamValue::Str(s.clone())),
+            _ => Err(bad("true, false, `l1` or `inverse_density`")),
+        },
+    }
+}
+
+fn parse_plain(
+    diag: &Diag,
+    node: &Node,
+    name: &str,
+    kind: Option<ParamKind>,
+) -> Result<Setting, RecipeError> {
+    let Some(items) = node.as_seq() else {
+        if node.as_map().is_some() {
+            return Err(diag.error(
+                node.span,
+                format!(
+                    "parameter `{name}` must be a number, a list (gradient) or a list of \
+                     {{filter, value}} entries, found {}",
+                    node.type_name()
+                ),
+            ));
+        }
+        return scalar(diag, node, name, kind).map(Setting::Scalar);
     };
     if items.is_empty() {
         return Err(diag.error(node.span, format!("parameter `{name}` is an empty list")));
     }
-    if let Some(numbers) = items.iter().map(Node::as_f64).collect::<Option<Vec<f64>>>() {
-        return Ok(Setting::Gradient(numbers));
-    }
-    items
-        .iter()
-        .map(|n| {
-            scalar(n).ok_or_else(|| {
-                diag.error(
-                    n.span,
-                    format!(
-                        "parameter `{name}`: list entries must be all numbers, all \
-                         scalars, or all {{filter, value}} mappings"
-                    ),
-                )
+    match kind {
+        Some(ParamKind::Number) => items
+            .iter()
+            .map(|n| match scalar(diag, n, name, kind)? {
+                ParamValue::Num(x) => Ok(x),
+                _ => unreachable!("a number parameter parses to a number"),
             })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Setting::Steps)
+            .collect::<Result<Vec<f64>, _>>()
+            .map(Setting::Gradient),
+        Some(ParamKind::Count) => Err(diag.error(
+            node.span,
+            format!("parameter `{name}` takes one whole number, not a list"),
+        )),
+        Some(_) => items
+            .iter()
+            .map(|n| scalar(diag, n, name, kind))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Setting::Steps),
+        None => {
+            if let Some(numbers) = items.iter().map(Node::as_f64).collect::<Option<Vec<f64>>>() {
+                return Ok(Setting::Gradient(numbers));
+            }
+            items
+                .iter()
+                .map(|n| scalar(diag, n, name, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Setting::Steps)
+        }
+    }
 }
 
-/// Parses one parameter setting.
-pub fn parse_setting(diag: &Diag, node: &Node, name: &str) -> Result<Setting, RecipeError> {
+/// Parses one parameter setting; `kind` types its values (`None` for a
+/// parameter the method does not read, which is checked by name later).
+pub fn parse_setting(
+    diag: &Diag,
+    node: &Node,
+    name: &str,
+    kind: Option<ParamKind>,
+) -> Result<Setting, RecipeError> {
     if node.as_map().is_some() {
         return Err(diag
             .error(
@@ -143,10 +218,10 @@ pub fn parse_setting(diag: &Diag, node: &Node, name: &str) -> Result<Setting, Re
             .with_help("write it as a list: `- {filter: ..., value: ...}`"));
     }
     let Some(items) = node.as_seq() else {
-        return parse_plain(diag, node, name);
+        return parse_plain(diag, node, name, kind);
     };
     if !items.iter().any(|n| n.as_map().is_some()) {
-        return parse_plain(diag, node, name);
+        return parse_plain(diag, node, name, kind);
     }
     let mut conditionals = Vec::new();
     for item in items {
@@ -157,20 +232,28 @@ pub fn parse_setting(diag: &Diag, node: &Node, name: &str) -> Result<Setting, Re
             &["filter", "value"],
         )?;
         f.finish()?;
-        let value = parse_plain(diag, f.req("value")?, name)?;
-        if matches!(value, Setting::Conditional(_)) {
+        let value_node = f.req("value")?;
+        if value_node
+            .as_seq()
+            .is_some_and(|v| v.iter().any(|n| n.as_map().is_some()))
+        {
             return Err(diag.error(item.span, "conditional values cannot nest"));
         }
         conditionals.push(Conditional {
             filter: f.opt_str("filter")?,
-            value,
+            value: parse_plain(diag, value_node, name, kind)?,
         });
     }
     Ok(Setting::Conditional(conditionals))
 }
 
-/// Parses a `parameters:` mapping.
-pub fn parse_parameters(diag: &Diag, node: Option<&Node>) -> Result<Parameters, RecipeError> {
+/// Parses a `parameters:` mapping; `kind_of` gives the kind of each
+/// parameter the merge method reads.
+pub fn parse_parameters(
+    diag: &Diag,
+    node: Option<&Node>,
+    kind_of: &dyn Fn(&str) -> Option<ParamKind>,
+) -> Result<Parameters, RecipeError> {
     let Some(node) = node else {
         return Ok(Vec::new());
     };
@@ -186,12 +269,38 @@ pub fn parse_parameters(diag: &Diag, node: Option<&Node>) -> Result<Parameters, 
         .map(|(k, v)| {
             let name = crate::recipe::fields::expect_str(diag, k, "parameters")?;
             Ok(NamedSetting {
-                setting: parse_setting(diag, v, &name)?,
+                setting: parse_setting(diag, v, &name, kind_of(&name))?,
                 name,
                 span: k.span,
             })
         })
         .collect()
+}
+
+/// The setting as JSON with every value in its typed form (quoted numbers
+/// as numbers), for step keys.
+impl Setting {
+    /// Normalized JSON form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Setting::Scalar(v) => v.to_json(),
+            Setting::Gradient(values) => serde_json::json!(values),
+            Setting::Steps(values) => values.iter().map(ParamValue::to_json).collect(),
+            Setting::Conditional(entries) => entries
+                .iter()
+                .map(|c| serde_json::json!({"filter": c.filter, "value": c.value.to_json()}))
+                .collect(),
+        }
+    }
+}
+
+/// A `parameters:` mapping in normalized JSON form.
+pub fn parameters_json(params: &Parameters) -> serde_json::Value {
+    params
+        .iter()
+        .map(|p| (p.name.clone(), p.setting.to_json()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 impl Setting {
@@ -244,7 +353,7 @@ mod tests {
     fn setting(yaml: &str) -> Setting {
         let doc = &parse_documents(yaml).unwrap()[0];
         let diag = Diag::new(std::path::Path::new("x.yml"), yaml);
-        parse_setting(&diag, doc.get("p").unwrap(), "p").unwrap()
+        parse_setting(&diag, doc.get("p").unwrap(), "p", Some(ParamKind::Number)).unwrap()
     }
 
     #[test]
@@ -253,7 +362,9 @@ mod tests {
         assert_eq!(s.evaluate("x", 0.0), Some(ParamValue::Num(0.0)));
         assert_eq!(s.evaluate("x", 1.0), Some(ParamValue::Num(1.0)));
         // t = 0.375 → s = 1.5, halfway between 0.5 and 0.3.
-        let v = s.evaluate("x", 0.375).unwrap().as_f64().unwrap();
+        let Some(ParamValue::Num(v)) = s.evaluate("x", 0.375) else {
+            panic!("a gradient evaluates to a number")
+        };
         assert!((v - 0.4).abs() < 1e-12, "{v}");
     }
 
@@ -276,7 +387,7 @@ mod tests {
         let yaml = "p: {filter: mlp, value: 1}\n";
         let doc = &parse_documents(yaml).unwrap()[0];
         let diag = Diag::new(std::path::Path::new("x.yml"), yaml);
-        let err = parse_setting(&diag, doc.get("p").unwrap(), "p").unwrap_err();
+        let err = parse_setting(&diag, doc.get("p").unwrap(), "p", None).unwrap_err();
         assert!(err.to_string().contains("write it as a list"), "{err}");
     }
 }

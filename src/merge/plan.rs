@@ -17,6 +17,7 @@ use super::config::{
 };
 use super::method::{BaseRole, Method, ParamDefault, ParamSpec};
 use super::params::{lookup, ParamValue, Parameters};
+use super::typed::{Globals, ModelParams, Table};
 use super::rng::MaskStream;
 use crate::tensor::{DType, ModelTensors};
 use crate::tokenizer::union::{union_vocab, TokenSource, TokenSpec, UnionVocab};
@@ -44,16 +45,9 @@ pub struct JobInput {
     /// The input tensor's name in that model.
     pub tensor: String,
     /// Resolved per-model parameters.
-    pub params: BTreeMap<&'static str, ParamValue>,
+    pub params: ModelParams,
     /// The random stream for this model's masks in this tensor.
     pub stream: MaskStream,
-}
-
-impl JobInput {
-    /// A per-model numeric parameter (present when the plan validated it).
-    pub fn num(&self, name: &str) -> Option<f64> {
-        self.params.get(name).and_then(ParamValue::as_f64)
-    }
 }
 
 /// Everything needed to produce one output tensor.
@@ -70,7 +64,7 @@ pub struct TensorJob {
     /// Index into `inputs` of the base model.
     pub base: Option<usize>,
     /// Resolved global parameters.
-    pub globals: BTreeMap<&'static str, ParamValue>,
+    pub globals: Globals,
     /// The inputs' rows are read re-indexed to the union vocabulary
     /// ([`MergePlan::union`]) rather than straight from storage.
     pub remapped: bool,
@@ -90,22 +84,6 @@ impl TensorJob {
     pub fn row_len(&self) -> usize {
         let n: usize = self.shape.iter().product();
         n / self.rows().max(1)
-    }
-
-    /// A global numeric parameter (booleans as 0/1).
-    pub fn num(&self, name: &str) -> f64 {
-        self.globals
-            .get(name)
-            .and_then(ParamValue::as_f64)
-            .unwrap_or(0.0)
-    }
-
-    /// A global boolean parameter.
-    pub fn flag(&self, name: &str) -> bool {
-        self.globals
-            .get(name)
-            .and_then(ParamValue::as_bool)
-            .unwrap_or(false)
     }
 
     /// Indexes of the inputs that are not the base.
@@ -457,8 +435,10 @@ impl<'c> Planner<'c> {
                 return;
             };
             shapes.push((model.name.clone(), info.shape.clone(), info.dtype));
-            let is_base = Some(i) == s.base;
-            let mut params = BTreeMap::new();
+            // The base of a method that weighs it like any input needs its
+            // parameters like any input (mergekit fails without them too).
+            let exempt = Some(i) == s.base && method.base_role() != BaseRole::Input;
+            let mut params = Table::new();
             let levels = [
                 &src.parameters,
                 &s.slice.parameters,
@@ -469,7 +449,7 @@ impl<'c> Planner<'c> {
                     Some(v) => {
                         params.insert(spec.name, v);
                     }
-                    None if spec.default == ParamDefault::Required && !is_base => {
+                    None if spec.default == ParamDefault::Required && !exempt => {
                         self.problems.add(format!(
                             "missing required parameter `{}` for model `{}` (tensor `{tensor}`)",
                             spec.name, model.name
@@ -482,25 +462,38 @@ impl<'c> Planner<'c> {
             job_inputs.push(JobInput {
                 model: *m,
                 tensor: tensor.clone(),
-                params,
+                params: ModelParams::from_table(&params),
                 stream: MaskStream::new(self.seed, &out_name, &src.model.name, *occurrence),
             });
             *occurrence += 1;
         }
-        let mut globals = BTreeMap::new();
+        let mut globals = Table::new();
+        let mut missing = false;
         for spec in method.global_params() {
             let levels = [&s.slice.parameters, &self.config.parameters];
             match self.resolve(&levels, spec, &out_name, t) {
                 Some(v) => {
                     globals.insert(spec.name, v);
                 }
-                None if spec.default == ParamDefault::Required => self.problems.add(format!(
-                    "missing required parameter `{}` for tensor `{out_name}`",
-                    spec.name
-                )),
+                None if spec.default == ParamDefault::Required => {
+                    missing = true;
+                    self.problems.add(format!(
+                        "missing required parameter `{}` for tensor `{out_name}`",
+                        spec.name
+                    ));
+                }
                 None => {}
             }
         }
+        let Some(globals) = Globals::from_table(method, &globals) else {
+            if !missing {
+                self.problems.add(format!(
+                    "tensor `{out_name}`: the parameters of `{}` are incomplete",
+                    method.name()
+                ));
+            }
+            return;
+        };
         let Some(shape) = self.output_shape(&out_name, &shapes, s.base) else {
             return;
         };

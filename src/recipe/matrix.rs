@@ -31,12 +31,16 @@ pub struct ParseOptions {
     /// The most instances one step may expand to (`--max-variants`): a typo
     /// in a matrix should not start hundreds of merges.
     pub max_variants: usize,
+    /// `--device`: what an eval step's `device: auto` defers to before the
+    /// machine is probed (see [`crate::eval::resolve_device`]).
+    pub device: crate::steps::Device,
 }
 
 impl Default for ParseOptions {
     fn default() -> ParseOptions {
         ParseOptions {
             max_variants: DEFAULT_MAX_VARIANTS,
+            device: crate::steps::Device::Auto,
         }
     }
 }
@@ -691,7 +695,10 @@ mod tests {
         expand(
             doc.as_map().unwrap(),
             &diag,
-            &ParseOptions { max_variants: max },
+            &ParseOptions {
+                max_variants: max,
+                ..ParseOptions::default()
+            },
         )
     }
 

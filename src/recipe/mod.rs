@@ -326,7 +326,7 @@ fn native_recipe(
     }
     let steps = expanded
         .into_iter()
-        .map(|s| parse_step(&s.name, s.span, &s.body, diag))
+        .map(|s| parse_step(&s.name, s.span, &s.body, diag, opts.device))
         .collect::<Result<Vec<_>, _>>()?;
     let mut recipe = Recipe {
         name,
@@ -436,7 +436,13 @@ fn step_kind<'a>(
     })
 }
 
-fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDef, RecipeError> {
+fn parse_step(
+    name: &str,
+    span: Span,
+    node: &Node,
+    diag: &Diag,
+    device: crate::steps::Device,
+) -> Result<StepDef, RecipeError> {
     let (kind, body) = step_kind(name, span, node, diag)?;
     let seed = match node.get("seed") {
         None => None,
@@ -461,6 +467,7 @@ fn parse_step(name: &str, span: Span, node: &Node, diag: &Diag) -> Result<StepDe
         diag,
         step: name,
         seed,
+        device,
     };
     Ok(StepDef {
         name: name.to_owned(),
@@ -506,6 +513,7 @@ fn mergekit_recipe(docs: &[Node], diag: &Diag, dir: &Path) -> Result<Recipe, Rec
             diag,
             step: &name,
             seed: None,
+            device: crate::steps::Device::Auto,
         };
         steps.push(StepDef {
             name: name.clone(),

@@ -127,7 +127,9 @@ fn worker_command(
     request: &JobRequest,
 ) -> Result<Vec<OsString>> {
     let exe = std::env::current_exe().context("cannot find the yibuild executable")?;
-    let device = match opts.device {
+    // The device keys were computed with: a node must not resolve `auto`
+    // differently from the coordinator, or the keys would disagree.
+    let device = match crate::eval::resolve_device(Device::Auto, opts.device) {
         Device::Auto => "auto",
         Device::Cpu => "cpu",
         Device::Cuda => "cuda",

@@ -133,14 +133,11 @@ fn default_cpus(kind: &str) -> u64 {
     }
 }
 
-/// Whether the step computes on a GPU: a step whose own `device:` is `cuda`,
-/// or `auto` under `--device cuda`. Other steps never ask for GPUs.
-fn wants_gpu(step: &StepDef, device: Device) -> bool {
-    match step.step.params().get("device").and_then(|d| d.as_str()) {
-        Some("cuda") => true,
-        Some("auto") => device == Device::Cuda,
-        _ => false,
-    }
+/// Whether the step computes on a GPU: a step whose device resolved to
+/// `cuda` when the recipe was parsed (its own `device:`, else `--device`,
+/// else this machine's). Other steps never ask for GPUs.
+fn wants_gpu(step: &StepDef) -> bool {
+    step.step.params().get("device").and_then(|d| d.as_str()) == Some("cuda")
 }
 
 impl JobRequest {
@@ -176,7 +173,7 @@ impl JobRequest {
         JobRequest {
             cpus,
             mem_mib,
-            gpus: r.gpus.unwrap_or_else(|| u64::from(wants_gpu(step, device))),
+            gpus: r.gpus.unwrap_or_else(|| u64::from(wants_gpu(step))),
             time: r.time.clone().or_else(|| config.time.clone()),
             partition: r.partition.clone().or_else(|| config.partition.clone()),
             account: config.account.clone(),
@@ -284,15 +281,20 @@ mod tests {
         );
         let e = JobRequest::for_step(r.step("e").unwrap(), &config, Device::Cpu, 2 << 30);
         assert_eq!((e.cpus, e.gpus), (4, 1), "device: cuda asks for a GPU");
-        let a = r.step("a").unwrap();
-        assert_eq!(
-            JobRequest::for_step(a, &config, Device::Cpu, 2 << 30).gpus,
-            0
-        );
-        assert_eq!(
-            JobRequest::for_step(a, &config, Device::Cuda, 2 << 30).gpus,
-            1
-        );
+        // `auto` follows `--device`, given when the recipe is parsed.
+        let text = "yibuild: 1\nname: r\nsources:\n  base: ./base\n  text: ./t.txt\nsteps:\n  a:\n    eval: { model: base, perplexity: { text: text } }\n";
+        for (device, gpus) in [(Device::Cpu, 0), (Device::Cuda, 1)] {
+            let opts = crate::recipe::ParseOptions {
+                device,
+                ..Default::default()
+            };
+            let r = Recipe::parse_with(Path::new("r.yaml"), text, &opts).unwrap();
+            let a = r.step("a").unwrap();
+            assert_eq!(
+                JobRequest::for_step(a, &config, Device::Auto, 2 << 30).gpus,
+                gpus
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@ struct PerplexityParams {
 pub struct Eval {
     model: InputRef,
     tokenizer: Option<InputRef>,
+    /// `device:` as written, or `--device` for `auto`.
+    requested: Device,
+    /// The device that runs the step, resolved at parse time (see
+    /// [`crate::eval::resolve_device`]): part of the key, so that a result of
+    /// one device is never reused where another was asked for.
     device: Device,
     allow_long_context: bool,
     perplexity: Option<PerplexityParams>,
@@ -100,7 +105,7 @@ impl Eval {
             ],
         )?;
         f.finish()?;
-        let device = match f.opt_str("device")?.as_deref() {
+        let requested = match f.opt_str("device")?.as_deref() {
             None | Some("auto") => Device::Auto,
             Some("cpu") => Device::Cpu,
             Some("cuda") => Device::Cuda,
@@ -131,7 +136,11 @@ impl Eval {
                 .opt("tokenizer")
                 .map(|n| Ok(input_ref(cx.diag, n, "tokenizer")?.reading(Reads::TOKENIZER)))
                 .transpose()?,
-            device,
+            requested: match requested {
+                Device::Auto => cx.device,
+                d => d,
+            },
+            device: crate::eval::resolve_device(requested, cx.device),
             allow_long_context: f.opt_bool("allow_long_context")?.unwrap_or(false),
             perplexity,
             passkey,
@@ -438,11 +447,14 @@ impl Step for Eval {
                 .get_ids()
                 .to_vec())
         };
-        let device = match self.device {
-            Device::Auto => ctx.device,
-            d => d,
-        };
-        let backend = open_backend(device, &cfg, weights.as_ref(), ctx.threads, ctx.log)?;
+        if let (Device::Auto, Device::Cpu, Some(why)) = (
+            self.requested,
+            self.device,
+            crate::eval::no_gpu_reason(),
+        ) {
+            (ctx.log)(&format!("eval: no usable GPU ({why}); running on the CPU"));
+        }
+        let backend = open_backend(self.device, &cfg, weights.as_ref(), ctx.threads)?;
         let mut timing = Timing {
             load_seconds: started.elapsed().as_secs_f64(),
             device: backend.device(),

@@ -124,6 +124,7 @@ mod tests {
             diag: &diag,
             step: "merged",
             seed: Some(42),
+            device: crate::steps::Device::Auto,
         };
         let step = Merge::parse(node, &cx).unwrap();
         let names: Vec<String> = step.inputs().into_iter().map(|i| i.name).collect();

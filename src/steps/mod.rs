@@ -27,6 +27,8 @@ mod run;
 pub mod select;
 mod tokenizer;
 
+pub use tokenizer::STOP_STRINGS_FILE;
+
 /// The implementation of one step kind, parsed from its recipe entry.
 pub trait Step: Send + Sync + std::fmt::Debug {
     /// The kind name as written in recipes (`merge`, `patch_config`, ...).
@@ -257,6 +259,8 @@ pub struct ParseContext<'a> {
     pub step: &'a str,
     /// The step's `seed:` (for randomized methods), if written.
     pub seed: Option<u64>,
+    /// `--device`, which a step's `device: auto` defers to.
+    pub device: Device,
 }
 
 /// Every step kind a recipe may use, as written.

@@ -34,10 +34,19 @@ pub struct TokenizerStep {
     extra_eos: Vec<String>,
     resize: Option<ResizePolicy>,
     pad_to_multiple_of: Option<usize>,
+    /// Swap even when the new tokenizer gives shared tokens other ids.
+    allow_vocab_mismatch: bool,
 }
 
+/// The sidecar file listing every `extra_eos` string, for the model card
+/// (and any runtime that matches stop text): `{"stop_strings": [...]}`.
+/// Not `generation_config.json`'s `stop_strings`, with which transformers'
+/// `generate()` and `pipeline` refuse to run without a tokenizer argument.
+pub const STOP_STRINGS_FILE: &str = "stop_strings.json";
+
 impl TokenizerStep {
-    /// Parses `{model, from, chat_template, extra_eos, resize, pad_to_multiple_of}`.
+    /// Parses `{model, from, chat_template, extra_eos, resize,
+    /// pad_to_multiple_of, allow_vocab_mismatch}`.
     pub fn parse(node: &Node, cx: &ParseContext) -> Result<TokenizerStep, RecipeError> {
         let f = Fields::new(
             cx.diag,
@@ -50,6 +59,7 @@ impl TokenizerStep {
                 "extra_eos",
                 "resize",
                 "pad_to_multiple_of",
+                "allow_vocab_mismatch",
             ],
         )?;
         f.finish()?;
@@ -101,6 +111,13 @@ impl TokenizerStep {
                 ),
             ));
         }
+        let allow_vocab_mismatch = f.opt_bool("allow_vocab_mismatch")?.unwrap_or(false);
+        if let (true, None) = (allow_vocab_mismatch, &from) {
+            return Err(cx.diag.error(
+                f.req("allow_vocab_mismatch")?.span,
+                "`allow_vocab_mismatch` applies to a tokenizer swap: add `from`",
+            ));
+        }
         Ok(TokenizerStep {
             model,
             from,
@@ -108,15 +125,23 @@ impl TokenizerStep {
             extra_eos,
             resize,
             pad_to_multiple_of,
+            allow_vocab_mismatch,
         })
     }
 }
 
-/// Adds the ids of `extra_eos` tokens to `eos_token_id` (as a list) and every
-/// string to `stop_strings`, which transformers' `generate` honours and the
-/// model card lists: a model can spell a special token out of ordinary tokens
-/// (the seed's Capybara writes `</s>` as text), which no token id catches.
-fn add_extra_eos(generation: &mut Json, vocab: &Vocab, extra_eos: &[String]) {
+/// Adds the ids of the `extra_eos` strings that are single tokens to
+/// `eos_token_id` (as a list), which transformers, llama.cpp's converter and
+/// vLLM all stop on. A generation config written from scratch starts from
+/// the model config's token ids, as transformers' `from_model_config` does.
+fn add_extra_eos(generation: &mut Json, config: &Json, vocab: &Vocab, extra_eos: &[String]) {
+    if generation.as_object().is_some_and(|g| g.is_empty()) {
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            if !config[key].is_null() {
+                generation[key] = config[key].clone();
+            }
+        }
+    }
     let mut ids: Vec<u64> = match &generation["eos_token_id"] {
         Json::Number(n) => n.as_u64().into_iter().collect(),
         Json::Array(list) => list.iter().filter_map(Json::as_u64).collect(),
@@ -128,26 +153,27 @@ fn add_extra_eos(generation: &mut Json, vocab: &Vocab, extra_eos: &[String]) {
             .into_iter()
             .collect(),
     };
-    let mut stops: Vec<String> = generation["stop_strings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect();
-    for text in extra_eos {
-        if let Some(id) = vocab.id(text).map(u64::from) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        if !stops.contains(text) {
-            stops.push(text.clone());
+    for id in extra_eos.iter().filter_map(|t| vocab.id(t)).map(u64::from) {
+        if !ids.contains(&id) {
+            ids.push(id);
         }
     }
     generation["eos_token_id"] = json!(ids);
-    if !stops.is_empty() {
-        generation["stop_strings"] = json!(stops);
+}
+
+/// `tokenizer_config.json` with `model_max_length` lowered to the model's
+/// `max_position_embeddings` when above it (a patched context, or a donor
+/// built for a longer one); `None` when nothing changes.
+fn capped_max_length(tokenizer_config: &Json, model_config: &Json) -> Option<Json> {
+    let limit = model_config["max_position_embeddings"].as_u64()?;
+    // transformers writes "no limit" as int(1e30), beyond u64.
+    let length = tokenizer_config["model_max_length"].as_f64()?;
+    if length <= limit as f64 {
+        return None;
     }
+    let mut capped = tokenizer_config.clone();
+    capped["model_max_length"] = json!(limit);
+    Some(capped)
 }
 
 impl TokenizerStep {
@@ -181,7 +207,39 @@ impl TokenizerStep {
         for file in generation.iter().chain([&config]) {
             check_config_ids(&read_json(file)?, file, new_rows)?;
         }
+        if self.from.is_some() && !self.allow_vocab_mismatch {
+            if let Some(drift) = self.drift(model_dir, &vocab) {
+                anyhow::bail!(
+                    "{drift}\nset `allow_vocab_mismatch: true` in the step to swap anyway \
+                     (then fine-tune the embeddings)"
+                );
+            }
+        }
         Ok((vocab, rows, new_rows))
+    }
+
+    /// Describes how the ids of tokens the model's own tokenizer shares with
+    /// `new` moved, when any did (the model's folder may have no tokenizer).
+    fn drift(&self, model_dir: &Path, new: &Vocab) -> Option<String> {
+        let old = Vocab::read(model_dir).ok()?;
+        let drift = id_drift(&old, new);
+        if drift.moved == 0 {
+            return None;
+        }
+        let examples: Vec<String> = drift
+            .examples
+            .iter()
+            .map(|(t, a, b)| format!("{t:?} {a}→{b}"))
+            .collect();
+        Some(format!(
+            "{} of the {} tokens the tokenizers of `{}` and `{}` share have \
+             different ids ({}); the embedding rows were trained for the old ids",
+            drift.moved,
+            drift.shared,
+            self.model.name,
+            self.tokenizer_input(),
+            examples.join(", ")
+        ))
     }
 }
 
@@ -219,8 +277,10 @@ impl TokenizerStep {
         replace_json(&path, &config)
     }
 
-    /// Adds `extra_eos` to the output's generation_config.json (the copied
-    /// one, else the model's own).
+    /// Adds the single-token `extra_eos` to the output's
+    /// generation_config.json (the copied one, else the model's own) and
+    /// lists every string in [`STOP_STRINGS_FILE`], warning about those that
+    /// are not single tokens: only a runtime matching text stops on them.
     fn write_extra_eos(&self, ctx: &StepContext, model_dir: &Path, vocab: &Vocab) -> Result<()> {
         let path = ctx.out_dir.join("generation_config.json");
         let source = model_dir.join("generation_config.json");
@@ -228,34 +288,57 @@ impl TokenizerStep {
             Some(p) => read_json(p)?,
             None => json!({}),
         };
-        add_extra_eos(&mut generation, vocab, &self.extra_eos);
-        replace_json(&path, &generation)
+        let config = read_json(&model_dir.join("config.json"))?;
+        add_extra_eos(&mut generation, &config, vocab, &self.extra_eos);
+        replace_json(&path, &generation)?;
+        for text in self.extra_eos.iter().filter(|t| vocab.id(t).is_none()) {
+            (ctx.log)(&format!(
+                "warning: extra_eos `{text}` is not a single token of the tokenizer of `{}`: \
+                 generation stops on it only where stop strings are matched as text \
+                 (it is listed in {STOP_STRINGS_FILE} and the model card)",
+                self.tokenizer_input()
+            ));
+        }
+        let mut stops: Vec<String> = match read_json(&model_dir.join(STOP_STRINGS_FILE)) {
+            Ok(j) => serde_json::from_value(j["stop_strings"].clone()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        for text in &self.extra_eos {
+            if !stops.contains(text) {
+                stops.push(text.clone());
+            }
+        }
+        replace_json(
+            &ctx.out_dir.join(STOP_STRINGS_FILE),
+            &json!({ "stop_strings": stops }),
+        )
     }
 
-    /// Logs a warning when tokens of the model's own tokenizer get other ids
-    /// in the new one: sizes agree, yet the model would read garbage.
-    fn warn_on_id_drift(&self, ctx: &StepContext, model_dir: &Path, new: &Vocab) {
-        let Ok(old) = Vocab::read(model_dir) else {
-            return;
+    /// Lowers the output's `model_max_length` to the model's
+    /// `max_position_embeddings` when above it; returns whether it wrote.
+    fn cap_max_length(&self, ctx: &StepContext, model_dir: &Path, tok_dir: &Path) -> Result<bool> {
+        let path = ctx.out_dir.join("tokenizer_config.json");
+        let source = if path.is_file() {
+            path.clone()
+        } else if self.from.is_some() {
+            tok_dir.join("tokenizer_config.json")
+        } else {
+            model_dir.join("tokenizer_config.json")
         };
-        let drift = id_drift(&old, new);
-        if drift.moved == 0 {
-            return;
+        if !source.is_file() {
+            return Ok(false);
         }
-        let examples: Vec<String> = drift
-            .examples
-            .iter()
-            .map(|(t, a, b)| format!("{t:?} {a}→{b}"))
-            .collect();
+        let config = read_json(&model_dir.join("config.json"))?;
+        let Some(capped) = capped_max_length(&read_json(&source)?, &config) else {
+            return Ok(false);
+        };
         (ctx.log)(&format!(
-            "warning: {} of the {} tokens the tokenizers of `{}` and `{}` share have \
-             different ids ({}); the embedding rows were trained for the old ids",
-            drift.moved,
-            drift.shared,
-            self.model.name,
-            self.tokenizer_input(),
-            examples.join(", ")
+            "tokenizer_config.json: model_max_length lowered to the model's \
+             max_position_embeddings ({})",
+            capped["model_max_length"]
         ));
+        replace_json(&path, &capped)?;
+        Ok(true)
     }
 }
 
@@ -277,7 +360,9 @@ impl Step for TokenizerStep {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: extra_eos no longer writes `stop_strings` to
+        // generation_config.json; model_max_length is capped.
+        2
     }
 
     fn inputs(&self) -> Vec<InputRef> {
@@ -294,6 +379,7 @@ impl Step for TokenizerStep {
             "extra_eos": self.extra_eos,
             "resize": self.resize.map(ResizePolicy::name),
             "pad_to_multiple_of": self.pad_to_multiple_of,
+            "allow_vocab_mismatch": self.allow_vocab_mismatch,
         })
     }
 
@@ -342,8 +428,9 @@ impl Step for TokenizerStep {
         // Every check before the first byte is written.
         let (vocab, rows, new_rows) = self.check(model_dir, tok_dir)?;
 
-        if self.from.is_some() {
-            self.warn_on_id_drift(ctx, model_dir, &vocab);
+        if let Some(drift) = self.from.as_ref().and_then(|_| self.drift(model_dir, &vocab)) {
+            // Only reached with `allow_vocab_mismatch: true`.
+            (ctx.log)(&format!("warning: {drift}"));
         }
         let mut written: BTreeSet<String> = BTreeSet::new();
         if new_rows != rows.rows()? || rows.config_vocab != Some(new_rows) {
@@ -386,7 +473,10 @@ impl Step for TokenizerStep {
         }
         if !self.extra_eos.is_empty() {
             self.write_extra_eos(ctx, model_dir, &vocab)?;
-            written.insert("generation_config.json".to_owned());
+            written.extend(["generation_config.json", STOP_STRINGS_FILE].map(String::from));
+        }
+        if self.cap_max_length(ctx, model_dir, tok_dir)? {
+            written.insert("tokenizer_config.json".to_owned());
         }
         let replaced_tokenizer = self.from.is_some();
         link_tree(model_dir, ctx.out_dir, &|rel| {
@@ -418,6 +508,7 @@ mod tests {
                 diag: &diag,
                 step: "final",
                 seed: None,
+                device: crate::steps::Device::Auto,
             },
         )
     }
@@ -461,11 +552,13 @@ mod tests {
         Ok((out, lines.into_inner().unwrap()))
     }
 
-    /// A byte-level BPE model of `rows` embedding rows and a folder holding
-    /// only a SentencePiece tokenizer (plus a config, as a model repo has).
+    /// A model with the default SentencePiece tokenizer and a folder
+    /// holding only the SentencePiece tokenizer `spm` (plus a config, as a
+    /// model repo has): ids of shared tokens agree.
     fn setup(root: &Path, model: TinyLlama, spm: SpmTokenizer) -> (PathBuf, PathBuf) {
         let model_dir = root.join("model");
         model.write(&model_dir).unwrap();
+        SpmTokenizer::default().write(&model_dir).unwrap();
         let donor = root.join("donor");
         std::fs::create_dir_all(&donor).unwrap();
         spm.write(&donor).unwrap();
@@ -497,14 +590,26 @@ mod tests {
             &[("merged", &model), ("yi-llama", &donor)],
         )
         .unwrap();
-        assert!(log.is_empty(), "{log:?}");
-        for file in ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"] {
+        // The donor's 200K context is capped to the model's 2048 positions.
+        assert_eq!(
+            log,
+            ["tokenizer_config.json: model_max_length lowered to the model's \
+              max_position_embeddings (2048)"]
+        );
+        for file in ["tokenizer.json", "tokenizer.model"] {
             assert_eq!(
                 std::fs::read(out.join(file)).unwrap(),
                 std::fs::read(donor.join(file)).unwrap(),
                 "{file}"
             );
         }
+        config["model_max_length"] = json!(2048);
+        assert_eq!(read_json(&out.join("tokenizer_config.json")).unwrap(), config);
+        assert_eq!(
+            read_json(&donor.join("tokenizer_config.json")).unwrap()["model_max_length"],
+            200000,
+            "the input changed"
+        );
         assert!(same_file(
             &out.join("model.safetensors"),
             &model.join("model.safetensors")
@@ -740,8 +845,9 @@ mod tests {
         assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
         let generation = read_json(&out.join("generation_config.json")).unwrap();
         assert_eq!(generation["eos_token_id"], json!([2, 320]));
+        assert!(generation.get("stop_strings").is_none(), "{generation}");
         assert_eq!(
-            generation["stop_strings"],
+            read_json(&out.join(STOP_STRINGS_FILE)).unwrap()["stop_strings"],
             json!(["<|im_end|>", "</s>", "\n###"])
         );
         assert_eq!(generation["bos_token_id"], 1);
@@ -768,8 +874,17 @@ mod tests {
         assert_eq!(config["chat_template"], builtin("llama3").unwrap());
         assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
         let generation = read_json(&out.join("generation_config.json")).unwrap();
+        // `<|eot_id|>` is no token of this tokenizer: no id to stop on, and
+        // no `stop_strings`, which would break transformers' generate().
         assert_eq!(generation["eos_token_id"], json!([2]));
-        assert_eq!(generation["stop_strings"], json!(["<|eot_id|>"]));
+        assert!(generation.get("stop_strings").is_none(), "{generation}");
+        assert_eq!(
+            read_json(&out.join(STOP_STRINGS_FILE)).unwrap(),
+            json!({"stop_strings": ["<|eot_id|>"]})
+        );
+        assert!(log
+            .iter()
+            .any(|l| l.starts_with("warning: extra_eos `<|eot_id|>` is not a single token")));
         assert!(same_file(
             &out.join("tokenizer.json"),
             &model.join("tokenizer.json")
@@ -778,7 +893,7 @@ mod tests {
             std::fs::read(model.join("tokenizer_config.json")).unwrap(),
             before
         );
-        assert_eq!(log.len(), 4, "{log:?}");
+        assert_eq!(log.len(), 5, "{log:?}");
     }
 
     #[test]
@@ -788,7 +903,30 @@ mod tests {
         SpmTokenizer::default().write(&spm_model).unwrap();
         let donor = root.path().join("bpe");
         TinyLlama::default().write(&donor).unwrap();
-        let step = parse("model: merged\nfrom: bpe\nchat_template: chatml\n").unwrap();
+        let inputs = [("merged", spm_model.as_path()), ("bpe", donor.as_path())];
+        let err = run(
+            &parse("model: merged\nfrom: bpe\n").unwrap(),
+            &root.path().join("refused"),
+            &inputs,
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "38 of the 41 tokens the tokenizers of `merged` and `bpe` share have different ids \
+             (\"a\" 300→100, \"b\" 317→101, \"c\" 310→102); the embedding rows were trained \
+             for the old ids\nset `allow_vocab_mismatch: true` in the step to swap anyway (then \
+             fine-tune the embeddings)"
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path().join("refused/out"))
+                .unwrap()
+                .count(),
+            0,
+            "nothing written"
+        );
+        let step = parse("model: merged\nfrom: bpe\nchat_template: chatml\nallow_vocab_mismatch: true\n")
+            .unwrap();
+        assert_eq!(step.params()["allow_vocab_mismatch"], true);
         let (out, log) = run_logged(
             &step,
             root.path(),
@@ -902,6 +1040,9 @@ mod tests {
         assert!(err.message.contains("unknown resize policy `grow`"));
         let err = parse("model: m\n").unwrap_err();
         assert!(err.message.contains("changes nothing"));
+        let err = parse("model: m\nchat_template: chatml\nallow_vocab_mismatch: true\n").unwrap_err();
+        assert_eq!(err.span.line, 3);
+        assert!(err.message.contains("add `from`"), "{}", err.message);
         let err = parse("model: m\nform: t\n").unwrap_err();
         assert_eq!(err.help.as_deref(), Some("did you mean `from`?"));
     }

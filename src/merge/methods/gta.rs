@@ -12,19 +12,9 @@ use anyhow::Result;
 
 use super::super::engine::{par_rows_with, sum_rows, Chunks, Output};
 use super::super::method::Method;
-use super::super::params::ParamValue;
+use super::super::typed::{GtaParams, Rescale};
 use super::sparsify::{Kind, Masks};
 use crate::simd::with_widest_simd;
-
-/// How kept deltas are rescaled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Rescale {
-    None,
-    /// mergekit ≥ 0.1: match the L1 norm of the unmasked delta, per tensor.
-    L1,
-    /// The DARE paper: divide by the keep probability.
-    InverseDensity,
-}
 
 fn sparsifier(method: Method) -> Option<Kind> {
     match method {
@@ -41,26 +31,6 @@ fn consensus(method: Method) -> bool {
         method,
         Method::Ties | Method::DareTies | Method::BreadcrumbsTies | Method::Della
     )
-}
-
-/// Checks the `rescale` value: a boolean, `l1` or `inverse_density`.
-pub fn validate_rescale(value: Option<&ParamValue>) -> Result<(), String> {
-    match value {
-        None | Some(ParamValue::Bool(_)) => Ok(()),
-        Some(ParamValue::Str(s)) if s == "l1" || s == "inverse_density" => Ok(()),
-        Some(other) => Err(format!(
-            "`rescale` must be true, false, `l1` or `inverse_density`, found {other:?}"
-        )),
-    }
-}
-
-fn rescale_mode(value: Option<&ParamValue>) -> Rescale {
-    match value {
-        Some(ParamValue::Bool(true)) => Rescale::L1,
-        Some(ParamValue::Str(s)) if s == "l1" => Rescale::L1,
-        Some(ParamValue::Str(s)) if s == "inverse_density" => Rescale::InverseDensity,
-        _ => Rescale::None,
-    }
 }
 
 /// Adds, row by row, each model's `Σ|δ|` and `Σ|δ·mask|` over a chunk to
@@ -133,25 +103,25 @@ fn l1_factors(totals: &[f64], scale: &mut [f64]) {
 }
 
 /// Runs one tensor of a task-arithmetic-family merge.
-pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn run(method: Method, params: &GtaParams, chunks: &Chunks, out: &mut Output) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let others = job.others();
     let row_len = chunks.row_len();
     let weights: Vec<f32> = others
         .iter()
-        .map(|&i| job.inputs[i].num("weight").unwrap_or(0.0) as f32)
+        .map(|&i| job.inputs[i].params.weight() as f32)
         .collect();
     let mut masks = match sparsifier(method) {
         Some(kind) => Some(Masks::prepare(kind, chunks, base, &others)?),
         None => None,
     };
-    let mode = rescale_mode(job.globals.get("rescale"));
+    let mode = params.rescale;
     // Per-model factor applied to kept deltas.
     let mut scale = vec![1.0f64; others.len()];
     if mode == Rescale::InverseDensity && masks.is_some() {
         for (s, &i) in scale.iter_mut().zip(&others) {
-            let d = job.inputs[i].num("density").unwrap_or(1.0);
+            let d = job.inputs[i].params.density();
             if d < 1.0 && d > 0.0 {
                 *s = 1.0 / d;
             }
@@ -188,8 +158,8 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
         }
     }
     let elect = consensus(method);
-    let normalize = job.flag("normalize");
-    let lambda = job.num("lambda") as f32;
+    let normalize = params.normalize;
+    let lambda = params.lambda as f32;
     let total_weight: f32 = weights.iter().sum();
     chunks.pass(|rows, inputs| {
         let ms = chunk_masks(&mut masks, rows.clone(), inputs);

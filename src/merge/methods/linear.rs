@@ -7,14 +7,10 @@ use super::super::engine::{par_rows, Chunks, Output};
 
 /// `Σ w_i x_i`, divided by `Σ w_i` when `normalize` (the plan rejects a zero
 /// sum instead of dividing by it, which mergekit does).
-pub fn linear(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn linear(chunks: &Chunks, out: &mut Output, normalize: bool) -> Result<()> {
     let job = chunks.job;
-    let mut weights: Vec<f64> = job
-        .inputs
-        .iter()
-        .map(|i| i.num("weight").unwrap_or(0.0))
-        .collect();
-    if job.flag("normalize") {
+    let mut weights: Vec<f64> = job.inputs.iter().map(|i| i.params.weight()).collect();
+    if normalize {
         let sum: f64 = weights.iter().sum();
         weights.iter_mut().for_each(|w| *w /= sum);
     }
@@ -36,7 +32,7 @@ pub fn linear(chunks: &Chunks, out: &mut Output) -> Result<()> {
 
 /// The single input, times its `scale` when given.
 pub fn passthrough(chunks: &Chunks, out: &mut Output) -> Result<()> {
-    let scale = chunks.job.inputs[0].num("scale");
+    let scale = chunks.job.inputs[0].params.scale;
     chunks.pass(|_, inputs| match scale {
         Some(s) => {
             let s = s as f32;
@@ -49,11 +45,11 @@ pub fn passthrough(chunks: &Chunks, out: &mut Output) -> Result<()> {
 
 /// `w = clamp(t / max(|B − x|, 1e-6), 0, 1)`, output `w·x + (1 − w)·B`: the
 /// other model's value is taken where it is within `t` of the base.
-pub fn nearswap(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn nearswap(chunks: &Chunks, out: &mut Output, t: f64) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let other = job.others()[0];
-    let t = job.num("t") as f32;
+    let t = t as f32;
     let row_len = chunks.row_len();
     chunks.pass(|rows, inputs| {
         let mut result = vec![0.0f32; rows.len() * row_len];

@@ -9,7 +9,7 @@ use super::spherical::gram_combine;
 /// `t = N·cos / (1 + (N−1)·cos)` with `cos` the mean pairwise cosine of the
 /// task vectors; output `t·mean(x_i) + (1 − t)·B`, per tensor or per row
 /// (`filter_wise`).
-pub fn model_stock(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn model_stock(chunks: &Chunks, out: &mut Output, filter_wise: bool) -> Result<()> {
     let job = chunks.job;
     let others = job.others();
     let n = others.len();
@@ -18,7 +18,7 @@ pub fn model_stock(chunks: &Chunks, out: &mut Output) -> Result<()> {
         out,
         &others,
         job.base,
-        !job.flag("filter_wise"),
+        !filter_wise,
         |g| {
             let mut sum = 0.0;
             let mut pairs = 0;

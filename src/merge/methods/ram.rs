@@ -4,17 +4,17 @@
 use anyhow::Result;
 
 use super::super::engine::{par_rows, Chunks, Output};
-use super::super::method::Method;
 
-/// Runs `ram` or `ramplus_tl` for one tensor.
-pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
+/// Runs `ram`, or `ramplus_tl` when `plus` holds its `r` and `alpha`, for
+/// one tensor.
+pub fn run(chunks: &Chunks, out: &mut Output, epsilon: f64, plus: Option<(f64, f64)>) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let others = job.others();
-    let eps = job.num("epsilon") as f32;
+    let eps = epsilon as f32;
     let row_len = chunks.row_len();
     let mut unique_scale = vec![1.0f32; others.len()];
-    if method == Method::RamplusTl {
+    if let Some((r, alpha)) = plus {
         // Per model: entries it shares with others and entries only it changes.
         let mut shared = vec![0u64; others.len()];
         let mut unique = vec![0u64; others.len()];
@@ -34,7 +34,6 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
             }
             Ok(())
         })?;
-        let (r, alpha) = (job.num("r"), job.num("alpha"));
         for p in 0..others.len() {
             let rho = shared[p] as f64 / (unique[p] as f64).max(f64::from(eps));
             unique_scale[p] = (1.0 + r * rho.clamp(0.0, alpha)) as f32;

@@ -18,12 +18,11 @@ fn variance(inputs: &[Vec<f32>], others: &[usize], base: usize, e: usize) -> f32
 }
 
 /// Runs `sce` for one tensor.
-pub fn sce(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn sce(chunks: &Chunks, out: &mut Output, topk: f64) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let others = job.others();
     let row_len = chunks.row_len();
-    let topk = job.num("select_topk");
     // `None`: keep everything; `Some(None)`: keep nothing.
     let selection: Option<Option<TopK>> = if topk >= 1.0 {
         None

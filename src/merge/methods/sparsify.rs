@@ -67,7 +67,7 @@ impl Masks {
         let mut rules = Vec::new();
         for (pos, &m) in models.iter().enumerate() {
             let input: &JobInput = &job.inputs[m];
-            let density = input.num("density").unwrap_or(1.0);
+            let density = input.params.density();
             let rule = if density >= 1.0 {
                 Rule::All
             } else {
@@ -78,7 +78,10 @@ impl Masks {
                     },
                     Kind::Della => Rule::Della {
                         density,
-                        epsilon: input.num("epsilon").unwrap_or(0.15),
+                        epsilon: input
+                            .params
+                            .epsilon
+                            .expect("the plan resolves della's `epsilon`"),
                         stream: input.stream,
                     },
                     Kind::Magnitude => {
@@ -87,7 +90,11 @@ impl Masks {
                     }
                     Kind::Outliers => {
                         let target = (density * n as f64) as i64;
-                        let mut top = (input.num("gamma").unwrap_or(0.01) * n as f64) as i64;
+                        let gamma = input
+                            .params
+                            .gamma
+                            .expect("the plan resolves breadcrumbs' `gamma`");
+                        let mut top = (gamma * n as f64) as i64;
                         let mut bottom = n as i64 - target - top;
                         if bottom < 0 {
                             top += bottom;

@@ -99,11 +99,10 @@ pub(super) fn gram_combine(
 }
 
 /// mergekit's slerp: `t = 0` gives the base; nearly parallel tensors are lerped.
-pub fn slerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn slerp(chunks: &Chunks, out: &mut Output, t: f64) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let other = job.others()[0];
-    let t = job.num("t");
     gram_combine(chunks, out, &[base, other], None, true, |g| {
         let norm = |x: f64| if x.sqrt() > 1e-8 { x.sqrt() } else { 1.0 };
         let dot = g[1] / (norm(g[0]) * norm(g[3]));
@@ -118,15 +117,15 @@ pub fn slerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
 
 /// nuslerp: slerp of two models (task vectors when a base is given) at
 /// `t = w_2 / (w_1 + w_2)`, of whole tensors or row by row.
-pub fn nuslerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn nuslerp(chunks: &Chunks, out: &mut Output, flatten: bool, row_wise: bool) -> Result<()> {
     let job = chunks.job;
     let others = job.others();
-    if job.flag("nuslerp_row_wise") && !job.flag("nuslerp_flatten") {
+    if row_wise && !flatten {
         bail!("`nuslerp_row_wise: true` is not supported yet");
     }
     let (w1, w2) = (
-        job.inputs[others[0]].num("weight").unwrap_or(0.0),
-        job.inputs[others[1]].num("weight").unwrap_or(0.0),
+        job.inputs[others[0]].params.weight(),
+        job.inputs[others[1]].params.weight(),
     );
     let t = if (w1 + w2).abs() < 1e-6 {
         0.5
@@ -138,7 +137,7 @@ pub fn nuslerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
         out,
         &others,
         job.base,
-        job.flag("nuslerp_flatten"),
+        flatten,
         |g| {
             let n0 = g[0].sqrt().max(1e-7);
             let n1 = g[3].sqrt().max(1e-7);
@@ -162,7 +161,12 @@ fn bilinear(g: &[f64], a: &[f64], b: &[f64]) -> f64 {
 
 /// multislerp: barycentric interpolation on the sphere through the tangent
 /// space at the weighted mean direction, rescaled to the weighted mean norm.
-pub fn multislerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn multislerp(
+    chunks: &Chunks,
+    out: &mut Output,
+    normalize_weights: bool,
+    eps: f64,
+) -> Result<()> {
     let job = chunks.job;
     let others = job.others();
     if others.len() == 1 {
@@ -171,13 +175,12 @@ pub fn multislerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
     }
     let mut w: Vec<f64> = others
         .iter()
-        .map(|&i| job.inputs[i].num("weight").unwrap_or(0.0))
+        .map(|&i| job.inputs[i].params.weight())
         .collect();
-    if job.flag("normalize_weights") {
+    if normalize_weights {
         let s: f64 = w.iter().sum();
         w.iter_mut().for_each(|x| *x /= s);
     }
-    let eps = job.num("eps");
     let k = others.len();
     gram_combine(chunks, out, &others, job.base, true, |g| {
         let norms: Vec<f64> = (0..k).map(|i| g[i * k + i].sqrt()).collect();
@@ -210,16 +213,10 @@ pub fn multislerp(chunks: &Chunks, out: &mut Output) -> Result<()> {
 /// karcher: the weighted Riemannian mean of the directions, iterated in the
 /// span of the inputs, scaled by the weighted mean norm. Unlike mergekit,
 /// per-model `weight`s are honoured (default 1: equal weights).
-pub fn karcher(chunks: &Chunks, out: &mut Output) -> Result<()> {
+pub fn karcher(chunks: &Chunks, out: &mut Output, max_iter: usize, tol: f64) -> Result<()> {
     let job = chunks.job;
     let all: Vec<usize> = (0..job.inputs.len()).collect();
-    let weights: Vec<f64> = job
-        .inputs
-        .iter()
-        .map(|i| i.num("weight").unwrap_or(1.0))
-        .collect();
-    let max_iter = job.num("max_iter") as usize;
-    let tol = job.num("tol");
+    let weights: Vec<f64> = job.inputs.iter().map(|i| i.params.weight()).collect();
     let k = all.len();
     gram_combine(chunks, out, &all, None, true, |g| {
         let norms: Vec<f64> = (0..k).map(|i| g[i * k + i].sqrt()).collect();
