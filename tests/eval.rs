@@ -865,6 +865,7 @@ fn a_non_finite_perplexity_fails_the_step_and_stores_nothing() {
             let artifact = Artifact {
                 path: p.to_path_buf(),
                 digest: "0".into(),
+                ..Default::default()
             };
             (n.to_string(), artifact)
         })
