@@ -248,8 +248,6 @@ fn fuzz_gguf() {
 }
 
 #[test]
-#[ignore = "the cache's manifest gate (issue 17, another branch) is not merged yet: \
-            `hash: \"a\"` panics in Cache::object_path"]
 fn fuzz_manifest() {
     fuzz("manifest");
 }
