@@ -572,10 +572,7 @@ pub fn folder_prompt(dir: &Path) -> (Option<String>, Vec<String>) {
     // Older folders (and other tools) put them in generation_config.json;
     // yibuild's tokenizer step writes its own file.
     let mut stops: Vec<String> = Vec::new();
-    for file in [
-        "generation_config.json",
-        crate::steps::STOP_STRINGS_FILE,
-    ] {
+    for file in ["generation_config.json", crate::steps::STOP_STRINGS_FILE] {
         let found = match &read(file)["stop_strings"] {
             Json::Array(a) => a
                 .iter()

@@ -19,7 +19,9 @@ fn read_json(p: &Project, rel: &str) -> Json {
 fn mismatched() -> Project {
     let p = Project::new();
     TinyLlama::default().write(&p.path("models/spm")).unwrap();
-    SpmTokenizer::default().write(&p.path("models/spm")).unwrap();
+    SpmTokenizer::default()
+        .write(&p.path("models/spm"))
+        .unwrap();
     TinyLlama::default().write(&p.path("models/bpe")).unwrap();
     p
 }
@@ -35,7 +37,8 @@ fn swap_recipe(allow: bool) -> String {
     )
 }
 
-const DRIFT: &str = "38 of the 41 tokens the tokenizers of `spm` and `bpe` share have different ids";
+const DRIFT: &str =
+    "38 of the 41 tokens the tokenizers of `spm` and `bpe` share have different ids";
 
 #[test]
 fn a_vocabulary_mismatch_fails_unless_allowed_and_its_warning_shows() {
@@ -45,7 +48,10 @@ fn a_vocabulary_mismatch_fails_unless_allowed_and_its_warning_shows() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(DRIFT), "{err}");
-    assert!(err.contains("\"a\" 300→100"), "the first tokens are named: {err}");
+    assert!(
+        err.contains("\"a\" 300→100"),
+        "the first tokens are named: {err}"
+    );
     assert!(err.contains("allow_vocab_mismatch: true"), "{err}");
     assert!(!p.path("build/t/tok").exists());
 
@@ -139,7 +145,10 @@ fn a_release_with_extra_eos_is_what_transformers_reads() {
     assert_eq!(config["max_position_embeddings"], 1024);
     assert_eq!(tok_config["model_max_length"], 1024);
     let card = std::fs::read_to_string(p.path("build/t/release/README.md")).unwrap();
-    assert!(card.contains("<|im_end|>"), "the card lists the stop strings:\n{card}");
+    assert!(
+        card.contains("<|im_end|>"),
+        "the card lists the stop strings:\n{card}"
+    );
 
     let python = python();
     let probe = Command::new(&python)

@@ -75,9 +75,15 @@ fn a_value_that_is_not_a_number_is_a_located_recipe_error() {
 
     // The same for a mergekit config, and for the other kinds of values.
     for (value, message) in [
-        ("[0.1, x]", "parameter `weight` must be a finite number (quoted or not), found `x`"),
+        (
+            "[0.1, x]",
+            "parameter `weight` must be a finite number (quoted or not), found `x`",
+        ),
         (".nan", "must be a finite number (quoted or not), found NaN"),
-        ("true", "must be a finite number (quoted or not), found true"),
+        (
+            "true",
+            "must be a finite number (quoted or not), found true",
+        ),
     ] {
         p.write("bad.yml", &merge_config(value));
         let out = p.run(&["merge", "bad.yml", "out"]);
@@ -156,7 +162,10 @@ fn eval_recipe(device: &str) -> String {
 #[test]
 fn an_auto_eval_keys_and_records_the_device_that_ran() {
     let p = Project::with_base();
-    p.write("wiki.txt", &"the cat sat on a mat and then it ran far away ".repeat(8));
+    p.write(
+        "wiki.txt",
+        &"the cat sat on a mat and then it ran far away ".repeat(8),
+    );
     let here = yibuild::eval::resolve_device(Device::Auto, Device::Auto);
     let name = match here {
         Device::Cpu => "cpu",
@@ -184,10 +193,9 @@ fn an_auto_eval_keys_and_records_the_device_that_ran() {
     p.write("recipe.yaml", &eval_recipe(" device: auto,"));
     let (code, _, err) = p.build_json(&["recipe.yaml"]);
     assert_eq!(code, 0, "{err}");
-    let results: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.path("build/t/ppl/results.json")).unwrap(),
-    )
-    .unwrap();
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path("build/t/ppl/results.json")).unwrap())
+            .unwrap();
     assert_eq!(results["device"], name);
     // The cached result of `device: auto` is the result of `device: <name>`.
     p.write("recipe.yaml", &eval_recipe(&format!(" device: {name},")));

@@ -120,6 +120,9 @@ mod tests {
         assert_eq!(canonical_json(&json!(5e6)), "5000000");
         assert_eq!(canonical_json(&json!(1e300)), "1e+300");
         assert_eq!(canonical_json(&json!(u64::MAX)), u64::MAX.to_string());
-        assert_ne!(canonical_json(&json!(0.1)), canonical_json(&json!(0.1f32 as f64)));
+        assert_ne!(
+            canonical_json(&json!(0.1)),
+            canonical_json(&json!(0.1f32 as f64))
+        );
     }
 }

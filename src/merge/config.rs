@@ -559,7 +559,11 @@ impl MergeConfig {
             }
         }
         set(&mut json, &self.parameters);
-        let list = if self.whole_models { "models" } else { "slices" };
+        let list = if self.whole_models {
+            "models"
+        } else {
+            "slices"
+        };
         let Some(entries) = json.get_mut(list).and_then(|v| v.as_array_mut()) else {
             return json;
         };

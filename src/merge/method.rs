@@ -220,16 +220,18 @@ impl Method {
             TaskArithmetic | Ties | DareTies | DareLinear => {
                 &const { [required("weight"), num("density", 1.0)] }
             }
-            Breadcrumbs | BreadcrumbsTies => &const { [
-                required("weight"),
-                num("density", 1.0),
-                num("gamma", 0.01),
-            ] },
-            Della | DellaLinear => &const { [
-                required("weight"),
-                num("density", 1.0),
-                num("epsilon", 0.15),
-            ] },
+            Breadcrumbs | BreadcrumbsTies => {
+                &const { [required("weight"), num("density", 1.0), num("gamma", 0.01)] }
+            }
+            Della | DellaLinear => {
+                &const {
+                    [
+                        required("weight"),
+                        num("density", 1.0),
+                        num("epsilon", 0.15),
+                    ]
+                }
+            }
             Sce => &const { [unset("weight")] },
             Passthrough => &const { [unset("scale")] },
             Slerp | ModelStock | Nearswap | Ram | RamplusTl => &[],
@@ -242,10 +244,14 @@ impl Method {
         match self {
             Linear => &const { [flag("normalize", true)] },
             Slerp | Nearswap => &const { [required("t")] },
-            Nuslerp => &const { [
-                flag("nuslerp_flatten", true),
-                flag("nuslerp_row_wise", false),
-            ] },
+            Nuslerp => {
+                &const {
+                    [
+                        flag("nuslerp_flatten", true),
+                        flag("nuslerp_row_wise", false),
+                    ]
+                }
+            }
             Multislerp => &const { [flag("normalize_weights", true), num("eps", 1e-8)] },
             Karcher => &const { [count("max_iter", 10.0), num("tol", 1e-5)] },
             TaskArithmetic | Breadcrumbs | BreadcrumbsTies => &GTA_PLAIN,

@@ -6,8 +6,8 @@
 //! scalars is a step function, and a list of `{filter, value}` entries takes the
 //! first entry whose filter is absent, `*`, or a substring of the tensor name.
 
-use crate::recipe::diag::{Diag, RecipeError};
 use super::method::ParamKind;
+use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::yaml::{Node, Span, Value};
 
 /// A resolved parameter value.

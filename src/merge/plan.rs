@@ -17,8 +17,8 @@ use super::config::{
 };
 use super::method::{BaseRole, Method, ParamDefault, ParamSpec};
 use super::params::{lookup, ParamValue, Parameters};
-use super::typed::{Globals, ModelParams, Table};
 use super::rng::MaskStream;
+use super::typed::{Globals, ModelParams, Table};
 use crate::tensor::{DType, ModelTensors};
 use crate::tokenizer::union::{union_vocab, TokenSource, TokenSpec, UnionVocab};
 

@@ -374,11 +374,9 @@ impl Step for Eval {
                 .get_ids()
                 .to_vec())
         };
-        if let (Device::Auto, Device::Cpu, Some(why)) = (
-            self.requested,
-            self.device,
-            crate::eval::no_gpu_reason(),
-        ) {
+        if let (Device::Auto, Device::Cpu, Some(why)) =
+            (self.requested, self.device, crate::eval::no_gpu_reason())
+        {
             (ctx.log)(&format!("eval: no usable GPU ({why}); running on the CPU"));
         }
         let backend = open_backend(self.device, &cfg, weights.as_ref(), ctx.threads)?;

@@ -428,7 +428,11 @@ impl Step for TokenizerStep {
         // Every check before the first byte is written.
         let (vocab, rows, new_rows) = self.check(model_dir, tok_dir)?;
 
-        if let Some(drift) = self.from.as_ref().and_then(|_| self.drift(model_dir, &vocab)) {
+        if let Some(drift) = self
+            .from
+            .as_ref()
+            .and_then(|_| self.drift(model_dir, &vocab))
+        {
             // Only reached with `allow_vocab_mismatch: true`.
             (ctx.log)(&format!("warning: {drift}"));
         }
@@ -593,8 +597,10 @@ mod tests {
         // The donor's 200K context is capped to the model's 2048 positions.
         assert_eq!(
             log,
-            ["tokenizer_config.json: model_max_length lowered to the model's \
-              max_position_embeddings (2048)"]
+            [
+                "tokenizer_config.json: model_max_length lowered to the model's \
+              max_position_embeddings (2048)"
+            ]
         );
         for file in ["tokenizer.json", "tokenizer.model"] {
             assert_eq!(
@@ -604,7 +610,10 @@ mod tests {
             );
         }
         config["model_max_length"] = json!(2048);
-        assert_eq!(read_json(&out.join("tokenizer_config.json")).unwrap(), config);
+        assert_eq!(
+            read_json(&out.join("tokenizer_config.json")).unwrap(),
+            config
+        );
         assert_eq!(
             read_json(&donor.join("tokenizer_config.json")).unwrap()["model_max_length"],
             200000,
@@ -924,8 +933,9 @@ mod tests {
             0,
             "nothing written"
         );
-        let step = parse("model: merged\nfrom: bpe\nchat_template: chatml\nallow_vocab_mismatch: true\n")
-            .unwrap();
+        let step =
+            parse("model: merged\nfrom: bpe\nchat_template: chatml\nallow_vocab_mismatch: true\n")
+                .unwrap();
         assert_eq!(step.params()["allow_vocab_mismatch"], true);
         let (out, log) = run_logged(
             &step,
@@ -1040,7 +1050,8 @@ mod tests {
         assert!(err.message.contains("unknown resize policy `grow`"));
         let err = parse("model: m\n").unwrap_err();
         assert!(err.message.contains("changes nothing"));
-        let err = parse("model: m\nchat_template: chatml\nallow_vocab_mismatch: true\n").unwrap_err();
+        let err =
+            parse("model: m\nchat_template: chatml\nallow_vocab_mismatch: true\n").unwrap_err();
         assert_eq!(err.span.line, 3);
         assert!(err.message.contains("add `from`"), "{}", err.message);
         let err = parse("model: m\nform: t\n").unwrap_err();

@@ -75,6 +75,9 @@ pub fn run(method: Method, chunks: &Chunks, out: &mut Output) -> Result<()> {
         (m, Globals::TaskArithmetic(p)) if m.is_task_arithmetic_family() => {
             gta::run(m, &p, chunks, out)
         }
-        (m, g) => bail!("internal: merge method `{}` was planned with {g:?}", m.name()),
+        (m, g) => bail!(
+            "internal: merge method `{}` was planned with {g:?}",
+            m.name()
+        ),
     }
 }

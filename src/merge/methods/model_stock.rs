@@ -13,25 +13,18 @@ pub fn model_stock(chunks: &Chunks, out: &mut Output, filter_wise: bool) -> Resu
     let job = chunks.job;
     let others = job.others();
     let n = others.len();
-    gram_combine(
-        chunks,
-        out,
-        &others,
-        job.base,
-        !filter_wise,
-        |g| {
-            let mut sum = 0.0;
-            let mut pairs = 0;
-            for i in 0..n {
-                for j in i + 1..n {
-                    let denom = (g[i * n + i].sqrt() * g[j * n + j].sqrt()).max(1e-6);
-                    sum += (g[i * n + j] / denom).clamp(-1.0, 1.0);
-                    pairs += 1;
-                }
+    gram_combine(chunks, out, &others, job.base, !filter_wise, |g| {
+        let mut sum = 0.0;
+        let mut pairs = 0;
+        for i in 0..n {
+            for j in i + 1..n {
+                let denom = (g[i * n + i].sqrt() * g[j * n + j].sqrt()).max(1e-6);
+                sum += (g[i * n + j] / denom).clamp(-1.0, 1.0);
+                pairs += 1;
             }
-            let cos = sum / f64::from(pairs.max(1));
-            let t = n as f64 * cos / (1.0 + (n as f64 - 1.0) * cos);
-            Ok(vec![t / n as f64; n])
-        },
-    )
+        }
+        let cos = sum / f64::from(pairs.max(1));
+        let t = n as f64 * cos / (1.0 + (n as f64 - 1.0) * cos);
+        Ok(vec![t / n as f64; n])
+    })
 }

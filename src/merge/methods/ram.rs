@@ -7,7 +7,12 @@ use super::super::engine::{par_rows, Chunks, Output};
 
 /// Runs `ram`, or `ramplus_tl` when `plus` holds its `r` and `alpha`, for
 /// one tensor.
-pub fn run(chunks: &Chunks, out: &mut Output, epsilon: f64, plus: Option<(f64, f64)>) -> Result<()> {
+pub fn run(
+    chunks: &Chunks,
+    out: &mut Output,
+    epsilon: f64,
+    plus: Option<(f64, f64)>,
+) -> Result<()> {
     let job = chunks.job;
     let base = job.base.expect("the plan checked the base model");
     let others = job.others();

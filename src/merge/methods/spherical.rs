@@ -132,23 +132,16 @@ pub fn nuslerp(chunks: &Chunks, out: &mut Output, flatten: bool, row_wise: bool)
     } else {
         w2 / (w1 + w2)
     };
-    gram_combine(
-        chunks,
-        out,
-        &others,
-        job.base,
-        flatten,
-        |g| {
-            let n0 = g[0].sqrt().max(1e-7);
-            let n1 = g[3].sqrt().max(1e-7);
-            let theta = (g[1] / (n0 * n1)).clamp(-1.0, 1.0).acos();
-            let s = theta.sin();
-            if s.abs() < 1e-8 {
-                return Ok(vec![1.0 - t, t]);
-            }
-            Ok(vec![((1.0 - t) * theta).sin() / s, (t * theta).sin() / s])
-        },
-    )
+    gram_combine(chunks, out, &others, job.base, flatten, |g| {
+        let n0 = g[0].sqrt().max(1e-7);
+        let n1 = g[3].sqrt().max(1e-7);
+        let theta = (g[1] / (n0 * n1)).clamp(-1.0, 1.0).acos();
+        let s = theta.sin();
+        if s.abs() < 1e-8 {
+            return Ok(vec![1.0 - t, t]);
+        }
+        Ok(vec![((1.0 - t) * theta).sin() / s, (t * theta).sin() / s])
+    })
 }
 
 /// `aᵀ G b` for coefficient vectors over a basis with Gram matrix `g`.
