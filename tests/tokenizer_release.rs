@@ -46,7 +46,7 @@ fn a_vocabulary_mismatch_fails_unless_allowed_and_its_warning_shows() {
     p.write("recipe.yaml", &swap_recipe(false));
     let out = p.run(&["recipe.yaml"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(DRIFT), "{err}");
     assert!(
         err.contains("\"a\" 300→100"),
