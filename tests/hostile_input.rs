@@ -23,7 +23,7 @@ fn billion_laughs() -> String {
 fn alias_bomb_recipe_is_refused_with_the_limit_and_its_location() {
     let p = Project::new();
     let bomb = billion_laughs();
-    assert!(bomb.len() < 600, "{}", bomb.len());
+    assert!(bomb.len() < 700, "{}", bomb.len());
     p.write("recipe.yaml", &format!("yibuild: 1\nname: t\n{bomb}"));
     let out = p.run(&["recipe.yaml"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -229,10 +229,8 @@ fn merging_onto_a_full_disk_names_the_file_and_the_os_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("the output writer stopped"), "{err}");
     assert!(
-        err.contains(&format!(
-            "cannot write {}",
-            disk.0.join(".out.yibuild-tmp-").display()
-        )) && err.contains("/model.safetensors")
+        err.contains("cannot write disk/.out.yibuild-tmp-")
+            && err.contains("/model.safetensors")
             && err.contains("No space left on device (os error 28)"),
         "{err}"
     );
