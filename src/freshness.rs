@@ -526,4 +526,151 @@ mod tests {
             ]
         );
     }
+
+    fn key_inputs(version: u32, params: Json, inputs: &[(&str, &str)]) -> KeyInputs {
+        KeyInputs {
+            format: 2,
+            kind: "eval".into(),
+            version,
+            params,
+            inputs: inputs
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.repeat(64)))
+                .collect(),
+        }
+    }
+
+    fn record(inputs: KeyInputs, files: &[(&str, &[(&str, &str)])]) -> BuildRecord {
+        BuildRecord {
+            key: inputs.key(),
+            inputs,
+            files: files
+                .iter()
+                .map(|(n, fs)| {
+                    let fs = fs.iter().map(|(p, id)| (p.to_string(), id.to_string()));
+                    (n.to_string(), fs.collect())
+                })
+                .collect(),
+            output: "0".repeat(64),
+            materialized: None,
+        }
+    }
+
+    /// Every variant: how it is decided, shown and tagged in `--json`.
+    #[test]
+    fn each_reason_is_decided_shown_and_tagged() {
+        let now = key_inputs(
+            3,
+            json!({"context": 128, "text": "wiki"}),
+            &[("m", "b"), ("t", "c")],
+        );
+        let files = BTreeMap::from([(
+            "m".to_owned(),
+            BTreeMap::from([
+                ("config.json".to_owned(), "1:x".to_owned()),
+                ("model.safetensors".to_owned(), "9:new".to_owned()),
+            ]),
+        )]);
+        let check = |reasons: Vec<StaleReason>, shown: &[&str], tags: &[&str]| {
+            let text: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+            assert_eq!(text, shown);
+            let json: Vec<Json> = reasons
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap())
+                .collect();
+            let got: Vec<&str> = json.iter().map(|j| j["reason"].as_str().unwrap()).collect();
+            assert_eq!(got, tags);
+        };
+        check(
+            stale_reasons(None, &now.key(), &now, &files),
+            &["never built"],
+            &["never_built"],
+        );
+        let same = record(now.clone(), &[]);
+        check(
+            stale_reasons(Some(&same), &now.key(), &now, &files),
+            &["its cached output is gone (gc or a new cache dir)"],
+            &["output_gone"],
+        );
+        let mut old = key_inputs(
+            2,
+            json!({"context": 64, "seed": 1}),
+            &[("m", "a"), ("x", "d")],
+        );
+        old.format = 1;
+        old.kind = "quantize".into();
+        let before = record(
+            old,
+            &[(
+                "m",
+                &[("config.json", "1:x"), ("model.safetensors", "9:old")],
+            )],
+        );
+        check(
+            stale_reasons(Some(&before), &now.key(), &now, &files),
+            &[
+                "the cache format changed (1 → 2)",
+                "the step kind changed (`quantize` → `eval`)",
+                "parameter `context` changed: 64 → 128",
+                "parameter `seed` was removed (was 1)",
+                "parameter `text` was added (\"wiki\")",
+                &format!(
+                    "input `m` changed (file `model.safetensors`) (content {} → {})",
+                    "a".repeat(12),
+                    "b".repeat(12)
+                ),
+                "input `t` was added",
+                "input `x` was removed",
+            ],
+            &[
+                "cache_format_changed",
+                "kind_changed",
+                "parameter_changed",
+                "parameter_changed",
+                "parameter_changed",
+                "input_changed",
+                "input_added",
+                "input_removed",
+            ],
+        );
+        let older = record(
+            key_inputs(2, now.params.clone(), &[("m", "b"), ("t", "c")]),
+            &[],
+        );
+        check(
+            stale_reasons(Some(&older), &now.key(), &now, &files),
+            &["the `eval` implementation changed (version 2 → 3)"],
+            &["implementation_changed"],
+        );
+        check(
+            vec![
+                StaleReason::OutputDamaged {
+                    why: "its cached file `a` was changed in place".into(),
+                },
+                StaleReason::InputUnavailable {
+                    input: "wiki".into(),
+                    why: "is not available: no such file".into(),
+                },
+                StaleReason::InputPending {
+                    input: "merged".into(),
+                },
+            ],
+            &[
+                "its cached output is damaged: its cached file `a` was changed in place",
+                "source `wiki` is not available: no such file",
+                "input `merged` will be rebuilt",
+            ],
+            &["output_damaged", "input_unavailable", "input_pending"],
+        );
+        let long = StaleReason::ParameterChanged {
+            parameter: "chat_template".into(),
+            old: Some(json!("x".repeat(100))),
+            new: None,
+        };
+        assert!(long.to_string().ends_with("…)"), "{long}");
+        assert_eq!(
+            serde_json::to_value(&long).unwrap()["old"],
+            json!("x".repeat(100))
+        );
+    }
 }

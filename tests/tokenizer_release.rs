@@ -177,3 +177,34 @@ fn a_release_with_extra_eos_is_what_transformers_reads() {
     );
     println!("{}", String::from_utf8_lossy(&run.stdout));
 }
+
+#[test]
+fn a_patched_context_length_caps_model_max_length_without_a_tokenizer_step() {
+    let p = Project::with_base();
+    // The fixture's tokenizer_config.json says model_max_length 2048.
+    p.write(
+        "recipe.yaml",
+        "yibuild: 1\nname: t\nsources:\n  base: ./models/base\nsteps:\n  short:\n    patch_config:\n      model: base\n      set: {max_position_embeddings: 1024.0}\n  long:\n    patch_config:\n      model: base\n      set: {max_position_embeddings: 4096}\n",
+    );
+    let out = p.run(&["recipe.yaml", "short", "long"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short = read_json(&p, "build/t/short/tokenizer_config.json");
+    assert_eq!(short["model_max_length"], 1024);
+    // Written as the integer the file had, whatever the recipe's spelling.
+    let config = std::fs::read_to_string(p.path("build/t/short/config.json")).unwrap();
+    assert!(
+        config.contains("\"max_position_embeddings\": 1024,"),
+        "{config}"
+    );
+    let long = read_json(&p, "build/t/long/tokenizer_config.json");
+    assert_eq!(
+        long["model_max_length"], 2048,
+        "a longer context leaves it alone"
+    );
+    let source = read_json(&p, "models/base/tokenizer_config.json");
+    assert_eq!(source["model_max_length"], 2048, "the source is untouched");
+}

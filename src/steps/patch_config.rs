@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value as Json};
 
 use super::files::{link_tree, read_json, write_json};
+use super::tokenizer::capped_max_length;
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::recipe::fields::{expect_str, Fields};
 use crate::recipe::yaml::{Node, Value};
@@ -153,7 +154,7 @@ fn set_path(doc: &mut Json, path: &str, value: &Json) -> Result<()> {
         let compatible = match (old, value) {
             (Json::Null, _) | (_, Json::Null) => true,
             (Json::Number(o), Json::Number(n)) => {
-                !(o.is_i64() || o.is_u64()) || n.is_i64() || n.is_u64()
+                o.is_f64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
             }
             (Json::Bool(_), Json::Bool(_)) | (Json::String(_), Json::String(_)) => true,
             (Json::Array(_), Json::Array(_)) | (Json::Object(_), Json::Object(_)) => true,
@@ -167,8 +168,29 @@ fn set_path(doc: &mut Json, path: &str, value: &Json) -> Result<()> {
             );
         }
     }
-    obj.insert(last.to_owned(), value.clone());
+    let value = match (obj.get(last), value) {
+        (old, Json::Number(n)) => Json::Number(same_kind_of_number(old, n)),
+        (_, other) => other.clone(),
+    };
+    obj.insert(last.to_owned(), value);
     Ok(())
+}
+
+/// `n` written as the kind of number the file already has at that place
+/// (`32768.0` over an integer is `32768`, `5000000` over a float is
+/// `5000000.0`), and as an integer when whole and new. Step keys treat `1` and
+/// `1.0` as one value, so the bytes written must not depend on the spelling.
+fn same_kind_of_number(old: Option<&Json>, n: &serde_json::Number) -> serde_json::Number {
+    let old_is_float = matches!(old, Some(Json::Number(o)) if o.is_f64());
+    let whole = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15);
+    match (old_is_float, whole) {
+        (true, _) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .unwrap_or_else(|| n.clone()),
+        (false, Some(f)) => serde_json::Number::from(f as i64),
+        (false, None) => n.clone(),
+    }
 }
 
 fn unset_path(doc: &mut Json, path: &str) {
@@ -198,13 +220,53 @@ fn json_type(v: &Json) -> &'static str {
     }
 }
 
+impl PatchConfig {
+    /// When this step sets `max_position_embeddings` and leaves
+    /// `model_max_length` alone, lowers the tokenizer's `model_max_length` to
+    /// the new context length if it is above it, as transformers would
+    /// otherwise let a tokenizer produce inputs the model cannot take.
+    fn follow_context_length(&self, ctx: &StepContext, src: &std::path::Path) -> Result<()> {
+        let sets = |file: &str, key: &str| {
+            self.files
+                .get(file)
+                .is_some_and(|e| e.set.contains_key(key) || e.unset.iter().any(|k| k == key))
+        };
+        if !sets("config.json", "max_position_embeddings")
+            || sets("tokenizer_config.json", "model_max_length")
+        {
+            return Ok(());
+        }
+        let out = ctx.out_dir.join("tokenizer_config.json");
+        let current = if self.files.contains_key("tokenizer_config.json") {
+            out.clone()
+        } else {
+            src.join("tokenizer_config.json")
+        };
+        if !current.is_file() {
+            return Ok(());
+        }
+        let config = read_json(&ctx.out_dir.join("config.json"))?;
+        if let Some(capped) = capped_max_length(&read_json(&current)?, &config) {
+            (ctx.log)(&format!(
+                "tokenizer_config.json: model_max_length lowered to the patched \
+                 max_position_embeddings ({})",
+                capped["model_max_length"]
+            ));
+            write_json(&out, &capped)?;
+        }
+        Ok(())
+    }
+}
+
 impl Step for PatchConfig {
     fn kind(&self) -> &'static str {
         "patch_config"
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: numbers keep the kind the file has; model_max_length follows a
+        // patched max_position_embeddings.
+        2
     }
 
     fn inputs(&self) -> Vec<InputRef> {
@@ -237,13 +299,31 @@ impl Step for PatchConfig {
             }
             write_json(&ctx.out_dir.join(file), &doc)?;
         }
-        Ok(())
+        self.follow_context_length(ctx, src)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_keep_the_kind_the_file_has() {
+        // `1` and `1.0` are one key, so they must write the same bytes.
+        let mut doc = json!({"max_position_embeddings": 200000, "rope_theta": 5000000.0});
+        for (key, value, written) in [
+            ("max_position_embeddings", json!(32768.0), "32768"),
+            ("max_position_embeddings", json!(32768), "32768"),
+            ("rope_theta", json!(10000), "10000.0"),
+            ("rope_theta", json!(10000.0), "10000.0"),
+            ("new_key", json!(3.0), "3"),
+            ("new_key", json!(3), "3"),
+            ("other", json!(0.25), "0.25"),
+        ] {
+            set_path(&mut doc, key, &value).unwrap();
+            assert_eq!(doc[key].to_string(), written, "{key} = {value}");
+        }
+    }
 
     #[test]
     fn set_checks_types() {
@@ -260,7 +340,7 @@ mod tests {
         let err = set_path(&mut doc, "max_position_embeddings", &json!(1.5)).unwrap_err();
         assert!(err.to_string().contains("an integer"), "{err}");
         set_path(&mut doc, "rope_scaling.factor", &json!(2.0)).unwrap();
-        assert_eq!(doc["rope_scaling"]["factor"], 2.0);
+        assert_eq!(doc["rope_scaling"]["factor"].to_string(), "2");
         unset_path(&mut doc, "rope_scaling.factor");
         assert_eq!(doc["rope_scaling"], json!({}));
     }

@@ -164,7 +164,7 @@ fn add_extra_eos(generation: &mut Json, config: &Json, vocab: &Vocab, extra_eos:
 /// `tokenizer_config.json` with `model_max_length` lowered to the model's
 /// `max_position_embeddings` when above it (a patched context, or a donor
 /// built for a longer one); `None` when nothing changes.
-fn capped_max_length(tokenizer_config: &Json, model_config: &Json) -> Option<Json> {
+pub(crate) fn capped_max_length(tokenizer_config: &Json, model_config: &Json) -> Option<Json> {
     let limit = model_config["max_position_embeddings"].as_u64()?;
     // transformers writes "no limit" as int(1e30), beyond u64.
     let length = tokenizer_config["model_max_length"].as_f64()?;
@@ -274,7 +274,7 @@ impl TokenizerStep {
         for stale in ["chat_template.jinja", "chat_template.json"] {
             std::fs::remove_file(ctx.out_dir.join(stale)).ok();
         }
-        replace_json(&path, &config)
+        write_json(&path, &config)
     }
 
     /// Adds the single-token `extra_eos` to the output's
@@ -290,7 +290,7 @@ impl TokenizerStep {
         };
         let config = read_json(&model_dir.join("config.json"))?;
         add_extra_eos(&mut generation, &config, vocab, &self.extra_eos);
-        replace_json(&path, &generation)?;
+        write_json(&path, &generation)?;
         for text in self.extra_eos.iter().filter(|t| vocab.id(t).is_none()) {
             (ctx.log)(&format!(
                 "warning: extra_eos `{text}` is not a single token of the tokenizer of `{}`: \
@@ -308,7 +308,7 @@ impl TokenizerStep {
                 stops.push(text.clone());
             }
         }
-        replace_json(
+        write_json(
             &ctx.out_dir.join(STOP_STRINGS_FILE),
             &json!({ "stop_strings": stops }),
         )
@@ -337,21 +337,9 @@ impl TokenizerStep {
              max_position_embeddings ({})",
             capped["model_max_length"]
         ));
-        replace_json(&path, &capped)?;
+        write_json(&path, &capped)?;
         Ok(true)
     }
-}
-
-/// Writes `value` to `path`, first unlinking whatever is there: the file may
-/// be a hardlink into an input, which must never change.
-fn replace_json(path: &Path, value: &Json) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot replace {}", path.display()))
-        }
-        _ => {}
-    }
-    write_json(path, value)
 }
 
 impl Step for TokenizerStep {
@@ -529,6 +517,13 @@ mod tests {
         root: &Path,
         inputs: &[(&str, &Path)],
     ) -> Result<(PathBuf, Vec<String>)> {
+        // The inputs stand for earlier steps' outputs: cache objects, which a
+        // step may hardlink (a source's files would be copied).
+        for (_, dir) in inputs {
+            for rel in crate::cache::memo::list_files(dir)? {
+                crate::cache::copy::note_object(&dir.join(rel).metadata()?);
+            }
+        }
         let inputs: BTreeMap<String, Artifact> = inputs
             .iter()
             .map(|(n, p)| {
