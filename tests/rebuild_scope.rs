@@ -6,31 +6,14 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{with_status, Project};
+use common::{copy_demo, with_status, Project};
 use serde_json::Value as Json;
 
 /// A project holding a copy of the demo recipe and its tiny model family.
 fn demo_project() -> Project {
     let p = Project::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    copy_tree(&root.join("tiny"), &p.path("tiny"));
-    std::fs::copy(root.join("tiny-demo.yaml"), p.path("tiny-demo.yaml")).unwrap();
+    copy_demo(p.dir.path());
     p
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 /// Replaces exactly one occurrence of `from` in the project's recipe.

@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::Project;
+use common::{copy_demo, Project};
 
 /// What must not change about a file: bytes, mode, owner, inode, link count, mtime.
 #[derive(Debug, PartialEq)]
@@ -53,18 +53,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, FileState> {
         }
     }
     out
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn code(out: &Output) -> i32 {
@@ -112,15 +100,9 @@ fn edit_in_place(path: &Path) {
 
 #[test]
 fn the_demo_leaves_its_sources_untouched_and_repairs_an_edited_release() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("project");
-    copy_tree(&root.join("recipes/tiny"), &project.join("tiny"));
-    std::fs::copy(
-        root.join("recipes/tiny-demo.yaml"),
-        project.join("tiny-demo.yaml"),
-    )
-    .unwrap();
+    copy_demo(&project);
     let sources = snapshot(&project);
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_yibuild"))

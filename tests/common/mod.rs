@@ -116,3 +116,24 @@ pub fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// Copies the folder `src` to `dst`, files and subfolders.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Copies the demo recipe (`tiny-demo.yaml`) and its tiny model family
+/// (`tiny/`) into `dir`.
+pub fn copy_demo(dir: &Path) {
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    copy_tree(&recipes.join("tiny"), &dir.join("tiny"));
+    std::fs::copy(recipes.join("tiny-demo.yaml"), dir.join("tiny-demo.yaml")).unwrap();
+}
