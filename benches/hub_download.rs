@@ -61,6 +61,7 @@ fn main() {
                 chunk_size: config.chunk_size,
             },
             &|_| {},
+            &|why| eprintln!("{why}"),
         )
         .unwrap();
         let total = start.elapsed().as_secs_f64();

@@ -20,9 +20,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use yibuild::fixtures::{write_byte_level_tokenizer, TinyLlama};
+use yibuild::fs::files::write_json;
 use yibuild::merge::rng::MaskStream;
 use yibuild::merge::{merge_config_file, MergeOptions};
-use yibuild::steps::files::write_json;
 use yibuild::tensor::{DType, PlannedTensor, ShardedWriter};
 
 /// Llama-shaped, 26 layers of width 1024 with a 4096 MLP and a 32000-token

@@ -7,8 +7,25 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value as Json};
 
 use crate::eval::results::EvalResults;
-use crate::recipe::RecipeFacts;
 use crate::tensor::ModelTensors;
+
+/// What a step may know about the whole recipe (see `Step::bind`): the
+/// facts a model card is written from. Formatting and comments are not facts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecipeFacts {
+    /// The recipe's `name`.
+    pub name: String,
+    /// The recipe's digest (`Recipe::digest`).
+    pub digest: String,
+    /// The `card:` section.
+    pub card: serde_json::Map<String, serde_json::Value>,
+    /// Sources: name and where they come from (`hf://…` or the path as written).
+    pub sources: Vec<(String, String)>,
+    /// Steps: name, kind, and parameters.
+    pub steps: Vec<(String, String, serde_json::Value)>,
+    /// The DAG as a mermaid flowchart.
+    pub mermaid: String,
+}
 
 /// One evaluation's results, as read from an eval step's `results.json`
 /// (its wall-clock `timing` cleared, so the card is reproducible).
@@ -572,7 +589,10 @@ pub fn folder_prompt(dir: &Path) -> (Option<String>, Vec<String>) {
     // Older folders (and other tools) put them in generation_config.json;
     // yibuild's tokenizer step writes its own file.
     let mut stops: Vec<String> = Vec::new();
-    for file in ["generation_config.json", crate::steps::STOP_STRINGS_FILE] {
+    for file in [
+        "generation_config.json",
+        crate::tokenizer::STOP_STRINGS_FILE,
+    ] {
         let found = match &read(file)["stop_strings"] {
             Json::Array(a) => a
                 .iter()
@@ -608,7 +628,7 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
     let (mut sources, mut steps) = (Vec::new(), Vec::new());
     if config_path.is_file() {
         let text = std::fs::read_to_string(&config_path)?;
-        let docs = crate::recipe::yaml::parse_documents(&text)
+        let docs = crate::syntax::yaml::parse_documents(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", config_path.display(), e.message))?;
         let config = docs
             .first()

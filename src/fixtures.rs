@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::fs::files::write_json;
 use crate::hf::config::Layout;
-use crate::steps::files::write_json;
 use crate::tensor::DType;
 
 mod sentencepiece;

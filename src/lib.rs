@@ -7,25 +7,21 @@
 
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod cache;
 pub mod card;
-pub mod commands;
+pub mod cli;
 pub mod eval;
-pub mod exec;
 pub mod fixtures;
-pub mod freshness;
+pub mod fs;
 pub mod gguf;
-pub mod graph;
 pub mod hf;
 pub mod hub;
 pub mod merge;
-pub mod names;
-pub mod project;
 pub mod recipe;
-pub mod report;
 mod simd;
-pub mod slurm;
 pub mod steps;
 pub mod sweep;
+pub mod syntax;
 pub mod tensor;
 pub mod tokenizer;

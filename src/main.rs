@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use yibuild::commands::{self, Transfer};
-use yibuild::exec::{BuildOptions, Executor, InputError};
+use yibuild::build::error::InputError;
+use yibuild::build::options::{BuildOptions, Executor};
+use yibuild::build::project::{ProjectConfig, RemoteOverrides};
+use yibuild::cli::commands::{self, Transfer};
 use yibuild::hub::HubOptions;
-use yibuild::project::{ProjectConfig, RemoteOverrides};
-use yibuild::recipe::diag::RecipeError;
 use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
+use yibuild::syntax::diag::RecipeError;
 
 /// A declarative build system for language models.
 #[derive(Parser)]
@@ -42,7 +43,7 @@ struct Common {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Memory budget for running steps, e.g. 2GiB.
-    #[arg(long, global = true, default_value = "2GiB", value_parser = commands::parse_size)]
+    #[arg(long, global = true, default_value = "2GiB", value_parser = yibuild::fs::size::parse_size)]
     mem_budget: u64,
     /// The cache directory.
     #[arg(
@@ -118,7 +119,7 @@ impl Common {
                 config.retries = self.retries.unwrap_or(config.retries);
                 if config.node_cache.is_some() && !remote.as_ref().is_some_and(|r| r.mode.writes())
                 {
-                    return Err(InputError(
+                    return Err(InputError::Unusable(
                         "slurm.node_cache moves step outputs through the remote cache: configure \
                          one that builds may write (--remote-cache, mode read-write)"
                             .to_owned(),
@@ -241,7 +242,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<InputError>().is_some() {
+            if err.chain().any(|e| e.is::<InputError>()) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -268,7 +269,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = c.build_options(steps)?;
             let recipe = load(&recipe)?;
             let jobs = match &opts.executor {
-                Executor::Slurm(config) => Some(yibuild::slurm::requests(&recipe, config, &opts)),
+                Executor::Slurm(config) => {
+                    Some(yibuild::build::slurm::requests(&recipe, config, &opts))
+                }
                 Executor::Local => None,
             };
             print(commands::plan(&recipe, &opts, c.json, jobs.as_ref())?)
@@ -281,7 +284,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device: c.device,
             };
             let recipe = Recipe::load_with(&recipe, &unlimited)?;
-            yibuild::slurm::worker::exec_step(&recipe, &step, &key, &c.build_options(Vec::new())?)?;
+            yibuild::build::slurm::worker::exec_step(
+                &recipe,
+                &step,
+                &key,
+                &c.build_options(Vec::new())?,
+                &|line| println!("{line}"),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Fetch { recipe, steps }) => {
@@ -373,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
             let opts = c.build_options(cli.steps)?;
             let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
-            Ok(if yibuild::slurm::cancel::requested() {
+            Ok(if yibuild::build::slurm::cancel::requested() {
                 ExitCode::from(130)
             } else if summary.ok() {
                 ExitCode::SUCCESS

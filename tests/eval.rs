@@ -7,9 +7,9 @@ use std::sync::Mutex;
 
 use serde_json::Value as Json;
 use yibuild::fixtures::{SplitMix, TinyLlama};
-use yibuild::recipe::diag::Diag;
-use yibuild::recipe::yaml::parse_documents;
 use yibuild::steps::{self, Artifact, Device, ParseContext, Step, StepContext};
+use yibuild::syntax::diag::Diag;
+use yibuild::syntax::yaml::parse_documents;
 use yibuild::tensor::ModelTensors;
 
 fn parse_eval(yaml: &str) -> Result<Box<dyn Step>, String> {

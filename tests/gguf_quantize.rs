@@ -11,9 +11,9 @@ use yibuild::gguf::file::{GgufFile, Value};
 use yibuild::gguf::imatrix::Imatrix;
 use yibuild::gguf::quants::quantize_rows;
 use yibuild::gguf::{inspect_gguf, GgmlType};
-use yibuild::recipe::diag::Diag;
-use yibuild::recipe::yaml::parse_documents;
 use yibuild::steps::{parse, Artifact, Device, ParseContext, Step, StepContext};
+use yibuild::syntax::diag::Diag;
+use yibuild::syntax::yaml::parse_documents;
 use yibuild::tensor::ModelTensors;
 
 /// A fixture whose rows (256, 512) take every k-quant.

@@ -433,7 +433,7 @@ fn plan_offline_lists_hub_sources_to_fetch_with_bytes_once_locked() {
         .len();
     let expected = format!(
         "to fetch: {files} of {files} files, {}",
-        yibuild::hub::download::human_bytes(base_bytes)
+        yibuild::fs::size::human_bytes(base_bytes)
     );
     assert!(out.contains(&expected), "{out}\nexpected {expected}");
     assert_eq!(hub.server.seen(), vec![]);
@@ -487,6 +487,7 @@ fn parallel_chunks_are_written_in_place_and_a_cut_chunk_resumes_alone() {
         &|n| {
             total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         },
+        &|why| panic!("no retry expected: {why}"),
     )
     .unwrap();
     assert_eq!(std::fs::read(&linked).unwrap(), bytes);

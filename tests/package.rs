@@ -7,7 +7,7 @@ use common::{tree_bytes, Project};
 use serde_json::{json, Value as Json};
 use yibuild::eval::results::read_results;
 use yibuild::fixtures::{write_finetune, SplitMix, TinyLlama};
-use yibuild::recipe::yaml::parse_documents;
+use yibuild::syntax::yaml::parse_documents;
 
 const RECIPE: &str = r#"
 yibuild: 1

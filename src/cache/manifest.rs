@@ -49,7 +49,7 @@ impl Manifest {
 
     /// Checks what a manifest from outside this process must satisfy before
     /// any of it becomes a path: every path relative and normal (each
-    /// component passes [`crate::names::component_problem`]), sorted, unique
+    /// component passes [`crate::fs::names::component_problem`]), sorted, unique
     /// and no file inside another; the empty path only as the single file of
     /// a one-file artifact; hashes 64 lowercase hex digits; sizes at most
     /// [`MAX_FILE_SIZE`].
@@ -57,7 +57,7 @@ impl Manifest {
         let single = self.files.len() == 1 && self.files[0].path.is_empty();
         for (i, e) in self.files.iter().enumerate() {
             if !(single && e.path.is_empty()) {
-                if let Some(why) = crate::names::relative_path_problem(&e.path) {
+                if let Some(why) = crate::fs::names::relative_path_problem(&e.path) {
                     return Err(format!(
                         "path `{}` is not allowed: {why}",
                         e.path.escape_debug()

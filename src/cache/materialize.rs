@@ -15,12 +15,13 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use super::error::{CacheError, Result};
+use crate::fs::error::IoContext;
 use serde::{Deserialize, Serialize};
 
-use super::copy::note_object;
 use super::manifest::{Entry, Manifest};
 use super::store::Cache;
+use crate::fs::copy::note_object;
 
 /// The identity of one materialized file when it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,8 +99,7 @@ impl Cache {
             note_object(&meta);
             return Ok(true);
         }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove corrupt object {}", path.display()))?;
+        std::fs::remove_file(&path).at("remove corrupt object", &path)?;
         Ok(false)
     }
 
@@ -145,39 +145,41 @@ impl Cache {
     /// filesystems), and returns what it made. `dest` is replaced
     /// atomically: a reader never sees a mix.
     pub fn materialize(&self, manifest: &Manifest, dest: &Path) -> Result<Materialized> {
-        let parent = dest.parent().context("destination has no parent")?;
-        std::fs::create_dir_all(parent)?;
+        let parent = dest.parent().ok_or_else(|| CacheError::Layout {
+            path: dest.to_owned(),
+            what: "an output destination needs a parent folder".to_owned(),
+        })?;
+        std::fs::create_dir_all(parent).at("create", parent)?;
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
         let staging = parent.join(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
         let single = manifest.files.len() == 1 && manifest.files[0].path.is_empty();
         if !single {
-            std::fs::create_dir_all(&staging)?;
+            std::fs::create_dir_all(&staging).at("create", &staging)?;
         }
         for e in &manifest.files {
             let target = entry_path(&staging, e);
             if let Some(dir) = target.parent() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).at("create", dir)?;
             }
             let object = self.object_path(&e.hash);
             if std::fs::hard_link(&object, &target).is_err() {
-                std::fs::copy(&object, &target).with_context(|| {
-                    format!("cannot copy {} to {}", object.display(), target.display())
-                })?;
+                std::fs::copy(&object, &target).at("write", &target)?;
             }
         }
         if dest.exists() || dest.is_symlink() {
             let old = parent.join(format!(".{name}.old-{}-{}", std::process::id(), unique()));
-            std::fs::rename(dest, &old)?;
-            std::fs::rename(&staging, dest)?;
+            std::fs::rename(dest, &old).at("move aside", dest)?;
+            std::fs::rename(&staging, dest).at("create", dest)?;
             std::fs::remove_dir_all(&old)
                 .or_else(|_| std::fs::remove_file(&old))
                 .ok();
         } else {
-            std::fs::rename(&staging, dest)?;
+            std::fs::rename(&staging, dest).at("create", dest)?;
         }
         let mut stamps = Vec::with_capacity(manifest.files.len());
         for e in &manifest.files {
-            let meta = std::fs::symlink_metadata(entry_path(dest, e))?;
+            let path = entry_path(dest, e);
+            let meta = std::fs::symlink_metadata(&path).at("read", &path)?;
             note_object(&meta);
             stamps.push(Stamp::of(&meta));
         }

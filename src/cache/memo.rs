@@ -10,7 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use super::error::Result;
+use crate::fs::error::IoContext;
 
 use super::manifest::{Entry, Manifest};
 use super::store::write_atomic;
@@ -40,13 +41,9 @@ fn identity(meta: &std::fs::Metadata) -> String {
 pub fn hash_file_uncached(path: &Path, size: u64) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     if size >= MMAP_THRESHOLD {
-        hasher
-            .update_mmap_rayon(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        hasher.update_mmap_rayon(path).at("read", path)?;
     } else {
-        hasher
-            .update_mmap(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        hasher.update_mmap(path).at("read", path)?;
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
@@ -74,7 +71,10 @@ impl HashMemo {
         if *dirty {
             let table = self.table.lock().unwrap();
             let sorted: std::collections::BTreeMap<_, _> = table.iter().collect();
-            write_atomic(&self.path, &serde_json::to_vec(&sorted)?)?;
+            write_atomic(
+                &self.path,
+                &serde_json::to_vec(&sorted).expect("a string map serializes"),
+            )?;
             *dirty = false;
         }
         Ok(())
@@ -96,8 +96,7 @@ impl HashMemo {
 
     /// The hash of one file, from the memo when its identity is unchanged.
     pub fn hash_file(&self, path: &Path) -> Result<(String, std::fs::Metadata)> {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+        let meta = std::fs::metadata(path).at("read", path)?;
         if let Some(h) = self.table.lock().unwrap().get(&identity(&meta)) {
             return Ok((h.clone(), meta));
         }
@@ -112,8 +111,7 @@ impl HashMemo {
     /// bookkeeping (`.cache/huggingface` at the top) are left out, see
     /// [`list_source_files`].
     pub fn manifest(&self, root: &Path) -> Result<Manifest> {
-        let meta =
-            std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+        let meta = std::fs::metadata(root).at("read", root)?;
         if meta.is_file() {
             let (hash, meta) = self.hash_file(root)?;
             return Ok(Manifest::new(vec![Entry {
@@ -161,10 +159,8 @@ fn walk_files(root: &Path, skip: &dyn Fn(&str, &str) -> bool) -> Result<Vec<Stri
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let entry = entry?;
+        for entry in std::fs::read_dir(&dir).at("read", &dir)? {
+            let entry = entry.at("read", &dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let rel_path = if rel.is_empty() {
                 name.clone()
@@ -174,7 +170,9 @@ fn walk_files(root: &Path, skip: &dyn Fn(&str, &str) -> bool) -> Result<Vec<Stri
             if skip(&name, &rel_path) {
                 continue;
             }
-            let ty = std::fs::metadata(entry.path())?.file_type();
+            let ty = std::fs::metadata(entry.path())
+                .at("read", &entry.path())?
+                .file_type();
             if ty.is_dir() {
                 stack.push((entry.path(), rel_path));
             } else if ty.is_file() {

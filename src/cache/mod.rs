@@ -10,7 +10,7 @@
 //! - A step that passes a file through (a `tokenizer.json`, a whole model
 //!   folder) hardlinks it only when it is a cache object
 //!   ([`copy::is_object`]); anything else, a user's source above all, gets its
-//!   own copy ([`copy::clone_or_copy`]: a reflink where the filesystem can, a
+//!   own copy ([`crate::fs::copy::clone_or_copy`]: a reflink where the filesystem can, a
 //!   plain copy otherwise).
 //! - Storing an output moves into the object store only files the step wrote
 //!   and nothing else links; a file reached through a symlink or hardlinked
@@ -23,13 +23,13 @@
 //!   ([`Manifest::parse`]) before any of it becomes a path; `verify` reports
 //!   the rest, `verify --repair` and `gc` remove it. No cache content can make
 //!   yibuild panic, write outside its directories or link a foreign file.
-//! - Every name that becomes a path passes [`crate::names`]; `clean` and `gc`
+//! - Every name that becomes a path passes [`crate::fs::names`]; `clean` and `gc`
 //!   remove only what is inside their directory and made by yibuild.
 //!
 //! `tests/user_data.rs` holds the rule to this: it builds the demo in a copy
 //! and compares every source file's bytes, mode, inode, link count and mtime.
 
-pub mod copy;
+pub mod error;
 pub mod key;
 pub mod manifest;
 pub mod materialize;
@@ -38,6 +38,7 @@ pub mod output;
 pub mod remote;
 pub mod store;
 
+pub use error::CacheError;
 pub use key::{canonical_json, KeyInputs, CACHE_FORMAT};
 pub use manifest::{Entry, Manifest};
 pub use materialize::{Materialized, OutputState, Stamp};

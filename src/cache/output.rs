@@ -15,7 +15,8 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use super::error::{CacheError, Result};
+use crate::fs::error::IoContext;
 
 /// One file of a step's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +33,7 @@ pub struct OutputFile {
 pub fn output_files(root: &Path) -> Result<Vec<OutputFile>> {
     let mut out = Vec::new();
     let mut visited = HashSet::new();
-    let meta =
-        std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let meta = std::fs::metadata(root).at("read", root)?;
     visited.insert((meta.dev(), meta.ino()));
     walk(root, "", false, &mut visited, &mut out)?;
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -47,14 +47,13 @@ fn walk(
     visited: &mut HashSet<(u64, u64)>,
     out: &mut Vec<OutputFile>,
 ) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(dir).at("read", dir)? {
+        let entry = entry.at("read", dir)?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            bail!(
-                "output file name {:?} in {} is not UTF-8",
-                entry.file_name(),
-                dir.display()
-            );
+            return Err(CacheError::Output {
+                path: format!("{rel}/{}", entry.file_name().to_string_lossy()),
+                what: format!("has a name that is not UTF-8 ({:?})", entry.file_name()),
+            });
         };
         let rel_path = if rel.is_empty() {
             name
@@ -62,23 +61,25 @@ fn walk(
             format!("{rel}/{name}")
         };
         let path = entry.path();
-        let mut meta = std::fs::symlink_metadata(&path)?;
+        let mut meta = std::fs::symlink_metadata(&path).at("read", &path)?;
         let (mut path, mut linked) = (path, linked);
         if meta.file_type().is_symlink() {
-            let target = std::fs::canonicalize(&path).with_context(|| {
-                format!(
-                    "output `{rel_path}` is a symlink to {}, which does not exist",
+            let target = std::fs::canonicalize(&path).map_err(|_| CacheError::Output {
+                path: rel_path.clone(),
+                what: format!(
+                    "is a symlink to {}, which does not exist",
                     std::fs::read_link(&path).unwrap_or_default().display()
-                )
+                ),
             })?;
-            meta = std::fs::metadata(&target)?;
+            meta = std::fs::metadata(&target).at("read", &target)?;
             (path, linked) = (target, true);
         }
         if meta.is_dir() {
             if !visited.insert((meta.dev(), meta.ino())) {
-                bail!(
-                    "output `{rel_path}` leads back into a folder already stored (a symlink loop)"
-                );
+                return Err(CacheError::Output {
+                    path: rel_path,
+                    what: "leads back into a folder already stored (a symlink loop)".to_owned(),
+                });
             }
             walk(&path, &rel_path, linked, visited, out)?;
         } else if meta.is_file() {
@@ -88,7 +89,10 @@ fn walk(
                 linked,
             });
         } else {
-            bail!("output `{rel_path}` is not a regular file or folder");
+            return Err(CacheError::Output {
+                path: rel_path,
+                what: "is not a regular file or folder".to_owned(),
+            });
         }
     }
     Ok(())

@@ -24,32 +24,34 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use super::error::{CacheError, Result};
+use crate::fs::error::IoContext;
 
-use super::copy::{clone_or_copy, note_object};
 use super::key::KeyInputs;
 use super::manifest::{is_hash, Entry, Manifest};
 use super::materialize::{unique, Materialized};
 use super::memo::HashMemo;
 use super::output::{output_files, OutputFile};
+use crate::fs::copy::{clone_or_copy, note_object};
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    std::fs::create_dir_all(dir)?;
+    let dir = path.parent().ok_or_else(|| CacheError::Layout {
+        path: path.to_owned(),
+        what: "a cache file needs a parent folder".to_owned(),
+    })?;
+    std::fs::create_dir_all(dir).at("create", dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
     {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = File::create(&tmp).at("create", &tmp)?;
+        f.write_all(bytes).at("write", &tmp)?;
+        f.sync_all().at("write", &tmp)?;
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename onto {}", path.display()))?;
+    std::fs::rename(&tmp, path).at("replace", path)?;
     if let Ok(d) = File::open(dir) {
         d.sync_all().ok();
     }
@@ -87,10 +89,10 @@ impl Cache {
     /// read-only commands (plan, status, explain).
     pub fn open_unlocked(root: &Path) -> Result<Cache> {
         for sub in ["objects", "actions", "records", "tmp", "partial"] {
-            std::fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("cannot create cache directory {}", root.display()))?;
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).at("create cache directory", &dir)?;
         }
-        let root = root.canonicalize()?;
+        let root = root.canonicalize().at("read", root)?;
         Ok(Cache {
             memo: HashMemo::load(&root.join("memo.json")),
             root,
@@ -103,19 +105,21 @@ impl Cache {
     /// in `tmp/` is removed once the lock is held.
     pub fn open_locked(root: &Path, waiting: &dyn Fn()) -> Result<Cache> {
         let mut cache = Cache::open_unlocked(root)?;
+        let lock_path = cache.root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(cache.root.join("lock"))?;
+            .open(&lock_path)
+            .at("open", &lock_path)?;
         if lock.try_lock().is_err() {
             waiting();
-            lock.lock().context("cannot lock the cache")?;
+            lock.lock().at("lock", &lock_path)?;
         }
         cache._lock = Some(lock);
         let tmp = cache.root.join("tmp");
-        for entry in std::fs::read_dir(&tmp)? {
-            let path = entry?.path();
+        for entry in std::fs::read_dir(&tmp).at("read", &tmp)? {
+            let path = entry.at("read", &tmp)?.path();
             make_writable(&path);
             std::fs::remove_dir_all(&path)
                 .or_else(|_| std::fs::remove_file(&path))
@@ -161,13 +165,16 @@ impl Cache {
     /// into the object store, read-only.
     pub fn adopt_object(&self, hash: &str, file: &Path, exec: bool) -> Result<()> {
         let object = self.object_path(hash);
-        std::fs::create_dir_all(object.parent().unwrap())?;
-        File::open(file)?.sync_all()?;
+        let shard = object.parent().expect("objects live in a shard folder");
+        std::fs::create_dir_all(shard).at("create", shard)?;
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .at("write", file)?;
         let mode = if exec { 0o555 } else { 0o444 };
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(file, &object)
-            .with_context(|| format!("cannot store {}", object.display()))?;
-        let meta = std::fs::metadata(&object)?;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
+            .at("make read-only", file)?;
+        std::fs::rename(file, &object).at("store", &object)?;
+        let meta = std::fs::metadata(&object).at("read", &object)?;
         note_object(&meta);
         self.memo.remember(&meta, hash);
         Ok(())
@@ -176,16 +183,19 @@ impl Cache {
     /// Records the action `key` → `manifest`, whose objects must all be
     /// present (the remote cache calls this after downloading them).
     pub fn record_action(&self, key: &str, manifest: &Manifest) -> Result<()> {
-        manifest
-            .validate()
-            .map_err(|e| anyhow::anyhow!("cannot record action {key}: {e}"))?;
-        anyhow::ensure!(
-            manifest.files.iter().all(|e| self.has_object(e)),
-            "cannot record action {key}: some of its objects are missing"
-        );
+        manifest.validate().map_err(|what| CacheError::Action {
+            key: key.to_owned(),
+            what,
+        })?;
+        if !manifest.files.iter().all(|e| self.has_object(e)) {
+            return Err(CacheError::Action {
+                key: key.to_owned(),
+                what: "some of its objects are missing".to_owned(),
+            });
+        }
         write_atomic(
             &self.action_path(key),
-            &serde_json::to_vec_pretty(manifest)?,
+            &serde_json::to_vec_pretty(manifest).expect("manifests serialize"),
         )
     }
 
@@ -207,7 +217,7 @@ impl Cache {
     /// A fresh empty directory under `tmp/` for a step to write into.
     pub fn temp_dir(&self, label: &str) -> Result<PathBuf> {
         let dir = self.temp_path(label);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).at("create", &dir)?;
         Ok(dir)
     }
 
@@ -244,7 +254,7 @@ impl Cache {
     pub fn ingest(&self, key: &str, dir: &Path) -> Result<Manifest> {
         let mut entries = Vec::new();
         for file in output_files(dir)? {
-            let meta = std::fs::metadata(&file.path)?;
+            let meta = std::fs::metadata(&file.path).at("read", &file.path)?;
             let exec = meta.permissions().mode() & 0o111 != 0;
             if file.linked || meta.nlink() > 1 {
                 entries.push(self.store_copy(&file, exec)?);
@@ -286,7 +296,7 @@ impl Cache {
         }
         let copy = self.temp_path("copy");
         clone_or_copy(&file.path, &copy)?;
-        let size = std::fs::metadata(&copy)?.size();
+        let size = std::fs::metadata(&copy).at("read", &copy)?.size();
         // The original may have changed since it was hashed: the copy is
         // what is stored, so its hash is the one recorded.
         entry.hash = super::memo::hash_file_uncached(&copy, size)?;
@@ -313,7 +323,7 @@ impl Cache {
     pub fn write_record(&self, recipe: &str, step: &str, record: &BuildRecord) -> Result<()> {
         write_atomic(
             &self.record_path(recipe, step),
-            &serde_json::to_vec_pretty(record)?,
+            &serde_json::to_vec_pretty(record).expect("records serialize"),
         )
     }
 
@@ -326,8 +336,7 @@ impl Cache {
         let mut problems = Vec::new();
         let fix = |path: &Path, line: String, problems: &mut Vec<String>| -> Result<()> {
             if repair {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                std::fs::remove_file(path).at("remove", path)?;
                 problems.push(format!("{line} (removed)"));
             } else {
                 problems.push(line);
@@ -340,7 +349,9 @@ impl Cache {
                 fix(&object.path, line, &mut problems)?;
                 continue;
             };
-            let size = std::fs::metadata(&object.path)?.size();
+            let size = std::fs::metadata(&object.path)
+                .at("read", &object.path)?
+                .size();
             let actual = super::memo::hash_file_uncached(&object.path, size)?;
             if &actual != hash {
                 let line = format!("object {hash} is corrupt (its bytes hash to {actual})");
@@ -447,8 +458,7 @@ impl Cache {
         }
         let remove = |path: &Path| -> Result<()> {
             if !dry_run {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                std::fs::remove_file(path).at("remove", path)?;
             }
             Ok(())
         };
@@ -482,7 +492,9 @@ impl Cache {
                 continue;
             }
             dead_objects += 1;
-            bytes += std::fs::symlink_metadata(&object.path)?.size();
+            bytes += std::fs::symlink_metadata(&object.path)
+                .at("read", &object.path)?
+                .size();
             remove(&object.path)?;
         }
         Ok((dead_actions, dead_objects, bytes))
@@ -513,17 +525,17 @@ fn cache_files(dir: &Path) -> Result<Vec<(String, bool)>> {
         let entries = match std::fs::read_dir(&d) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+            Err(e) => return Err(e).at("read", &d)?,
         };
         for entry in entries {
-            let entry = entry?;
+            let entry = entry.at("read", &d)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let rel_path = if rel.is_empty() {
                 name
             } else {
                 format!("{rel}/{name}")
             };
-            let ty = entry.file_type()?;
+            let ty = entry.file_type().at("read", &entry.path())?;
             if ty.is_dir() {
                 stack.push((entry.path(), rel_path));
             } else {
@@ -571,7 +583,7 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect();
-    match crate::names::component_problem(&safe) {
+    match crate::fs::names::component_problem(&safe) {
         None => safe,
         Some(_) => format!("_{safe}"),
     }

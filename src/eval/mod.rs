@@ -130,8 +130,17 @@ pub trait Backend {
     fn log_probs(&self, batch: &Batch, targets: &[(usize, u32)]) -> Result<Vec<f64>>;
 }
 
-/// Where to run, as requested by the user.
-pub use crate::steps::Device;
+/// Where to run, as requested by the user (`--device`, an eval's `device:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// CUDA when a GPU and its libraries are present, the CPU otherwise.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA; an error without a GPU.
+    Cuda,
+}
 
 /// What `auto` means on this machine, probed once per process: CUDA when a
 /// GPU and its libraries are usable, else the CPU with the reason.

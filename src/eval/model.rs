@@ -266,7 +266,7 @@ impl WeightSource for ModelTensors {
     }
 
     fn read_rows(&self, name: &str, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
-        self.read_rows_into(name, rows, out)
+        Ok(self.read_rows_into(name, rows, out)?)
     }
 
     fn storage(&self) -> String {

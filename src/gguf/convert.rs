@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use super::file::Value;
+use crate::fs::files::read_json;
 use crate::hf::config::{ConfigFile, DecoderConfig, RopeScaling};
-use crate::steps::files::read_json;
 use crate::tensor::ModelTensors;
 
 /// The llama.cpp architecture a model converts to.

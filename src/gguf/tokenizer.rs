@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use super::file::{Value, ValueType};
-use crate::steps::files::read_json;
+use crate::fs::files::read_json;
 
 /// GGUF token types (equal to SentencePiece's piece types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -364,7 +364,7 @@ impl ConfigFile {
     /// Reads `dir/config.json`.
     pub fn read(dir: &Path) -> Result<ConfigFile> {
         let path = dir.join("config.json");
-        let json = crate::steps::files::read_json(&path)?;
+        let json = crate::fs::files::read_json(&path)?;
         ConfigFile::from_json(&path, json)
     }
 

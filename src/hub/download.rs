@@ -108,13 +108,15 @@ impl Parts {
 }
 
 /// Makes `remote` available in the Hub cache and returns its snapshot path:
-/// nothing is downloaded when its blob is already there.
+/// nothing is downloaded when its blob is already there. A download that
+/// fails its check is retried, and `retried` told why.
 pub fn fetch_file(
     client: &HubClient,
     cache: &RepoCache,
     remote: RemoteFile,
     transfer: Transfer,
     progress: &(dyn Fn(u64) + Sync),
+    retried: &dyn Fn(&str),
 ) -> Result<PathBuf> {
     let etag = remote.file.etag();
     let _lock = cache.lock_blob(etag)?;
@@ -130,10 +132,10 @@ pub fn fetch_file(
                 Err(e) if attempt < VERIFY_ATTEMPTS => {
                     std::fs::remove_file(&incomplete).ok();
                     std::fs::remove_file(parts_path(&incomplete)).ok();
-                    eprintln!(
+                    retried(&format!(
                         "warning: {}: {e:#}; downloading it again",
                         remote.describe()
-                    );
+                    ));
                 }
                 Err(e) => {
                     std::fs::remove_file(&incomplete).ok();
@@ -375,22 +377,6 @@ pub fn fetch_header(client: &HubClient, remote: RemoteFile) -> Result<Vec<u8>> {
     }
     bytes.extend(read(8..8 + n)?);
     Ok(bytes)
-}
-
-/// The per-file summary a progress line shows.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

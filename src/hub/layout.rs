@@ -74,7 +74,7 @@ impl RepoCache {
             return Ok(());
         }
         let path = self.dir().join("refs").join(revision);
-        crate::cache::store::write_atomic(&path, commit.as_bytes())
+        Ok(crate::cache::store::write_atomic(&path, commit.as_bytes())?)
     }
 
     /// The file `path` of `commit`, if the snapshot has it and its blob is

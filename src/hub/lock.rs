@@ -127,7 +127,7 @@ impl LockFile {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        crate::cache::store::write_atomic(path, text.as_bytes())
+        Ok(crate::cache::store::write_atomic(path, text.as_bytes())?)
     }
 }
 

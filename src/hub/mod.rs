@@ -11,13 +11,11 @@ pub mod api;
 pub mod download;
 pub mod layout;
 pub mod lock;
-pub mod prepare;
 pub mod select;
 
 use std::path::PathBuf;
 
 pub use lock::{LockEntry, LockFile, LockedFile};
-pub use prepare::{pin_offline, HubFetch, HubSourceState, Pinned};
 
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -115,7 +113,7 @@ impl HubConfig {
         HubConfig {
             endpoint,
             token,
-            cache_dir: crate::recipe::source::hub_cache_dir(),
+            cache_dir: hub_cache_dir(),
             offline: opts.offline || env_flag("HF_HUB_OFFLINE") || env_flag("TRANSFORMERS_OFFLINE"),
             update_lock: opts.update_lock,
             connections: 8,
@@ -123,4 +121,17 @@ impl HubConfig {
             progress: opts.progress,
         }
     }
+}
+
+/// The standard Hugging Face Hub cache directory (`HF_HUB_CACHE`, else
+/// `HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+pub fn hub_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("huggingface").join("hub")
 }

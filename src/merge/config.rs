@@ -7,9 +7,9 @@
 //! methods and misspelt parameter names are errors with a "did you mean" hint
 //! (mergekit silently ignores misspelt parameters).
 
-use crate::recipe::diag::{did_you_mean, Diag, RecipeError};
-use crate::recipe::fields::{expect_str, Fields};
-use crate::recipe::yaml::{Node, Span, Value};
+use crate::syntax::diag::{did_you_mean, Diag, RecipeError};
+use crate::syntax::fields::{expect_str, Fields};
+use crate::syntax::yaml::{Node, Span, Value};
 use crate::tensor::DType;
 
 use super::method::{Method, LEGACY_PARAMS};

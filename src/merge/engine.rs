@@ -341,7 +341,7 @@ pub fn run(
         // with the file and the OS error, is the one to report.
         let writer = writer?;
         computed?;
-        writer.finish()
+        Ok(writer.finish()?)
     })
 }
 

@@ -66,7 +66,7 @@ pub use config::{MergeConfig, ModelRef, TokenizerSource};
 pub use method::Method;
 pub use plan::MergePlan;
 
-use crate::recipe::diag::{Diag, RecipeError};
+use crate::syntax::diag::{Diag, RecipeError};
 use crate::tensor::DEFAULT_MAX_SHARD_SIZE;
 
 /// The DARE/DELLA seed when none is given (recorded in the model card).
@@ -106,7 +106,7 @@ impl Default for MergeOptions {
 pub fn parse_config(file: &Path, text: &str) -> Result<MergeConfig, RecipeError> {
     let diag = Diag::new(file, text);
     let docs =
-        crate::recipe::yaml::parse_documents(text).map_err(|e| diag.error(e.span, e.message))?;
+        crate::syntax::yaml::parse_documents(text).map_err(|e| diag.error(e.span, e.message))?;
     match docs.as_slice() {
         [doc] => MergeConfig::parse(&diag, doc, text),
         [] => Err(RecipeError::file(file, "the merge configuration is empty")),

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::config::MergeConfig;
 use super::plan::MergePlan;
-use crate::steps::files::{link_or_copy, read_json, write_json};
+use crate::fs::files::{link_or_copy, read_json, write_json};
 
 /// Tokenizer and generation files copied from the donor, as mergekit does.
 const TOKENIZER_FILES: &[&str] = &[

@@ -7,8 +7,8 @@
 //! first entry whose filter is absent, `*`, or a substring of the tensor name.
 
 use super::method::ParamKind;
-use crate::recipe::diag::{Diag, RecipeError};
-use crate::recipe::yaml::{Node, Span, Value};
+use crate::syntax::diag::{Diag, RecipeError};
+use crate::syntax::yaml::{Node, Span, Value};
 
 /// A resolved parameter value.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +225,7 @@ pub fn parse_setting(
     }
     let mut conditionals = Vec::new();
     for item in items {
-        let f = crate::recipe::fields::Fields::new(
+        let f = crate::syntax::fields::Fields::new(
             diag,
             item,
             format!("a conditional entry of `{name}`"),
@@ -267,7 +267,7 @@ pub fn parse_parameters(
         .iter()
         .filter(|(_, v)| v.value != Value::Null)
         .map(|(k, v)| {
-            let name = crate::recipe::fields::expect_str(diag, k, "parameters")?;
+            let name = crate::syntax::fields::expect_str(diag, k, "parameters")?;
             Ok(NamedSetting {
                 setting: parse_setting(diag, v, &name, kind_of(&name))?,
                 name,
@@ -348,7 +348,7 @@ pub fn lookup(params: &Parameters, name: &str, tensor: &str, t: f64) -> Option<P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::yaml::parse_documents;
+    use crate::syntax::yaml::parse_documents;
 
     fn setting(yaml: &str) -> Setting {
         let doc = &parse_documents(yaml).unwrap()[0];

@@ -275,7 +275,7 @@ fn open_model(name: &str, dir: &Path) -> Result<InputModel> {
         bail!("model `{name}`: {} is not a directory", dir.display());
     }
     let config_path = dir.join("config.json");
-    let config = crate::steps::files::read_json(&config_path)
+    let config = crate::fs::files::read_json(&config_path)
         .map_err(|e| anyhow::anyhow!("model `{name}`: {e:#}"))?;
     let tensors = ModelTensors::open(dir).map_err(|e| anyhow::anyhow!("model `{name}`: {e:#}"))?;
     let layers = layer_count(&config, &tensors);

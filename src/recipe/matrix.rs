@@ -19,8 +19,9 @@
 
 use std::collections::BTreeMap;
 
-use super::diag::{did_you_mean, Diag, RecipeError};
-use super::yaml::{Node, Span, Value};
+use crate::syntax::diag::{did_you_mean, Diag, RecipeError};
+use crate::syntax::json_text;
+use crate::syntax::yaml::{Node, Span, Value};
 
 /// The default of `--max-variants`.
 pub const DEFAULT_MAX_VARIANTS: usize = 64;
@@ -204,16 +205,6 @@ fn instance_name(step: &str, variant: &[(String, Value)]) -> String {
 /// A matrix value as it appears in names and in text substitutions.
 fn value_text(v: &Value) -> String {
     json_text(&value_json(v))
-}
-
-/// A matrix value (as JSON) as it appears in instance names: floats keep a
-/// decimal point (`1.0`), so `weight=1.0` reads as the number written.
-pub fn json_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) if n.is_f64() => format!("{:?}", n.as_f64().unwrap_or(0.0)),
-        other => other.to_string(),
-    }
 }
 
 fn value_json(v: &Value) -> serde_json::Value {
@@ -686,7 +677,7 @@ impl Instantiate<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::yaml::parse_documents;
+    use crate::syntax::yaml::parse_documents;
     use std::path::Path;
 
     fn run(text: &str, max: usize) -> Result<(Vec<ExpandedStep>, Vec<Expansion>), RecipeError> {

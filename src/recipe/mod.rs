@@ -5,23 +5,23 @@
 //! runs. A plain mergekit config (top-level `merge_method`, or a multi-document
 //! mergekit-multi file) is accepted as a recipe of merge steps.
 
-pub mod diag;
-pub mod fields;
+pub mod graph;
 pub mod matrix;
+pub mod resources;
 pub mod source;
-pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::card::RecipeFacts;
 use crate::steps::{self, ParseContext, Step};
-use diag::{did_you_mean, Diag, RecipeError};
-use fields::{expect_str, Fields};
+use crate::syntax::diag::{did_you_mean, Diag, RecipeError};
+use crate::syntax::fields::{expect_str, Fields};
+use crate::syntax::yaml::{Node, Span, Value};
 pub use matrix::{Expansion, ParseOptions};
 pub use source::{Source, SourceSpec};
-use yaml::{Node, Span, Value};
 
 /// The recipe format version this yibuild reads.
 pub const RECIPE_VERSION: i64 = 1;
@@ -36,25 +36,7 @@ pub struct StepDef {
     /// Its implementation.
     pub step: Box<dyn Step>,
     /// `resources:`, what the step asks a cluster scheduler for.
-    pub resources: crate::slurm::Resources,
-}
-
-/// What a step may know about the whole recipe (see [`Step::bind`]): the
-/// facts a model card is written from. Formatting and comments are not facts.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RecipeFacts {
-    /// The recipe's `name`.
-    pub name: String,
-    /// [`Recipe::digest`].
-    pub digest: String,
-    /// The `card:` section.
-    pub card: serde_json::Map<String, serde_json::Value>,
-    /// Sources: name and where they come from (`hf://…` or the path as written).
-    pub sources: Vec<(String, String)>,
-    /// Steps: name, kind, and parameters.
-    pub steps: Vec<(String, String, serde_json::Value)>,
-    /// The DAG as a mermaid flowchart.
-    pub mermaid: String,
+    pub resources: resources::Resources,
 }
 
 /// A parsed and validated recipe.
@@ -121,7 +103,7 @@ impl Recipe {
     /// [`Recipe::parse`] with options from the command line.
     pub fn parse_with(file: &Path, text: &str, opts: &ParseOptions) -> Result<Recipe, RecipeError> {
         let diag = Diag::new(file, text);
-        let docs = yaml::parse_documents(text)
+        let docs = crate::syntax::yaml::parse_documents(text)
             .map_err(|e| diag.error(e.span, format!("invalid YAML: {}", e.message)))?;
         let dir = file
             .parent()
@@ -145,7 +127,7 @@ impl Recipe {
                     )
                 })
                 .unwrap_or_else(|| "merged".to_owned());
-            crate::names::check_component(
+            crate::fs::names::check_component(
                 "the recipe name taken from the config file's name",
                 &r.name,
             )
@@ -161,7 +143,7 @@ impl Recipe {
         };
         recipe.file = file.to_path_buf();
         recipe.text = text.to_owned();
-        crate::graph::check_references(&recipe, &diag)?;
+        crate::recipe::graph::check_references(&recipe, &diag)?;
         let facts = recipe.facts();
         for s in &mut recipe.steps {
             s.step.bind(&facts);
@@ -185,7 +167,7 @@ impl Recipe {
                 .iter()
                 .map(|s| (s.name.clone(), s.step.kind().to_owned(), s.step.params()))
                 .collect(),
-            mermaid: crate::graph::BuildGraph::new(self).to_mermaid(self),
+            mermaid: crate::recipe::graph::BuildGraph::new(self).to_mermaid(self),
         }
     }
 
@@ -221,7 +203,7 @@ impl Recipe {
                 wanted.iter().all(|(axis, value)| {
                     i.values
                         .iter()
-                        .any(|(a, v)| a == axis && matrix::json_text(v) == *value)
+                        .any(|(a, v)| a == axis && crate::syntax::json_text(v) == *value)
                 })
             })
             .map(|i| i.name.clone())
@@ -273,7 +255,7 @@ fn native_recipe(
         ));
     }
     let name = f.req_str("name")?;
-    if crate::names::component_problem(&name).is_some() || name.starts_with('.') {
+    if crate::fs::names::component_problem(&name).is_some() || name.starts_with('.') {
         return Err(diag.error(
             f.req("name")?.span,
             format!("`name` must be a non-empty name without `/`, found `{name}`"),
@@ -321,7 +303,7 @@ fn native_recipe(
     }
     let (expanded, matrices) = matrix::expand(entries, diag, opts)?;
     for s in &expanded {
-        crate::names::check_component("step instance name", &s.name)
+        crate::fs::names::check_component("step instance name", &s.name)
             .map_err(|e| diag.error(s.span, e))?;
     }
     let steps = expanded
@@ -460,7 +442,7 @@ fn parse_step(
         },
     };
     let resources = match node.get("resources") {
-        Some(n) => crate::slurm::Resources::parse(diag, n)?,
+        Some(n) => resources::Resources::parse(diag, n)?,
         None => Default::default(),
     };
     let cx = ParseContext {
@@ -492,7 +474,7 @@ fn mergekit_recipe(docs: &[Node], diag: &Diag, dir: &Path) -> Result<Recipe, Rec
                 ));
             };
             let name = expect_str(diag, n, "name")?;
-            crate::names::check_component("mergekit-multi document name", &name)
+            crate::fs::names::check_component("mergekit-multi document name", &name)
                 .map_err(|e| diag.error(n.span, e))?;
             name
         } else {

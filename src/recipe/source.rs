@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::diag::{Diag, RecipeError};
-use super::yaml::{Node, Span};
+use crate::syntax::diag::{Diag, RecipeError};
+use crate::syntax::yaml::{Node, Span};
 
 /// Where a source's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,19 +115,6 @@ pub fn parse_hub(text: &str) -> Option<SourceSpec> {
     })
 }
 
-/// The standard Hugging Face Hub cache directory (`HF_HUB_CACHE`, else
-/// `HF_HOME/hub`, else `~/.cache/huggingface/hub`).
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("huggingface").join("hub")
-}
-
 /// Why a source cannot be read right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {
@@ -142,6 +129,8 @@ pub enum Unavailable {
     },
 }
 
+impl std::error::Error for Unavailable {}
+
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -150,7 +139,7 @@ impl std::fmt::Display for Unavailable {
                 f,
                 "hf://{repo}@{revision} is not in the Hub cache ({}); download it first, e.g. \
                  `huggingface-cli download {repo} --revision {revision}`",
-                hub_cache_dir().display()
+                crate::hub::hub_cache_dir().display()
             ),
         }
     }
@@ -169,7 +158,8 @@ impl Source {
                 }
             }
             SourceSpec::Hub { repo, revision } => {
-                let repo_dir = hub_cache_dir().join(format!("models--{}", repo.replace('/', "--")));
+                let repo_dir = crate::hub::hub_cache_dir()
+                    .join(format!("models--{}", repo.replace('/', "--")));
                 let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
                     .map(|s| s.trim().to_owned())
                     .unwrap_or_else(|_| revision.clone());

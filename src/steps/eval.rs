@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::files::write_json;
 use super::{input_ref, Device, InputRef, ParseContext, Reads, Step, StepContext};
 use crate::eval::gguf_weights::GgufWeights;
 use crate::eval::model::{check_weights, LlamaConfig, WeightSource};
@@ -18,9 +17,10 @@ use crate::eval::results::{
     EvalResults, ModelInfo, PerplexitySection, TextInfo, Timing, RESULTS_VERSION,
 };
 use crate::eval::{open_backend, Backend};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
+use crate::fs::files::write_json;
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 use crate::tensor::ModelTensors;
 
 /// Perplexity parameters and the text source they read.

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::{InputRef, ParseContext, Reads, Step, StepContext};
 use crate::merge::{MergeConfig, MergeOptions, DEFAULT_MEM_BUDGET, DEFAULT_SEED};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::yaml::Node;
+use crate::syntax::diag::RecipeError;
+use crate::syntax::yaml::Node;
 
 /// A `merge` step: model names in the configuration are sources or steps.
 #[derive(Debug, Clone)]
@@ -102,8 +102,8 @@ impl Step for Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::diag::Diag;
     use crate::steps::{Artifact, Device};
+    use crate::syntax::diag::Diag;
 
     #[test]
     fn runs_with_source_names_and_thread_count_does_not_change_bytes() {
@@ -119,7 +119,7 @@ mod tests {
         crate::fixtures::write_finetune(&base, &dir.path().join("tess"), 1, 0.2).unwrap();
         let yaml = "merge_method: dare_ties\nbase_model: yi\nmodels:\n  - model: tess\n    parameters: {weight: 0.5, density: 0.5}\n";
         let diag = Diag::new(std::path::Path::new("recipe.yml"), yaml);
-        let node = &crate::recipe::yaml::parse_documents(yaml).unwrap()[0];
+        let node = &crate::syntax::yaml::parse_documents(yaml).unwrap()[0];
         let cx = ParseContext {
             diag: &diag,
             step: "merged",

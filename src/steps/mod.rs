@@ -12,12 +12,11 @@ use std::sync::Arc;
 use crate::cache::Manifest;
 use crate::hub::LockEntry;
 
-use crate::recipe::diag::{Diag, RecipeError};
-use crate::recipe::yaml::{Node, Span};
-use crate::recipe::RecipeFacts;
+use crate::card::RecipeFacts;
+use crate::syntax::diag::{Diag, RecipeError};
+use crate::syntax::yaml::{Node, Span};
 
 mod eval;
-pub mod files;
 mod merge;
 mod package;
 mod patch_config;
@@ -27,7 +26,7 @@ mod run;
 pub mod select;
 mod tokenizer;
 
-pub use tokenizer::STOP_STRINGS_FILE;
+pub use crate::eval::Device;
 
 /// The implementation of one step kind, parsed from its recipe entry.
 pub trait Step: Send + Sync + std::fmt::Debug {
@@ -135,18 +134,6 @@ impl Reads {
     pub fn code(self) -> u8 {
         self.0
     }
-}
-
-/// Which device a step that can compute on a GPU should use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    /// CUDA when a GPU and its libraries are present, the CPU otherwise.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// CUDA; an error without a GPU.
-    Cuda,
 }
 
 /// A finished input: where its bytes are and their content digest.
@@ -298,7 +285,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
 /// A reference to a source or step written as a plain string value.
 pub fn input_ref(diag: &Diag, node: &Node, key: &str) -> Result<InputRef, RecipeError> {
     Ok(InputRef {
-        name: crate::recipe::fields::expect_str(diag, node, key)?,
+        name: crate::syntax::fields::expect_str(diag, node, key)?,
         span: node.span,
         reads: Reads::EVERYTHING,
     })

@@ -13,15 +13,15 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};
 
-use super::files::{link_or_copy, link_tree, read_json};
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::cache::memo::list_files;
+use crate::card::RecipeFacts;
 use crate::card::{self, CardInput, EvalSummary, QuantFile};
 use crate::eval::results::read_results;
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
-use crate::recipe::RecipeFacts;
+use crate::fs::files::{link_or_copy, link_tree, read_json};
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 
 /// A `package` step.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ impl Step for Package {
             checksums,
         };
         std::fs::write(out.join("README.md"), card::render(&input))?;
-        super::files::write_json(
+        crate::fs::files::write_json(
             &out.join("build-report.json"),
             &build_report(facts, ctx, &self.evals, &devices),
         )?;

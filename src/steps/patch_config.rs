@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde_json::{json, Value as Json};
 
-use super::files::{link_tree, read_json, write_json};
 use super::tokenizer::capped_max_length;
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
-use crate::recipe::fields::{expect_str, Fields};
-use crate::recipe::yaml::{Node, Value};
+use crate::fs::files::{link_tree, read_json, write_json};
+use crate::syntax::fields::{expect_str, Fields};
+use crate::syntax::yaml::{Node, Value};
 
 /// Edits to one JSON file of the model folder.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,7 +39,7 @@ fn parse_edits(
     node: &Node,
     cx: &ParseContext,
     what: String,
-) -> Result<FileEdits, crate::recipe::diag::RecipeError> {
+) -> Result<FileEdits, crate::syntax::diag::RecipeError> {
     let f = Fields::new(cx.diag, node, what, &["set", "unset"])?;
     f.finish()?;
     parse_edit_fields(&f, cx)
@@ -48,7 +48,7 @@ fn parse_edits(
 fn parse_edit_fields(
     f: &Fields,
     cx: &ParseContext,
-) -> Result<FileEdits, crate::recipe::diag::RecipeError> {
+) -> Result<FileEdits, crate::syntax::diag::RecipeError> {
     let mut edits = FileEdits::default();
     if let Some(set) = f.opt("set") {
         let Some(entries) = set.as_map() else {
@@ -72,7 +72,7 @@ fn refuse_non_finite(
     node: &Node,
     cx: &ParseContext,
     key: &str,
-) -> Result<(), crate::recipe::diag::RecipeError> {
+) -> Result<(), crate::syntax::diag::RecipeError> {
     match &node.value {
         Value::Float(f) if !f.is_finite() => Err(cx
             .diag
@@ -94,7 +94,7 @@ impl PatchConfig {
     pub fn parse(
         node: &Node,
         cx: &ParseContext,
-    ) -> Result<PatchConfig, crate::recipe::diag::RecipeError> {
+    ) -> Result<PatchConfig, crate::syntax::diag::RecipeError> {
         let f = Fields::new(
             cx.diag,
             node,

@@ -17,9 +17,9 @@ use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mixture::Preset;
 use crate::gguf::pipeline::Conversion;
-use crate::recipe::diag::{did_you_mean, RecipeError};
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
+use crate::syntax::diag::{did_you_mean, RecipeError};
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 
 /// A `quantize` step.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ impl Step for Quantize {
 
     /// Without `name:`, files and `general.name` take the recipe's name, which
     /// must then be part of the key.
-    fn bind(&mut self, recipe: &crate::recipe::RecipeFacts) {
+    fn bind(&mut self, recipe: &crate::card::RecipeFacts) {
         self.name.get_or_insert_with(|| recipe.name.clone());
     }
 

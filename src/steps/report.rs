@@ -7,10 +7,10 @@ use serde_json::json;
 
 use super::package::refs;
 use super::{InputRef, ParseContext, Step, StepContext};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
 use crate::sweep::{self, plot, Goal, SweepTable};
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 
 /// A `report` step.
 #[derive(Debug, Clone)]

@@ -9,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 
 /// A `run` step: `sh -c COMMAND` with `YIBUILD_IN_<NAME>` pointing at each input
 /// (an input that is one instance of a sweep also as `YIBUILD_IN_<STEP>`) and
@@ -49,7 +49,7 @@ impl Run {
         };
         let outputs = f.opt_str_list("outputs")?;
         for (i, out) in outputs.iter().enumerate() {
-            if let Some(why) = crate::names::relative_path_problem(out) {
+            if let Some(why) = crate::fs::names::relative_path_problem(out) {
                 let span = f
                     .opt("outputs")
                     .and_then(|n| n.as_seq())

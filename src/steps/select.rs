@@ -6,12 +6,12 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::files::{link_tree, read_json, write_json};
 use super::package::refs;
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
+use crate::fs::files::{link_tree, read_json, write_json};
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 
 /// The file a selected model folder carries its choice in.
 pub const SELECTION_FILE: &str = "yibuild-selection.json";

@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{json, Value as Json};
 
-use super::files::{link_or_copy, link_tree, read_json, write_json};
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
-use crate::recipe::diag::RecipeError;
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::Node;
+use crate::fs::files::{link_or_copy, link_tree, read_json, write_json};
+use crate::syntax::diag::RecipeError;
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::Node;
 use crate::tokenizer::convert::load_tokenizer_json;
-use crate::tokenizer::prove_loads;
 use crate::tokenizer::resize::{resize_embeddings, target_rows, ResizePolicy};
 use crate::tokenizer::templates::{literal_markers, resolve_template};
 use crate::tokenizer::vocab::{
     check_config_ids, check_special_tokens, id_drift, ModelRows, Vocab, EMBED_NAMES, HEAD_NAMES,
     TOKENIZER_FILES,
 };
+use crate::tokenizer::{prove_loads, STOP_STRINGS_FILE};
 
 /// A `tokenizer` step: the model folder with the tokenizer files of `from`
 /// (or its own), an optional chat template and extra end-of-sequence tokens;
@@ -37,12 +37,6 @@ pub struct TokenizerStep {
     /// Swap even when the new tokenizer gives shared tokens other ids.
     allow_vocab_mismatch: bool,
 }
-
-/// The sidecar file listing every `extra_eos` string, for the model card
-/// (and any runtime that matches stop text): `{"stop_strings": [...]}`.
-/// Not `generation_config.json`'s `stop_strings`, with which transformers'
-/// `generate()` and `pipeline` refuse to run without a tokenizer argument.
-pub const STOP_STRINGS_FILE: &str = "stop_strings.json";
 
 impl TokenizerStep {
     /// Parses `{model, from, chat_template, extra_eos, resize,
@@ -71,14 +65,14 @@ impl TokenizerStep {
         let chat_template = match f.opt("chat_template") {
             None => None,
             Some(n) => {
-                let text = crate::recipe::fields::expect_str(cx.diag, n, "chat_template")?;
+                let text = crate::syntax::fields::expect_str(cx.diag, n, "chat_template")?;
                 Some(resolve_template(&text).map_err(|e| cx.diag.error(n.span, format!("{e:#}")))?)
             }
         };
         let resize = match f.opt("resize") {
             None => None,
             Some(n) => {
-                let text = crate::recipe::fields::expect_str(cx.diag, n, "resize")?;
+                let text = crate::syntax::fields::expect_str(cx.diag, n, "resize")?;
                 Some(ResizePolicy::parse(&text).ok_or_else(|| {
                     cx.diag
                         .error(n.span, format!("unknown resize policy `{text}`"))
@@ -485,9 +479,9 @@ mod tests {
 
     use super::*;
     use crate::fixtures::{SpmTokenizer, TinyLlama};
-    use crate::recipe::diag::Diag;
-    use crate::recipe::yaml::parse_documents;
     use crate::steps::Artifact;
+    use crate::syntax::diag::Diag;
+    use crate::syntax::yaml::parse_documents;
     use crate::tensor::ModelTensors;
     use crate::tokenizer::templates::builtin;
 
@@ -521,7 +515,7 @@ mod tests {
         // step may hardlink (a source's files would be copied).
         for (_, dir) in inputs {
             for rel in crate::cache::memo::list_files(dir)? {
-                crate::cache::copy::note_object(&dir.join(rel).metadata()?);
+                crate::fs::copy::note_object(&dir.join(rel).metadata()?);
             }
         }
         let inputs: BTreeMap<String, Artifact> = inputs

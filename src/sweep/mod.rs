@@ -235,9 +235,7 @@ impl SweepTable {
                 let mut cells = vec![row.label.clone()];
                 for axis in &self.axes {
                     let v = row.values.iter().find(|(a, _)| a == axis);
-                    cells.push(v.map_or("—".to_owned(), |(_, v)| {
-                        crate::recipe::matrix::json_text(v)
-                    }));
+                    cells.push(v.map_or("—".to_owned(), |(_, v)| crate::syntax::json_text(v)));
                 }
                 for (m, best) in self.metrics.iter().zip(&bests) {
                     cells.push(match row.metrics.get(m) {

@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::SweepTable;
-use crate::recipe::matrix::json_text;
+use crate::syntax::json_text;
 
 const PANEL: (u32, u32) = (480, 320);
 const FONT: &str = "sans-serif";

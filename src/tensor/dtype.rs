@@ -1,6 +1,6 @@
 //! Element types found in safetensors checkpoints and their conversion to `f32`.
 
-use anyhow::{bail, Result};
+use super::error::{Result, TensorError};
 use half::{bf16, f16};
 
 use crate::simd::with_widest_simd;
@@ -64,7 +64,7 @@ impl DType {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F32 => DType::F32,
-            other => bail!("unsupported tensor dtype {other:?} (expected BF16, F16 or F32)"),
+            other => return Err(TensorError::UnsupportedDtype(format!("{other:?}"))),
         })
     }
 

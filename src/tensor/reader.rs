@@ -5,7 +5,8 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use super::error::{Result, TensorError};
+use crate::fs::error::IoContext;
 use memmap2::Mmap;
 
 use super::DType;
@@ -69,12 +70,11 @@ impl std::fmt::Debug for ModelTensors {
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
+        let text = std::fs::read_to_string(&index).at("read", &index)?;
         let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+            .map_err(|e| TensorError::format(&index, format!("not valid JSON: {e}")))?;
         let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
-            bail!("{}: missing `weight_map` object", index.display());
+            return Err(TensorError::format(&index, "missing `weight_map` object"));
         };
         let mut files = Vec::new();
         for (tensor, file) in map {
@@ -85,34 +85,35 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         for (p, f) in paths.iter().zip(&files) {
             if !p.is_file() {
-                bail!(
-                    "{}: shard `{f}` listed in model.safetensors.index.json is missing",
-                    dir.display(),
-                );
+                return Err(TensorError::format(
+                    dir,
+                    format!("shard `{f}` listed in model.safetensors.index.json is missing"),
+                ));
             }
         }
         return Ok(paths);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read model folder {}", dir.display()))?
+        .at("read model folder", dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     files.sort();
     if files.is_empty() {
-        let has_bin = std::fs::read_dir(dir)?
+        let has_bin = std::fs::read_dir(dir)
+            .at("read model folder", dir)?
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().ends_with(".bin"));
         if has_bin {
-            bail!(
-                "{}: only pickled PyTorch `.bin` weights found; yibuild reads safetensors only, \
+            return Err(TensorError::format(
+                dir,
+                "only pickled PyTorch `.bin` weights found; yibuild reads safetensors only, \
                  because unpickling runs arbitrary code. Convert once with \
                  `python -c \"from transformers import AutoModelForCausalLM as M; \
                  M.from_pretrained('DIR').save_pretrained('DIR', safe_serialization=True)\"`",
-                dir.display()
-            );
+            ));
         }
-        bail!("{}: no .safetensors files found", dir.display());
+        return Err(TensorError::format(dir, "no .safetensors files found"));
     }
     Ok(files)
 }
@@ -123,10 +124,10 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// output) a file elsewhere.
 fn contained_shard<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) -> Result<&'a str> {
     let Some(name) = file.as_str() else {
-        bail!(
-            "{}: weight_map entry `{tensor}` must name a shard file, found `{file}`",
-            index.display()
-        );
+        return Err(TensorError::format(
+            index,
+            format!("weight_map entry `{tensor}` must name a shard file, found `{file}`"),
+        ));
     };
     let inside = !name.is_empty()
         && !name.contains('\0')
@@ -134,11 +135,13 @@ fn contained_shard<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) 
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !inside {
-        bail!(
-            "{}: weight_map entry `{tensor}` names shard `{name}`, which is not a file inside \
-             the model folder (absolute paths and `..` are refused)",
-            index.display()
-        );
+        return Err(TensorError::format(
+            index,
+            format!(
+                "weight_map entry `{tensor}` names shard `{name}`, which is not a file inside \
+                 the model folder (absolute paths and `..` are refused)"
+            ),
+        ));
     }
     Ok(name)
 }
@@ -150,25 +153,23 @@ impl ModelTensors {
         let mut tensors = BTreeMap::new();
         let mut order = Vec::new();
         for (shard, path) in shard_files(dir)?.into_iter().enumerate() {
-            let file =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file = File::open(&path).at("open", &path)?;
             // SAFETY: the mapping is read-only; cache objects and inputs are never
             // modified in place by yibuild (they are replaced by rename).
-            let mmap = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("cannot map {}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }.at("map", &path)?;
             let parsed = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not a valid safetensors file ({e}); is it truncated?",
-                    path.display()
+                TensorError::format(
+                    &path,
+                    format!("not a valid safetensors file ({e}); is it truncated?"),
                 )
             })?;
             let (header_len, _) = safetensors::SafeTensors::read_metadata(&mmap)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                .map_err(|e| TensorError::format(&path, e.to_string()))?;
             let data_start = 8 + header_len;
             let mut in_shard: Vec<(usize, String, TensorInfo)> = Vec::new();
             for (name, view) in parsed.tensors() {
                 let dtype = DType::from_safetensors(view.dtype())
-                    .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+                    .map_err(|e| TensorError::format(&path, format!("tensor `{name}`: {e}")))?;
                 let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
                 debug_assert!(start >= data_start);
                 let info = TensorInfo {
@@ -182,7 +183,10 @@ impl ModelTensors {
             in_shard.sort_by_key(|(start, _, _)| *start);
             for (_, name, info) in in_shard {
                 if tensors.contains_key(&name) {
-                    bail!("{}: tensor `{name}` appears in two shards", dir.display());
+                    return Err(TensorError::format(
+                        dir,
+                        format!("tensor `{name}` appears in two shards"),
+                    ));
                 }
                 order.push(name.clone());
                 tensors.insert(name, info);
@@ -214,8 +218,10 @@ impl ModelTensors {
 
     /// Type, shape and location of `name`, or an error naming the model and tensor.
     pub fn require(&self, name: &str) -> Result<&TensorInfo> {
-        self.info(name)
-            .with_context(|| format!("{}: has no tensor `{name}`", self.dir.display()))
+        self.info(name).ok_or_else(|| TensorError::Missing {
+            dir: self.dir.clone(),
+            name: name.to_owned(),
+        })
     }
 
     /// The shard file paths, in index order.
@@ -296,13 +302,13 @@ impl ModelTensors {
     pub fn read_rows_into(&self, name: &str, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
         let info = self.require(name)?;
         if rows.end > info.rows() {
-            bail!(
+            return Err(TensorError::Internal(format!(
                 "{}: rows {}..{} of `{name}` requested but it has {} rows",
                 self.dir.display(),
                 rows.start,
                 rows.end,
                 info.rows()
-            );
+            )));
         }
         let row_bytes = info.row_len() * info.dtype.size();
         let start = info.range.start + rows.start * row_bytes;

@@ -14,7 +14,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use super::error::{Result, TensorError};
+use crate::fs::error::IoContext;
 use serde_json::json;
 
 use super::DType;
@@ -106,7 +107,10 @@ impl ShardedWriter {
         let mut seen = std::collections::HashSet::new();
         for t in &plan {
             if !seen.insert(t.name.as_str()) {
-                bail!("internal: tensor `{}` planned twice", t.name);
+                return Err(TensorError::Internal(format!(
+                    "tensor `{}` planned twice",
+                    t.name
+                )));
             }
         }
         let mut ranges = Vec::new();
@@ -173,14 +177,13 @@ impl ShardedWriter {
         let index = self.next_shard;
         let shard = &self.shards[index];
         let path = self.dir.join(&shard.file);
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = File::create(&path).at("create", &path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let tensors = &self.plan[shard.tensors.clone()];
         let header = shard_header(tensors);
         out.write_all(&(header.len() as u64).to_le_bytes())
             .and_then(|()| out.write_all(&header))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .at("write", &path)?;
         let data: u64 = tensors.iter().map(PlannedTensor::byte_len).sum();
         self.current = Some((index, out, data));
         self.next_shard += 1;
@@ -191,16 +194,16 @@ impl ShardedWriter {
         if let Some((index, out, left)) = self.current.take() {
             let path = self.dir.join(&self.shards[index].file);
             if left != 0 {
-                bail!(
-                    "internal: {} closed with {left} bytes missing",
+                return Err(TensorError::Internal(format!(
+                    "{} closed with {left} bytes missing",
                     path.display()
-                );
+                )));
             }
             // No fsync here: making outputs durable (temp file, fsync, rename)
             // is the cache's job when it stores a finished step.
             out.into_inner()
                 .map_err(|e| e.into_error())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+                .at("write", &path)?;
         }
         Ok(())
     }
@@ -214,22 +217,18 @@ impl ShardedWriter {
     pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             if self.tensor >= self.plan.len() {
-                bail!(
-                    "internal: {} bytes written past the last tensor",
+                return Err(TensorError::Internal(format!(
+                    "{} bytes written past the last tensor",
                     bytes.len()
-                );
+                )));
             }
             let take = (self.tensor_left.min(bytes.len() as u64)) as usize;
             let (index, out, left) = self
                 .current
                 .as_mut()
                 .expect("a shard is open while tensors remain");
-            out.write_all(&bytes[..take]).with_context(|| {
-                format!(
-                    "cannot write {}",
-                    self.dir.join(&self.shards[*index].file).display()
-                )
-            })?;
+            out.write_all(&bytes[..take])
+                .at("write", &self.dir.join(&self.shards[*index].file))?;
             *left -= take as u64;
             self.tensor_left -= take as u64;
             bytes = &bytes[take..];
@@ -246,10 +245,10 @@ impl ShardedWriter {
     /// Returns the files written.
     pub fn finish(mut self) -> Result<Vec<PathBuf>> {
         if let Some(t) = self.plan.get(self.tensor) {
-            bail!(
-                "internal: writer finished with tensor `{}` incomplete",
+            return Err(TensorError::Internal(format!(
+                "writer finished with tensor `{}` incomplete",
                 t.name
-            );
+            )));
         }
         self.close_shard()?;
         let mut files: Vec<PathBuf> = self.shards.iter().map(|s| self.dir.join(&s.file)).collect();
@@ -262,10 +261,11 @@ impl ShardedWriter {
             }
             let total: u64 = self.plan.iter().map(PlannedTensor::byte_len).sum();
             let index = self.dir.join("model.safetensors.index.json");
-            crate::steps::files::write_json(
-                &index,
+            let text = serde_json::to_string_pretty(
                 &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
-            )?;
+            )
+            .expect("JSON values serialize");
+            std::fs::write(&index, text + "\n").at("write", &index)?;
             files.push(index);
         }
         Ok(files)

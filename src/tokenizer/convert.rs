@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 
 use super::spm::{read_spm_model, SpmModel, MODEL_TYPE_BPE};
-use crate::steps::files::read_json;
+use crate::fs::files::read_json;
 
 /// The `tokenizer.json` of the folder `dir`: the file itself, or one converted
 /// from its `tokenizer.model` (then the flag is true).

@@ -11,8 +11,8 @@ use anyhow::Result;
 use super::spm::read_spm_model;
 use super::templates::builtin_name;
 use super::vocab::{ModelRows, Vocab};
+use crate::fs::files::read_json;
 use crate::hf::config::ConfigFile;
-use crate::steps::files::read_json;
 use crate::tensor::ModelTensors;
 
 /// A plain-text report on the Hugging Face model folder `dir`, one fact per
@@ -162,7 +162,7 @@ fn human_count(n: usize) -> String {
 mod tests {
     use super::*;
     use crate::fixtures::{SpmTokenizer, TinyLlama};
-    use crate::steps::files::write_json;
+    use crate::fs::files::write_json;
 
     #[test]
     fn reports_sizes_specials_and_template() {
@@ -207,7 +207,7 @@ mod tests {
         TinyLlama::default().write(dir.path()).unwrap();
         let mut config = read_json(&dir.path().join("config.json")).unwrap();
         config["vocab_size"] = 32000.into();
-        crate::steps::files::write_json(&dir.path().join("config.json"), &config).unwrap();
+        crate::fs::files::write_json(&dir.path().join("config.json"), &config).unwrap();
         SpmTokenizer {
             vocab: 330,
             extra: vec![],

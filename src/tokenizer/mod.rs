@@ -17,6 +17,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
+/// The sidecar file listing every `extra_eos` string, for the model card
+/// (and any runtime that matches stop text): `{"stop_strings": [...]}`.
+/// Not `generation_config.json`'s `stop_strings`, with which transformers'
+/// `generate()` and `pipeline` refuse to run without a tokenizer argument.
+pub const STOP_STRINGS_FILE: &str = "stop_strings.json";
+
 /// The text [`prove_loads`] round-trips: letters, punctuation, digits and
 /// spaces, which byte-level and byte-fallback tokenizers both cover.
 pub const SAMPLE_TEXT: &str = "Hello, world! The merge of 7 models: 2+2 = 4.";

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use super::vocab::ModelRows;
-use crate::steps::files::{read_json, write_json};
+use crate::fs::files::{read_json, write_json};
 use crate::tensor::{ModelTensors, PlannedTensor, ShardedWriter, TensorInfo};
 
 /// What to do when the tokenizer and the embedding rows disagree.

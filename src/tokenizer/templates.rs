@@ -133,7 +133,7 @@ pub fn resolve_template(name_or_jinja: &str) -> Result<String> {
         }
         None => {
             let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
-            let hint = crate::recipe::diag::did_you_mean(name_or_jinja, names.iter().copied())
+            let hint = crate::syntax::diag::did_you_mean(name_or_jinja, names.iter().copied())
                 .map(|s| format!("did you mean `{s}`? "))
                 .unwrap_or_default();
             bail!(

@@ -25,7 +25,7 @@ use serde_json::{json, Value as Json};
 use super::convert::load_tokenizer_json;
 use super::resize::mean_rows;
 use super::vocab::Vocab;
-use crate::steps::files::{link_or_copy, read_json, write_json};
+use crate::fs::files::{link_or_copy, read_json, write_json};
 use crate::tensor::ModelTensors;
 
 /// Where one output row of one model's re-indexed embedding comes from.
@@ -311,7 +311,7 @@ pub fn remap_rows(
     let mut pad_mean: Option<Vec<f32>> = None;
     let read = |m: usize, row: u32| -> Result<Vec<f32>> {
         let r = row as usize;
-        models[m].read_rows_f32(tensor, r..r + 1)
+        Ok(models[m].read_rows_f32(tensor, r..r + 1)?)
     };
     for (dst, row) in out.chunks_exact_mut(width).zip(rows) {
         match &union.sources[model][row] {

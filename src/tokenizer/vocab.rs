@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use super::convert::load_tokenizer_json;
-use crate::steps::files::read_json;
+use crate::fs::files::read_json;
 use crate::tensor::ModelTensors;
 
 /// The tokenizer files a model folder may carry; a tokenizer swap replaces

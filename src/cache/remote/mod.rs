@@ -213,7 +213,7 @@ impl RemoteCache {
         }
         cache
             .record_action(key, manifest)
-            .map_err(RemoteError::Local)?;
+            .map_err(|e| RemoteError::Local(e.into()))?;
         Ok(fetched)
     }
 

@@ -143,7 +143,7 @@ async fn assemble(
     std::fs::remove_file(&parts_log).ok();
     cache
         .adopt_object(&entry.hash, &partial, entry.exec)
-        .map_err(RemoteError::Local)?;
+        .map_err(|e| RemoteError::Local(e.into()))?;
     Ok(fetched)
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cache::copy::{clone_or_copy, is_object};
+use crate::fs::copy::{clone_or_copy, is_object};
 
 /// Makes `dst` (which must not exist) have the bytes of `src`. A cache object
 /// (an earlier step's materialized output) is hardlinked: free, and the cache
@@ -21,7 +21,7 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     if is_object(&meta) && std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    clone_or_copy(src, dst)
+    Ok(clone_or_copy(src, dst)?)
 }
 
 /// Links every file of the model folder `src` (recursively) into `dst`, except

@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::api::HubClient;
-use super::download::{self, human_bytes, RemoteFile, Transfer};
-use super::layout::RepoCache;
-use super::lock::{LockEntry, LockFile, LockedFile, LOCK_VERSION};
-use super::select;
-use super::HubConfig;
+use crate::fs::size::human_bytes;
+use crate::hub::api::HubClient;
+use crate::hub::download::{self, RemoteFile, Transfer};
+use crate::hub::layout::RepoCache;
+use crate::hub::lock::{LockEntry, LockFile, LockedFile, LOCK_VERSION};
+use crate::hub::select;
+use crate::hub::HubConfig;
 use crate::recipe::{Recipe, SourceSpec};
 
 /// A pinned Hub source and where its files live in the Hub cache.
@@ -142,7 +143,7 @@ fn narrow_to_index(entry: &mut LockEntry, snapshot: &Path) -> Result<()> {
     if !entry.files.contains_key(INDEX) {
         return Ok(());
     }
-    let index = crate::steps::files::read_json(&snapshot.join(INDEX))?;
+    let index = crate::fs::files::read_json(&snapshot.join(INDEX))?;
     let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
         bail!(
             "{}: missing `weight_map` object",
@@ -314,6 +315,7 @@ impl<'a> HubFetch<'a> {
                     pinned.remote(path, file),
                     self.transfer(),
                     &|_| {},
+                    &|why| log(name, why),
                 )?;
             }
         }
@@ -397,10 +399,6 @@ impl<'a> HubFetch<'a> {
         for (name, pinned) in &self.sources {
             for (path, file) in pinned.missing() {
                 let size = human_bytes(file.size);
-                if self.config.progress && bar.is_hidden() {
-                    // No terminal for a bar (CI logs): one plain line per file.
-                    eprintln!("{:>12} {name}: {path} ({size})", "Downloading");
-                }
                 log(name, &format!("downloading {path} ({size})"));
                 bar.set_message(name.clone());
                 let start = bar.position();
@@ -411,6 +409,7 @@ impl<'a> HubFetch<'a> {
                     pinned.remote(path, file),
                     self.transfer(),
                     &progress,
+                    &|why| log(name, why),
                 )?;
                 // Retried or resumed bytes may be reported twice; the file counts once.
                 bar.set_position(start + file.size);

@@ -24,11 +24,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::build::keys::key_inputs;
+use crate::build::local;
+use crate::build::options::BuildOptions;
+use crate::build::plan::Plan;
 use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
-use crate::exec::{self, key_inputs, BuildOptions};
-use crate::graph::BuildGraph;
-use crate::hub::download::human_bytes;
+use crate::fs::size::human_bytes;
 use crate::recipe::{Recipe, StepDef};
 use crate::steps::Artifact;
 
@@ -36,7 +38,7 @@ const PREFIX: &str = "yibuild-worker: ";
 
 /// A line of the worker's stdout protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WorkerLine {
+pub enum WorkerLine {
     /// The job started on a node.
     Job {
         /// The Slurm job id.
@@ -61,11 +63,14 @@ impl WorkerLine {
             node: node.to_owned(),
         })
     }
+}
 
-    fn print(&self) {
+/// The line as the worker writes it on its standard output.
+impl std::fmt::Display for WorkerLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WorkerLine::Job { id, node } => println!("{PREFIX}job {id} on {node}"),
-            WorkerLine::Note(line) => println!("{PREFIX}note {line}"),
+            WorkerLine::Job { id, node } => write!(f, "{PREFIX}job {id} on {node}"),
+            WorkerLine::Note(line) => write!(f, "{PREFIX}note {line}"),
         }
     }
 }
@@ -73,13 +78,19 @@ impl WorkerLine {
 /// Builds step `step_name` of `recipe`, whose key must be `key`, into the
 /// cache at `opts.cache_dir`. Succeeds without running when the cache
 /// already has the key (a job resubmitted after its output was stored).
-pub fn exec_step(recipe: &Recipe, step_name: &str, key: &str, opts: &BuildOptions) -> Result<()> {
+pub fn exec_step(
+    recipe: &Recipe,
+    step_name: &str,
+    key: &str,
+    opts: &BuildOptions,
+    emit: &(dyn Fn(&WorkerLine) + Sync),
+) -> Result<()> {
     if let Some(id) = std::env::var("SLURM_JOB_ID")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "?".to_owned());
-        WorkerLine::Job { id, node }.print();
+        emit(&WorkerLine::Job { id, node });
     }
     let step = recipe
         .step(step_name)
@@ -101,21 +112,20 @@ pub fn exec_step(recipe: &Recipe, step_name: &str, key: &str, opts: &BuildOption
             }
             let manifest = match cache.lookup(key) {
                 Some(manifest) => {
-                    WorkerLine::Note("already in the cache".to_owned()).print();
+                    emit(&WorkerLine::Note("already in the cache".to_owned()));
                     manifest
                 }
                 None => {
-                    let log = |line: &str| WorkerLine::Note(line.to_owned()).print();
-                    exec::run_step(&cache, recipe, step, key, &inputs, opts, &log)?
+                    let log = |line: &str| emit(&WorkerLine::Note(line.to_owned()));
+                    local::run_step(&cache, recipe, step, key, &inputs, opts, &log)?
                 }
             };
             if let Some(remote) = &remote {
                 let pushed = remote.push(&cache, key, &manifest)?;
-                WorkerLine::Note(format!(
+                emit(&WorkerLine::Note(format!(
                     "uploaded {} to the remote cache",
                     human_bytes(pushed.bytes)
-                ))
-                .print();
+                )));
             }
             Ok(())
         });
@@ -134,14 +144,13 @@ fn resolve_inputs(
     remote: Option<&RemoteCache>,
     staging: &Path,
 ) -> Result<BTreeMap<String, Artifact>> {
-    let graph = BuildGraph::new(recipe);
-    let plan = graph.plan(recipe, std::slice::from_ref(&step.name));
+    let plan = Plan::for_step(recipe, &step.name).order;
     let direct: BTreeSet<String> = step.step.inputs().into_iter().map(|i| i.name).collect();
     let mut artifacts = BTreeMap::new();
     for name in plan.iter().filter(|n| **n != step.name) {
         let artifact = if let Some(src) = recipe.source(name) {
             if src.hub_repo().is_some() {
-                crate::freshness::hub_artifact(recipe, name)
+                crate::build::freshness::hub_artifact(recipe, name)
                     .map_err(|why| anyhow!("source `{name}` {why}"))?
             } else {
                 let path = src.locate().map_err(|e| anyhow!("source `{name}`: {e}"))?;

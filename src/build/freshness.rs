@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
 
+use crate::build::hub_sources::{pin_offline, HubSourceState};
+use crate::build::keys::{files_read, key_inputs};
+use crate::build::plan::Plan;
 use crate::cache::remote::RemoteCache;
 use crate::cache::BuildRecord;
 use crate::cache::{Cache, KeyInputs, Manifest};
-use crate::exec::{files_read, key_inputs};
-use crate::graph::BuildGraph;
-use crate::hub::{pin_offline, HubConfig, HubOptions, HubSourceState};
+use crate::hub::{HubConfig, HubOptions};
 use crate::recipe::Recipe;
 use crate::steps::Artifact;
 
@@ -67,16 +68,12 @@ impl State {
 /// read are described in the reasons of the steps that need them. With a
 /// `remote` cache that may be read, local misses are looked up there (one
 /// small request each; a remote that fails is asked nothing more).
-pub fn analyze(
-    recipe: &Recipe,
-    plan: &[String],
-    cache: &Cache,
-    remote: Option<&RemoteCache>,
-) -> Vec<(String, State)> {
+pub fn analyze(plan: &Plan, cache: &Cache, remote: Option<&RemoteCache>) -> Vec<(String, State)> {
+    let recipe = plan.recipe;
     let mut remote = remote.filter(|r| r.settings().mode.reads());
     let mut artifacts: BTreeMap<String, Artifact> = BTreeMap::new();
     let mut missing: BTreeMap<String, String> = BTreeMap::new();
-    for name in plan {
+    for name in &plan.order {
         if let Some(src) = recipe.source(name) {
             if src.hub_repo().is_some() {
                 match hub_artifact(recipe, name) {
@@ -105,9 +102,8 @@ pub fn analyze(
         }
     }
     cache.memo().save().ok();
-    let graph = BuildGraph::new(recipe);
     let mut out = Vec::new();
-    for name in plan {
+    for name in &plan.order {
         let Some(step) = recipe.step(name) else {
             continue;
         };
@@ -159,7 +155,7 @@ pub fn analyze(
                 }
             }
             None => {
-                let reasons = graph
+                let reasons = plan
                     .inputs(name)
                     .into_iter()
                     .filter(|i| !artifacts.contains_key(i))

@@ -25,12 +25,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::build::error::InputError;
+use crate::build::options::SlurmConfig;
 use crate::cache::remote::{RemoteMode, RemoteSettings};
-use crate::exec::InputError;
-use crate::recipe::diag::{Diag, RecipeError};
-use crate::recipe::fields::Fields;
-use crate::recipe::yaml::parse_documents;
-use crate::slurm::SlurmConfig;
+use crate::syntax::diag::{Diag, RecipeError};
+use crate::syntax::fields::Fields;
+use crate::syntax::yaml::parse_documents;
 
 /// The name of the project settings file.
 pub const CONFIG_FILE: &str = ".yibuild.yaml";
@@ -195,12 +195,16 @@ impl ProjectConfig {
             return Ok(None);
         };
         let mode = match (&overrides.mode, &file.mode) {
-            (Some(m), _) => {
-                RemoteMode::parse(m).map_err(|e| InputError(format!("--remote-cache-mode: {e}")))?
-            }
+            (Some(m), _) => RemoteMode::parse(m).map_err(|e| InputError::Setting {
+                place: "--remote-cache-mode".to_owned(),
+                why: format!("{e:#}"),
+            })?,
             (None, Some(m)) => RemoteMode::parse(m).map_err(|e| {
                 let place = self.file.as_deref().unwrap_or(Path::new(CONFIG_FILE));
-                InputError(format!("{}: remote_cache.mode: {e}", place.display()))
+                InputError::Setting {
+                    place: format!("{}: remote_cache.mode", place.display()),
+                    why: format!("{e:#}"),
+                }
             })?,
             (None, None) => RemoteMode::default(),
         };

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::recipe::diag::{Diag, RecipeError};
 use crate::recipe::{suggest, Recipe};
+use crate::syntax::diag::{Diag, RecipeError};
 
 /// Checks that every reference names a source or step and that steps form no
 /// cycle; a cycle is reported as `a -> b -> a` at the reference that closes it.

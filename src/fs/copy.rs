@@ -14,7 +14,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
-use anyhow::{Context, Result};
+use crate::fs::error::{IoContext, IoError};
 
 /// `FICLONE` (`_IOW(0x94, 9, int)`): make the destination share the source's
 /// extents (btrfs, XFS, bcachefs, ZFS 2.2); ext4 answers EOPNOTSUPP.
@@ -23,21 +23,20 @@ const FICLONE: u64 = 0x4004_9409;
 /// Creates `dst` (which must not exist) with the bytes of `src`: a reflink
 /// when the filesystem supports it, a copy otherwise. `dst` gets `src`'s
 /// permission bits plus write for the owner; `src` is only read.
-pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<()> {
-    let mut from = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mode = from.metadata()?.permissions().mode() & 0o777 | 0o200;
+pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<(), IoError> {
+    let mut from = File::open(src).at("read", src)?;
+    let mode = from.metadata().at("read", src)?.permissions().mode() & 0o777 | 0o200;
     let mut to = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(dst)
-        .with_context(|| format!("cannot create {}", dst.display()))?;
+        .at("create", dst)?;
     // SAFETY: both descriptors are open for the duration of the call; the
     // ioctl reads only them.
     let cloned = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) } == 0;
     if !cloned {
-        std::io::copy(&mut from, &mut to)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        std::io::copy(&mut from, &mut to).at("write", dst)?;
     }
     Ok(())
 }

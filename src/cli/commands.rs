@@ -6,17 +6,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::build::error::InputError;
+use crate::build::events::{Reporter, Summary};
+use crate::build::freshness::{self, State};
+use crate::build::hub_sources::{pin_offline, HubSourceState};
+use crate::build::options::BuildOptions;
+use crate::build::outputs::{output_dir, BUILD_MARKER};
+use crate::build::plan::Plan;
+use crate::build::slurm::JobRequest;
+use crate::build::sources::prepare_sources;
 use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
-use crate::exec::{self, BuildOptions};
-use crate::freshness::{self, State};
-use crate::graph::BuildGraph;
+use crate::cli::reporters::{HumanReporter, JsonReporter};
+use crate::fs::size::human_bytes;
 use crate::hub::api::HubClient;
-use crate::hub::download::human_bytes;
-use crate::hub::{pin_offline, HubConfig, HubSourceState};
+use crate::hub::HubConfig;
 use crate::recipe::{Recipe, SourceSpec};
-use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
-use crate::slurm::JobRequest;
 
 /// Builds the targets and reports through JSON or human output.
 pub fn build(
@@ -31,7 +36,7 @@ pub fn build(
     } else {
         Box::new(HumanReporter::new(verbose, quiet))
     };
-    let summary = exec::build(recipe, opts, reporter.as_ref())?;
+    let summary = crate::build::exec::build(recipe, opts, reporter.as_ref())?;
     if !json && !quiet {
         print!("{}", eval_tables(recipe, &opts.build_dir, &summary));
     }
@@ -47,7 +52,7 @@ fn eval_tables(recipe: &Recipe, build_dir: &Path, summary: &Summary) -> String {
         .iter()
         .filter(|s| s.step.kind() == "eval" && finished(&s.name))
         .filter_map(|s| {
-            let path = exec::output_dir(build_dir, recipe, &s.name).join("results.json");
+            let path = output_dir(build_dir, recipe, &s.name).join("results.json");
             crate::eval::results::read_results(&path).ok()
         })
         .collect();
@@ -59,17 +64,14 @@ fn eval_tables(recipe: &Recipe, build_dir: &Path, summary: &Summary) -> String {
     }
 }
 
+/// The state of every step in `plan`, read from the cache at `cache_dir`.
 fn plan_states(
-    recipe: &Recipe,
+    plan: &Plan,
     cache_dir: &Path,
-    targets: &[String],
     remote: Option<&RemoteCache>,
 ) -> Result<Vec<(String, State)>> {
-    let graph = BuildGraph::new(recipe);
-    let targets = exec::select_targets(recipe, &graph, targets)?;
-    let plan = graph.plan(recipe, &targets);
     let cache = Cache::open_unlocked(cache_dir)?;
-    Ok(freshness::analyze(recipe, &plan, &cache, remote))
+    Ok(freshness::analyze(plan, &cache, remote))
 }
 
 /// `yibuild plan`: what would run and why, without running it. Hub sources
@@ -84,9 +86,8 @@ pub fn plan(
     jobs: Option<&BTreeMap<String, JobRequest>>,
 ) -> Result<String> {
     let hub = HubConfig::from_env(opts.hub);
-    let graph = BuildGraph::new(recipe);
-    let selected = exec::select_targets(recipe, &graph, &opts.targets)?;
-    let order = graph.plan(recipe, &selected);
+    let plan = Plan::new(recipe, &opts.targets)?;
+    let order = &plan.order;
     let mut out = String::new();
     let remote = match opts.remote.as_ref().map(RemoteCache::connect) {
         Some(Ok(r)) => Some(r),
@@ -96,7 +97,7 @@ pub fn plan(
         }
         None => None,
     };
-    let states = plan_states(recipe, &opts.cache_dir, &opts.targets, remote.as_ref())?;
+    let states = plan_states(&plan, &opts.cache_dir, remote.as_ref())?;
     if json {
         for (name, state) in &states {
             let mut v = state_json(recipe, name, state);
@@ -224,9 +225,7 @@ fn hub_availability(recipe: &Recipe, name: &str, hub: &HubConfig) -> String {
 /// `yibuild fetch`: pins and downloads the Hub sources the targets need, with
 /// the pre-flight checks, without building anything.
 pub fn fetch(recipe: &Recipe, opts: &BuildOptions, verbose: bool) -> Result<String> {
-    let graph = BuildGraph::new(recipe);
-    let targets = exec::select_targets(recipe, &graph, &opts.targets)?;
-    let plan = graph.plan(recipe, &targets);
+    let plan = Plan::new(recipe, &opts.targets)?;
     let cache = Cache::open_locked(&opts.cache_dir, &|| {
         eprintln!("    Blocking waiting for the cache lock")
     })?;
@@ -236,9 +235,9 @@ pub fn fetch(recipe: &Recipe, opts: &BuildOptions, verbose: bool) -> Result<Stri
             eprintln!("{:>12} {name}: {line}", "Note");
         }
     };
-    let artifacts = exec::prepare_sources(recipe, &plan, &cache, &hub, &log)?;
+    let artifacts = prepare_sources(recipe, &plan.order, &cache, &hub, &log)?;
     let mut out = String::new();
-    for name in plan.iter().filter(|n| recipe.source(n).is_some()) {
+    for name in plan.order.iter().filter(|n| recipe.source(n).is_some()) {
         let src = recipe.source(name).expect("source");
         out.push_str(&format!(
             "{:>12} {name} = {} ({})\n",
@@ -291,7 +290,7 @@ pub fn report(recipe: &Recipe, build_dir: &Path) -> Result<String> {
     }
     let mut out = String::new();
     for step in steps {
-        let path = exec::output_dir(build_dir, recipe, step).join("report.json");
+        let path = output_dir(build_dir, recipe, step).join("report.json");
         if !path.exists() {
             bail!(
                 "`{step}` has not been built yet ({} is missing): run `yibuild {} {step}` first",
@@ -318,7 +317,7 @@ pub fn report(recipe: &Recipe, build_dir: &Path) -> Result<String> {
 /// `yibuild status`: fresh / stale / missing for every step.
 pub fn status(recipe: &Recipe, cache_dir: &Path, json: bool) -> Result<String> {
     let all: Vec<String> = recipe.steps.iter().map(|s| s.name.clone()).collect();
-    let states = plan_states(recipe, cache_dir, &all, None)?;
+    let states = plan_states(&Plan::new(recipe, &all)?, cache_dir, None)?;
     let mut out = String::new();
     for (name, state) in &states {
         if json {
@@ -350,13 +349,15 @@ fn state_json(recipe: &Recipe, name: &str, state: &State) -> serde_json::Value {
 /// `yibuild explain STEP`: which input or parameter changed since it last built.
 pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str, json: bool) -> Result<String> {
     if recipe.step(step).is_none() {
-        return Err(exec::InputError(format!(
-            "recipe {} has no step `{step}`",
-            recipe.file.display()
-        ))
+        return Err(InputError::UnknownStep {
+            recipe: recipe.file.clone(),
+            name: step.to_owned(),
+            hint: None,
+        }
         .into());
     }
-    let states = plan_states(recipe, cache_dir, &[step.to_owned()], None)?;
+    let plan = Plan::new(recipe, &[step.to_owned()])?;
+    let states = plan_states(&plan, cache_dir, None)?;
     let (_, state) = states
         .into_iter()
         .find(|(n, _)| n == step)
@@ -381,7 +382,7 @@ pub fn explain(recipe: &Recipe, cache_dir: &Path, step: &str, json: bool) -> Res
 
 /// `yibuild graph`: the DAG as DOT or mermaid.
 pub fn graph(recipe: &Recipe, format: &str) -> Result<String> {
-    let g = BuildGraph::new(recipe);
+    let g = &Plan::new(recipe, &[])?.graph;
     match format {
         "dot" => Ok(g.to_dot(recipe)),
         "mermaid" => Ok(g.to_mermaid(recipe)),
@@ -394,10 +395,10 @@ pub fn verify(cache_dir: &Path, repair: bool) -> Result<Vec<String>> {
     if repair {
         refuse_cache_holding_cwd(cache_dir)?;
     }
-    Cache::open_locked(cache_dir, &|| {
+    let cache = Cache::open_locked(cache_dir, &|| {
         eprintln!("    Blocking waiting for the cache lock")
-    })?
-    .verify(repair)
+    })?;
+    Ok(cache.verify(repair)?)
 }
 
 /// `yibuild gc`: drop what no build record references.
@@ -420,13 +421,14 @@ pub fn gc(cache_dir: &Path, yes: bool) -> Result<String> {
 
 /// Removing from a cache directory that is (or holds) the current directory
 /// would treat the project's own `objects/` or `actions/` as cache debris:
-/// refused ([`exec::InputError`], exit 2).
+/// refused ([`InputError`], exit 2).
 fn refuse_cache_holding_cwd(cache_dir: &Path) -> Result<()> {
-    if crate::names::contains(cache_dir, &std::env::current_dir()?) {
-        return Err(exec::InputError(format!(
-            "refusing to remove anything from the cache directory {}: it is the current directory or holds it",
-            cache_dir.display()
-        ))
+    if crate::fs::names::contains(cache_dir, &std::env::current_dir()?) {
+        return Err(InputError::Refused {
+            action: "remove anything from the cache directory".to_owned(),
+            path: cache_dir.to_owned(),
+            why: "it is the current directory or holds it".to_owned(),
+        }
         .into());
     }
     Ok(())
@@ -434,16 +436,21 @@ fn refuse_cache_holding_cwd(cache_dir: &Path) -> Result<()> {
 
 /// `yibuild clean`: remove a recipe's materialized outputs (the cache keeps
 /// them), or with no recipe every recipe's. Only folders yibuild made (they
-/// hold [`exec::BUILD_MARKER`]) inside the build directory are removed, and
+/// hold [`BUILD_MARKER`]) inside the build directory are removed, and
 /// never one that holds the current directory; anything else is refused
-/// ([`exec::InputError`], exit 2) before anything is removed. Returns what
+/// ([`InputError`], exit 2) before anything is removed. Returns what
 /// was cleaned.
 pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
     let refuse = |what: &Path, why: &str| -> anyhow::Error {
-        exec::InputError(format!("refusing to clean {}: {why}", what.display())).into()
+        InputError::Refused {
+            action: "clean".to_owned(),
+            path: what.to_owned(),
+            why: why.to_owned(),
+        }
+        .into()
     };
     let cwd = std::env::current_dir()?;
-    if crate::names::contains(build_dir, &cwd) {
+    if crate::fs::names::contains(build_dir, &cwd) {
         return Err(refuse(
             build_dir,
             "the build directory is the current directory or holds it",
@@ -451,7 +458,7 @@ pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
     }
     let targets = match recipe {
         Some(r) => {
-            crate::names::check_component("recipe name", &r.name)
+            crate::fs::names::check_component("recipe name", &r.name)
                 .map_err(|e| refuse(build_dir, &e))?;
             let target = build_dir.join(&r.name);
             if std::fs::symlink_metadata(&target).is_err() {
@@ -464,7 +471,7 @@ pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
                 .filter_map(|e| e.ok())
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.path())
-                .filter(|p| p.join(exec::BUILD_MARKER).is_file())
+                .filter(|p| p.join(BUILD_MARKER).is_file())
                 .collect(),
             Err(_) => return Ok(build_dir.to_path_buf()),
         },
@@ -474,10 +481,10 @@ pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
         if !meta.is_dir() {
             return Err(refuse(target, "it is not a folder"));
         }
-        if !target.join(exec::BUILD_MARKER).is_file() {
+        if !target.join(BUILD_MARKER).is_file() {
             return Err(refuse(
                 target,
-                &format!("yibuild did not make it (no {} in it)", exec::BUILD_MARKER),
+                &format!("yibuild did not make it (no {} in it)", BUILD_MARKER),
             ));
         }
     }
@@ -493,30 +500,6 @@ pub fn clean(build_dir: &Path, recipe: Option<&Recipe>) -> Result<PathBuf> {
             Ok(build_dir.to_path_buf())
         }
     }
-}
-
-/// Parses a byte size such as `2GiB`, `512MiB`, `1.5G` or `1000000`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 2GiB or 512MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "unknown size unit in `{text}` (use KiB, MiB, GiB or TiB)"
-            ))
-        }
-    };
-    Ok((value * mult as f64) as u64)
 }
 
 /// `yibuild inspect PATH`: for a model folder, its architecture, sizes,
@@ -544,14 +527,14 @@ pub enum Transfer {
 /// neither side has are listed, not built.
 pub fn cache_transfer(recipe: &Recipe, opts: &BuildOptions, direction: Transfer) -> Result<String> {
     let Some(settings) = &opts.remote else {
-        return Err(exec::InputError(
+        return Err(InputError::Unusable(
             "no remote cache is configured (--remote-cache, YIBUILD_REMOTE_CACHE or remote_cache in .yibuild.yaml)"
                 .to_owned(),
         )
         .into());
     };
     if direction == Transfer::Push && !settings.mode.writes() {
-        return Err(exec::InputError(format!(
+        return Err(InputError::Unusable(format!(
             "the remote cache {} is read-only here (mode read)",
             settings.url
         ))
@@ -561,13 +544,11 @@ pub fn cache_transfer(recipe: &Recipe, opts: &BuildOptions, direction: Transfer)
     let cache = Cache::open_locked(&opts.cache_dir, &|| {
         eprintln!("{:>12} waiting for the cache lock", "Blocking")
     })?;
-    let graph = BuildGraph::new(recipe);
-    let targets = exec::select_targets(recipe, &graph, &opts.targets)?;
-    let plan = graph.plan(recipe, &targets);
+    let plan = Plan::new(recipe, &opts.targets)?;
     let lookup = (direction == Transfer::Pull).then_some(&remote);
     let (mut moved, mut bytes, mut missing) = (0, 0, 0);
     let mut out = String::new();
-    for (name, state) in freshness::analyze(recipe, &plan, &cache, lookup) {
+    for (name, state) in freshness::analyze(&plan, &cache, lookup) {
         match (direction, state) {
             (Transfer::Push, State::Fresh { key }) => {
                 let manifest = cache.lookup(&key).expect("a fresh step is in the cache");

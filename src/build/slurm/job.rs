@@ -15,12 +15,12 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::cancel::{self, Registration};
 use super::worker::WorkerLine;
-use super::{JobRequest, SlurmConfig};
+use super::JobRequest;
+use crate::build::events::{JobEvent, JobPhase, Reporter};
+use crate::build::options::{BuildOptions, SlurmConfig};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, Manifest};
-use crate::exec::BuildOptions;
 use crate::recipe::{Recipe, StepDef};
-use crate::report::{JobEvent, JobPhase, Reporter};
 use crate::steps::Device;
 
 /// Lines of a failed job's log quoted in its error.

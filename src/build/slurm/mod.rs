@@ -23,11 +23,11 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 
-use crate::exec::BuildOptions;
+use crate::build::options::{BuildOptions, SlurmConfig};
 use crate::recipe::Recipe;
 
 pub use job::run_step;
-pub use resources::{JobRequest, Resources};
+pub use resources::JobRequest;
 
 /// What each step of `recipe` would ask Slurm for, by step name (for
 /// `yibuild plan --executor slurm`).
@@ -44,25 +44,4 @@ pub fn requests(
             (s.name.clone(), request)
         })
         .collect()
-}
-
-/// Project-wide Slurm settings: the `slurm:` section of `.yibuild.yaml` and
-/// `--retries`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SlurmConfig {
-    /// Partition for steps whose `resources:` name none.
-    pub partition: Option<String>,
-    /// `--account` for every job.
-    pub account: Option<String>,
-    /// Time limit for steps whose `resources:` set none.
-    pub time: Option<String>,
-    /// Extra `srun` options for every job (`--qos=…`, `--constraint=…`).
-    pub srun_args: Vec<String>,
-    /// How many times a failed job is submitted again.
-    pub retries: u32,
-    /// A cache directory local to each node (relative paths are relative to
-    /// `.yibuild.yaml`). With it, nodes need not share a filesystem with the
-    /// submit host: workers fetch their inputs from the remote cache into it
-    /// and upload their outputs, which the coordinator then downloads.
-    pub node_cache: Option<std::path::PathBuf>,
 }

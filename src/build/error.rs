@@ -1,0 +1,66 @@
+//! Errors in what the user asked for, found before anything runs (exit code
+//! 2), with their causes kept for the chain `main` prints.
+
+use std::path::PathBuf;
+
+/// An error in what the user asked for (an unknown step, a missing source, a
+/// failed pre-flight check, a refused clean): reported before anything runs,
+/// exit code 2. The cause, where there is one, is kept as the error's source.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// A target or step the recipe does not have.
+    #[error("recipe {} has no step `{name}`{}", recipe.display(), hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    UnknownStep {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// A "did you mean" hint.
+        hint: Option<String>,
+    },
+    /// A source that cannot be located or read.
+    #[error("source `{name}`")]
+    Source {
+        /// The source's name in the recipe.
+        name: String,
+        /// Why.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// The Hub sources cannot be pinned or their small files fetched.
+    #[error(transparent)]
+    Hub(anyhow::Error),
+    /// A step's pre-flight check failed.
+    #[error("step `{step}`")]
+    Preflight {
+        /// The step.
+        step: String,
+        /// What its check found.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// A name that would not stay inside the directory it is joined onto.
+    #[error("{0}")]
+    Name(String),
+    /// A setting with a value yibuild does not understand.
+    #[error("{place}: {why}")]
+    Setting {
+        /// The flag or file and key it came from.
+        place: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Something that would remove or overwrite what yibuild must not touch.
+    #[error("refusing to {action} {}: {why}", path.display())]
+    Refused {
+        /// What was asked (`clean`, …).
+        action: String,
+        /// The path it concerns.
+        path: PathBuf,
+        /// Why it is refused.
+        why: String,
+    },
+    /// A command that cannot run with the configuration given.
+    #[error("{0}")]
+    Unusable(String),
+}
