@@ -283,7 +283,14 @@ fn a_corrupted_byte_is_caught_by_sha256_and_fetched_again() {
     let (code, events, err) = hub.build(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(with_status(&events, "built"), ["merged"]);
-    assert!(err.contains("sha256 mismatch"), "{err}");
+    // The retry is a warning event (in --json output, on stdout like every event).
+    let warned = events.iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"].as_str().is_some_and(|m| {
+                m.contains("sha256 mismatch") && m.contains("downloading it again")
+            })
+    });
+    assert!(warned, "{events:?}");
     let sha = hub.server.file_sha256("org/tuned", shard);
     let full = hub
         .server

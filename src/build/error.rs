@@ -64,3 +64,37 @@ pub enum InputError {
     #[error("{0}")]
     Unusable(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_as_the_source() {
+        let cause = anyhow::anyhow!("models/base does not exist");
+        let err = anyhow::Error::from(InputError::Source {
+            name: "base".to_owned(),
+            cause,
+        });
+        assert_eq!(
+            format!("{err:#}"),
+            "source `base`: models/base does not exist"
+        );
+        let input = err.downcast_ref::<InputError>().unwrap();
+        let source = std::error::Error::source(input).unwrap();
+        assert_eq!(source.to_string(), "models/base does not exist");
+    }
+
+    #[test]
+    fn an_unknown_step_shows_its_hint() {
+        let err = InputError::UnknownStep {
+            recipe: PathBuf::from("r.yaml"),
+            name: "mreged".to_owned(),
+            hint: Some("did you mean `merged`?".to_owned()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "recipe r.yaml has no step `mreged` (did you mean `merged`?)"
+        );
+    }
+}

@@ -49,3 +49,24 @@ impl TensorError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::error::IoContext;
+
+    #[test]
+    fn a_full_disk_names_the_file_and_the_cause() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let err: TensorError = Err::<(), _>(full)
+            .at("write", Path::new("out/model-00001-of-00002.safetensors"))
+            .unwrap_err()
+            .into();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            chain.starts_with("cannot write out/model-00001-of-00002.safetensors: "),
+            "{chain}"
+        );
+        assert!(chain.contains("No space left on device"), "{chain}");
+    }
+}
