@@ -393,7 +393,7 @@ fn main() -> ExitCode {
             let code = e.exit_code();
             print_usage_error(&e);
             if let (Some(c), true) = (&collision, e.use_stderr()) {
-                eprintln!("\n{}", command_after_recipe_error(c));
+                eprintln!("note: {}", command_after_recipe_error(c));
             }
             return ExitCode::from(code as u8);
         }
