@@ -79,7 +79,8 @@ struct Common {
     /// JSON Lines events on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
-    /// Steps that may run at once.
+    /// Steps that may run at once (for `yibuild merge`: its threads, as
+    /// mergekit's -j).
     #[arg(short = 'j', long, global = true)]
     jobs: Option<usize>,
     /// Threads each step may use (default: all cores).
