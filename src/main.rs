@@ -3,32 +3,76 @@
 //! Exit codes: 0 success, 1 a step failed (or another runtime error), 2 a bad
 //! recipe, bad input or bad usage.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use yibuild::build::error::InputError;
 use yibuild::build::options::{BuildOptions, Executor};
 use yibuild::build::project::{ProjectConfig, RemoteOverrides};
 use yibuild::cli::commands::{self, Transfer};
-use yibuild::hub::HubOptions;
+use yibuild::cli::merge::{DropInOptions, MergekitArgs};
+use yibuild::hub::{HubConfig, HubOptions};
 use yibuild::recipe::{ParseOptions, Recipe};
 use yibuild::steps::Device;
 use yibuild::syntax::diag::RecipeError;
 
+/// Invocations shown by `--help` and in usage errors.
+const USAGE: &str = "yibuild [OPTIONS] RECIPE [STEP]...
+       yibuild [OPTIONS] RECIPE -- STEP...
+       yibuild [OPTIONS] COMMAND [ARGS]...";
+
+/// Real invocations, after the options in `--help`.
+const EXAMPLES: &str = "Examples:
+  yibuild recipe.yaml                  build the recipe's default targets
+  yibuild recipe.yaml q4km ppl         build two steps and what they need
+  yibuild recipe.yaml -- merge         build a step named like a command
+  yibuild plan recipe.yaml             show what would run and why
+  yibuild merge config.yml ./merged    mergekit-yaml config.yml ./merged, the same files
+  yibuild completions bash             a completion script for bash";
+
 /// A declarative build system for language models.
 #[derive(Parser)]
-#[command(name = "yibuild", version, subcommand_negates_reqs = true)]
+#[command(
+    name = "yibuild",
+    version,
+    subcommand_negates_reqs = true,
+    override_usage = USAGE,
+    after_help = EXAMPLES,
+    subcommand_value_name = "COMMAND"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The recipe to build.
-    #[arg(required = true)]
+    /// The recipe to build (a yibuild recipe or a mergekit config).
+    #[arg(required = true, value_name = "RECIPE")]
     recipe: Option<PathBuf>,
-    /// Steps to build (with their dependencies); the recipe's defaults when omitted.
+    /// Steps to build, with what they need (default: the recipe's `default:`);
+    /// put them after `--` when one is named like a command.
+    #[arg(value_name = "STEP")]
     steps: Vec<String>,
     #[command(flatten)]
     common: Common,
+}
+
+/// A recipe and steps of it.
+#[derive(Args)]
+struct RecipeSteps {
+    /// The recipe file (a yibuild recipe or a mergekit config).
+    #[arg(value_name = "RECIPE")]
+    recipe: PathBuf,
+    /// Steps to select, with what they need (default: the recipe's `default:`).
+    #[arg(value_name = "STEP")]
+    steps: Vec<String>,
+}
+
+/// A recipe.
+#[derive(Args)]
+struct RecipeArg {
+    /// The recipe file (a yibuild recipe or a mergekit config).
+    #[arg(value_name = "RECIPE")]
+    recipe: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -36,7 +80,8 @@ struct Common {
     /// JSON Lines events on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
-    /// Steps that may run at once.
+    /// Steps that may run at once (for `yibuild merge`: its threads, as
+    /// mergekit's -j).
     #[arg(short = 'j', long, global = true)]
     jobs: Option<usize>,
     /// Threads each step may use (default: all cores).
@@ -67,9 +112,9 @@ struct Common {
     /// Only errors and the summary.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Rebuild reasons and step notes.
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    /// Rebuild reasons and step notes (may be repeated, as mergekit's -v).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
     /// Use only yibuild.lock and the local Hub cache, never the network
     /// (also HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
@@ -152,34 +197,51 @@ impl Common {
 #[derive(Subcommand)]
 enum Command {
     /// Pin and download the Hub sources a build needs, without building.
-    Fetch { recipe: PathBuf, steps: Vec<String> },
+    Fetch(RecipeSteps),
     /// Show what would run and why, without running it.
-    Plan { recipe: PathBuf, steps: Vec<String> },
+    Plan(RecipeSteps),
     /// Fresh, stale or missing, per step.
-    Status { recipe: PathBuf },
+    Status(RecipeArg),
     /// Which input or parameter changed since a step last built.
-    Explain { recipe: PathBuf, step: String },
+    Explain {
+        #[command(flatten)]
+        recipe: RecipeArg,
+        /// The step to explain.
+        #[arg(value_name = "STEP")]
+        step: String,
+    },
     /// Print the table of a sweep's report steps (after building them).
-    Report { recipe: PathBuf },
+    Report(RecipeArg),
     /// The DAG as DOT or mermaid.
     Graph {
-        recipe: PathBuf,
+        #[command(flatten)]
+        recipe: RecipeArg,
         /// dot or mermaid.
         #[arg(long, default_value = "dot")]
         format: String,
     },
-    /// Merge models from a mergekit config: a drop-in for `mergekit-yaml CONFIG OUT`.
+    /// Merge models from a mergekit config: a drop-in for `mergekit-yaml CONFIG OUT`,
+    /// with its options.
     Merge {
+        /// The mergekit configuration (YAML): models are local folders or Hub ids.
+        #[arg(value_name = "CONFIG")]
         config: PathBuf,
+        /// The output folder (created; must be absent or empty).
+        #[arg(value_name = "OUT")]
         out: PathBuf,
-        /// Seed of the DARE/DELLA masks.
-        #[arg(long, default_value_t = yibuild::merge::DEFAULT_SEED)]
-        random_seed: u64,
+        #[command(flatten)]
+        mergekit: MergekitArgs,
     },
     /// Describe a model folder (architecture, dtype, parameters, vocab sizes, specials, template) or a .gguf file.
-    Inspect { path: PathBuf },
+    Inspect {
+        /// A model folder or a .gguf file.
+        #[arg(value_name = "MODEL")]
+        path: PathBuf,
+    },
     /// Write a model card for an existing model folder (stdout, or README.md with --write).
     Card {
+        /// The model folder.
+        #[arg(value_name = "DIR")]
         dir: PathBuf,
         /// Write DIR/README.md instead of printing.
         #[arg(long)]
@@ -203,11 +265,26 @@ enum Command {
         yes: bool,
     },
     /// Remove materialized outputs under the build directory.
-    Clean { recipe: Option<PathBuf> },
+    Clean {
+        /// Remove only this recipe's outputs (default: the whole build directory).
+        #[arg(value_name = "RECIPE")]
+        recipe: Option<PathBuf>,
+    },
+    /// Print a shell completion script (see the README for where it goes).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `yibuild man > yibuild.1`.
+    Man,
     /// Build exactly one planned step into the cache: what a Slurm job runs.
     #[command(hide = true)]
     ExecStep {
-        recipe: PathBuf,
+        #[command(flatten)]
+        recipe: RecipeArg,
+        /// The step to build.
+        #[arg(value_name = "STEP")]
         step: String,
         /// The key the coordinator computed; the step is not run if it differs.
         #[arg(long)]
@@ -218,9 +295,9 @@ enum Command {
 #[derive(Subcommand)]
 enum CacheAction {
     /// Upload the recipe's locally cached outputs to the remote cache.
-    Push { recipe: PathBuf, steps: Vec<String> },
+    Push(RecipeSteps),
     /// Download the recipe's outputs the remote cache holds.
-    Pull { recipe: PathBuf, steps: Vec<String> },
+    Pull(RecipeSteps),
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -232,8 +309,101 @@ fn parse_device(s: &str) -> Result<Device, String> {
     }
 }
 
+/// For `yibuild RECIPE NAME...` where NAME is also a command (`yibuild
+/// recipe.yaml merge`): the recipe and that name. clap reads NAME as the
+/// command; the user most likely meant a step.
+fn command_after_recipe(cmd: &clap::Command, args: &[OsString]) -> Option<(String, String)> {
+    let takes_value = |arg: &clap::Arg| !arg.is_positional() && arg.get_action().takes_values();
+    let longs: Vec<&str> = cmd
+        .get_arguments()
+        .filter(|a| takes_value(a))
+        .filter_map(|a| a.get_long())
+        .collect();
+    let shorts: Vec<char> = cmd
+        .get_arguments()
+        .filter(|a| takes_value(a))
+        .filter_map(|a| a.get_short())
+        .collect();
+    let is_command = |s: &str| cmd.find_subcommand(s).is_some();
+    let mut recipe: Option<String> = None;
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        if word == "--" {
+            return None;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            if !long.contains('=') && longs.contains(&long) {
+                words.next();
+            }
+            continue;
+        }
+        if let Some(short) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let mut chars = short.chars();
+            if chars.next().is_some_and(|c| shorts.contains(&c)) && chars.next().is_none() {
+                words.next();
+            }
+            continue;
+        }
+        match &recipe {
+            None if is_command(&word) => return None,
+            None => recipe = Some(word.into_owned()),
+            Some(r) if is_command(&word) => return Some((r.clone(), word.into_owned())),
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// The error for a step name read as a command, with the way out.
+fn command_after_recipe_error((recipe, name): &(String, String)) -> String {
+    format!(
+        "`{name}` after the recipe `{recipe}` is read as the `yibuild {name}` command, not as a step\n  \
+         hint: to build a step named `{name}`, put the steps after `--`: yibuild {recipe} -- {name}"
+    )
+}
+
+/// Prints clap's error, without its tip to pass an unknown option "as a
+/// value" after `--`: that would make a mistyped or unsupported option a
+/// step name or a path.
+fn print_usage_error(e: &clap::Error) {
+    if e.kind() != clap::error::ErrorKind::UnknownArgument {
+        e.print().ok();
+        return;
+    }
+    let styled = e.render();
+    let text = if yibuild::cli::term::stderr_color() {
+        styled.ansi().to_string()
+    } else {
+        styled.to_string()
+    };
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.contains("as a value, use")) {
+        if !(line.trim().is_empty() && out.ends_with("\n\n")) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    eprint!("{out}");
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let collision = command_after_recipe(&Cli::command(), &args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            print_usage_error(&e);
+            if let (Some(c), true) = (&collision, e.use_stderr()) {
+                eprintln!("note: {}", command_after_recipe_error(c));
+            }
+            return ExitCode::from(code as u8);
+        }
+    };
+    if let (Some(c), Some(_), Some(_)) = (&collision, &cli.recipe, &cli.command) {
+        eprintln!("error: {}", command_after_recipe_error(c));
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -251,6 +421,87 @@ fn main() -> ExitCode {
     }
 }
 
+/// `yibuild merge`: mergekit-yaml's options mapped onto the drop-in, one
+/// line for the options it ignores, a note about the GPU when one was asked
+/// for, and a byte progress bar on a terminal.
+fn merge_command(
+    c: &Common,
+    config: &Path,
+    out: &Path,
+    args: &MergekitArgs,
+) -> anyhow::Result<ExitCode> {
+    let quiet = c.quiet && !args.no_quiet;
+    if let Some(note) = args.ignored_note() {
+        eprintln!("note: {note}");
+    }
+    if args.wants_cuda() || c.device == Device::Cuda {
+        match yibuild::eval::cuda::probe() {
+            Ok(()) => eprintln!(
+                "note: a CUDA device is present, but `yibuild merge` computes on the CPU \
+                 (f32 on every core); the GPU is not used"
+            ),
+            Err(e) => eprintln!("note: no GPU is usable ({e:#}); merging on the CPU"),
+        }
+    }
+    let threads = c
+        .jobs
+        .or(c.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut merge = args.merge_options(threads, c.mem_budget)?;
+    let bar = (!quiet && yibuild::cli::term::stderr_bars()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>12} [{bar:27}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix("Merging");
+        bar
+    });
+    if let Some(bar) = bar.clone() {
+        merge.progress = Some(yibuild::merge::Progress(std::sync::Arc::new(
+            move |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+        )));
+    }
+    let mut hub = HubConfig::from_env(HubOptions {
+        offline: c.offline,
+        update_lock: false,
+        progress: !quiet,
+    });
+    if let Some(dir) = &args.transformers_cache {
+        hub.cache_dir = dir.clone();
+    }
+    let opts = DropInOptions {
+        merge,
+        allow_crimes: args.allow_crimes,
+        hub,
+    };
+    let verbose = c.verbose > 0;
+    let say = |line: String| match &bar {
+        Some(bar) => bar.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    };
+    let log = |line: &str| match line.strip_prefix("warning: ") {
+        Some(w) => say(format!("warning: {w}")),
+        None if verbose => say(format!("{:>12} {line}", "Note")),
+        None => {}
+    };
+    let result = yibuild::cli::merge::merge_command(config, out, &opts, &log);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    result?;
+    if !quiet {
+        eprintln!("{:>12} {}", "Merged", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = cli.common;
     let parse_opts = ParseOptions {
@@ -265,7 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     };
     match cli.command {
-        Some(Command::Plan { recipe, steps }) => {
+        Some(Command::Plan(RecipeSteps { recipe, steps })) => {
             let opts = c.build_options(steps)?;
             let recipe = load(&recipe)?;
             let jobs = match &opts.executor {
@@ -276,7 +527,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             print(commands::plan(&recipe, &opts, c.json, jobs.as_ref())?)
         }
-        Some(Command::ExecStep { recipe, step, key }) => {
+        Some(Command::ExecStep {
+            recipe: RecipeArg { recipe },
+            step,
+            key,
+        }) => {
             // The coordinator already checked the recipe, with its own
             // --max-variants; here it only has to be read again.
             let unlimited = ParseOptions {
@@ -293,45 +548,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Fetch { recipe, steps }) => {
+        Some(Command::Fetch(RecipeSteps { recipe, steps })) => {
             let opts = c.build_options(steps)?;
-            print(commands::fetch(&load(&recipe)?, &opts, c.verbose)?)
+            print(commands::fetch(&load(&recipe)?, &opts, c.verbose > 0)?)
         }
-        Some(Command::Status { recipe }) => {
+        Some(Command::Status(RecipeArg { recipe })) => {
             print(commands::status(&load(&recipe)?, &c.cache_dir, c.json)?)
         }
-        Some(Command::Explain { recipe, step }) => print(commands::explain(
+        Some(Command::Explain {
+            recipe: RecipeArg { recipe },
+            step,
+        }) => print(commands::explain(
             &load(&recipe)?,
             &c.cache_dir,
             &step,
             c.json,
         )?),
-        Some(Command::Report { recipe }) => print(commands::report(&load(&recipe)?, &c.build_dir)?),
-        Some(Command::Graph { recipe, format }) => {
-            print(commands::graph(&load(&recipe)?, &format)?)
+        Some(Command::Report(RecipeArg { recipe })) => {
+            print(commands::report(&load(&recipe)?, &c.build_dir)?)
         }
+        Some(Command::Graph {
+            recipe: RecipeArg { recipe },
+            format,
+        }) => print(commands::graph(&load(&recipe)?, &format)?),
         Some(Command::Merge {
             config,
             out,
-            random_seed,
-        }) => {
-            let opts = yibuild::merge::MergeOptions {
-                seed: random_seed,
-                threads: c
-                    .threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                mem_budget: c.mem_budget,
-                ..Default::default()
-            };
-            let verbose = c.verbose;
-            let log = |line: &str| {
-                if verbose {
-                    eprintln!("{:>12} {line}", "Note");
-                }
-            };
-            yibuild::merge::merge_config_file(&config, &out, &opts, &log)?;
-            eprintln!("{:>12} {}", "Merged", out.display());
-            Ok(ExitCode::SUCCESS)
+            mergekit,
+        }) => merge_command(&c, &config, &out, &mergekit),
+        Some(Command::Completions { shell }) => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "yibuild", &mut out);
+            print(String::from_utf8(out)?)
+        }
+        Some(Command::Man) => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            print(String::from_utf8(out)?)
         }
         Some(Command::Inspect { path }) => print(commands::inspect(&path)?),
         Some(Command::Card { dir, write }) => {
@@ -346,8 +599,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Cache { action }) => {
             let (recipe, steps, direction) = match action {
-                CacheAction::Push { recipe, steps } => (recipe, steps, Transfer::Push),
-                CacheAction::Pull { recipe, steps } => (recipe, steps, Transfer::Pull),
+                CacheAction::Push(RecipeSteps { recipe, steps }) => (recipe, steps, Transfer::Push),
+                CacheAction::Pull(RecipeSteps { recipe, steps }) => (recipe, steps, Transfer::Pull),
             };
             let opts = c.build_options(steps)?;
             print(commands::cache_transfer(&load(&recipe)?, &opts, direction)?)
@@ -381,7 +634,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {
             let recipe = load(&cli.recipe.expect("clap requires a recipe"))?;
             let opts = c.build_options(cli.steps)?;
-            let summary = commands::build(&recipe, &opts, c.json, c.verbose, c.quiet)?;
+            let summary = commands::build(&recipe, &opts, c.json, c.verbose > 0, c.quiet)?;
             Ok(if yibuild::build::slurm::cancel::requested() {
                 ExitCode::from(130)
             } else if summary.ok() {
@@ -390,5 +643,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Arguments without help text, as "command path: argument".
+    fn without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if arg
+                .get_help()
+                .is_none_or(|h| h.to_string().trim().is_empty())
+            {
+                out.push(format!("{path}: {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_every_argument_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        without_help(&cmd, "yibuild", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn a_command_after_the_recipe_is_found_past_options_and_their_values() {
+        let cmd = Cli::command();
+        let find = |line: &str| {
+            let args: Vec<OsString> = line.split_whitespace().map(OsString::from).collect();
+            command_after_recipe(&cmd, &args)
+        };
+        let hit = |recipe: &str, name: &str| Some((recipe.to_owned(), name.to_owned()));
+        assert_eq!(find("yibuild r.yaml merge"), hit("r.yaml", "merge"));
+        assert_eq!(find("yibuild r.yaml a gc"), hit("r.yaml", "gc"));
+        // `plan` is the value of --cache-dir here, not the command.
+        assert_eq!(
+            find("yibuild -j 2 --cache-dir plan r.yaml status"),
+            hit("r.yaml", "status")
+        );
+        assert_eq!(
+            find("yibuild --cache-dir=c -vq r.yaml gc"),
+            hit("r.yaml", "gc")
+        );
+        assert_eq!(find("yibuild --json plan r.yaml merge"), None);
+        assert_eq!(find("yibuild r.yaml -- merge"), None);
+        assert_eq!(find("yibuild r.yaml a b"), None);
     }
 }

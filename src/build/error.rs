@@ -27,6 +27,24 @@ pub enum InputError {
         #[source]
         cause: anyhow::Error,
     },
+    /// A model a mergekit config names that cannot be used.
+    #[error("model `{name}`")]
+    Model {
+        /// The name as the config writes it.
+        name: String,
+        /// Why.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// A file or folder given on the command line that cannot be used as it is.
+    #[error("{}", path.display())]
+    File {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        cause: anyhow::Error,
+    },
     /// The Hub sources cannot be pinned or their small files fetched.
     #[error(transparent)]
     Hub(anyhow::Error),

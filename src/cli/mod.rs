@@ -3,4 +3,6 @@
 //! Nothing below this layer prints.
 
 pub mod commands;
+pub mod merge;
 pub mod reporters;
+pub mod term;

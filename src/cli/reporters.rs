@@ -2,7 +2,7 @@
 //! terminal) on stderr, or JSON Lines events on stdout for machines.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,7 +92,8 @@ impl Reporter for JsonReporter {
 }
 
 /// Human output on stderr: right-aligned verbs like cargo's, a progress bar on
-/// a terminal, plain lines otherwise. `NO_COLOR` disables colour.
+/// a terminal, plain lines otherwise. Colour and bars follow [`crate::cli::term`]
+/// (`NO_COLOR`, `CLICOLOR_FORCE`, `CLICOLOR`, `TERM=dumb`).
 pub struct HumanReporter {
     color: bool,
     verbose: bool,
@@ -103,26 +104,27 @@ pub struct HumanReporter {
 impl HumanReporter {
     /// A reporter writing to stderr; `quiet` keeps only errors and the summary.
     pub fn new(verbose: bool, quiet: bool) -> HumanReporter {
-        let tty = std::io::stderr().is_terminal();
-        let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         HumanReporter {
-            color,
+            color: crate::cli::term::stderr_color(),
             verbose,
             quiet,
             bar: None,
         }
-        .with_bar(tty && !quiet)
+        .with_bar(crate::cli::term::stderr_bars() && !quiet)
     }
 
     fn with_bar(mut self, on: bool) -> Self {
         if on {
             let bar = ProgressBar::hidden();
+            let template = if self.color {
+                "{prefix:>12.cyan.bold} [{bar:27}] {pos}/{len}: {wide_msg}"
+            } else {
+                "{prefix:>12} [{bar:27}] {pos}/{len}: {wide_msg}"
+            };
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>12.cyan.bold} [{bar:27}] {pos}/{len}: {wide_msg}",
-                )
-                .unwrap()
-                .progress_chars("=> "),
+                ProgressStyle::with_template(template)
+                    .unwrap()
+                    .progress_chars("=> "),
             );
             bar.set_prefix("Building");
             self.bar = Some(bar);

@@ -35,6 +35,8 @@ pub struct EngineOptions {
     pub chunk_elements: Option<usize>,
     /// Largest output shard in bytes.
     pub max_shard_size: u64,
+    /// Told the bytes written so far and the total after each write.
+    pub progress: Option<super::Progress>,
 }
 
 /// Bytes held per chunk element, per input model: the decoded `f32` copy,
@@ -284,10 +286,17 @@ pub fn run(
     let written_back = Mutex::new(written_back);
     let spare = Mutex::new(Vec::new());
     let values = Mutex::new(Vec::new());
+    let total = plan.output_bytes();
+    let progress = opts.progress.clone();
     std::thread::scope(|scope| {
         let writer_thread = scope.spawn(move || -> Result<ShardedWriter> {
+            let mut written = 0;
             for bytes in rx {
                 writer.write(&bytes)?;
+                written += bytes.len() as u64;
+                if let Some(p) = &progress {
+                    (p.0)(written, total);
+                }
                 give_back.send(bytes).ok();
             }
             Ok(writer)

@@ -75,7 +75,9 @@ pub const DEFAULT_SEED: u64 = 0;
 /// The default `--mem-budget`: 2 GiB.
 pub const DEFAULT_MEM_BUDGET: u64 = 2 << 30;
 
-/// How to run a merge. Only `seed` changes the output bytes.
+/// How to run a merge. `seed` changes the tensor bytes; `max_shard_size`,
+/// `copy_tokenizer`, `write_model_card` and `title` change the files written
+/// (mergekit-yaml's output flags); the rest only changes how it runs.
 #[derive(Debug, Clone)]
 pub struct MergeOptions {
     /// Seed of the DARE/DELLA masks.
@@ -88,6 +90,27 @@ pub struct MergeOptions {
     pub chunk_elements: Option<usize>,
     /// Largest output shard in bytes.
     pub max_shard_size: u64,
+    /// Copy the donor's tokenizer files (`--copy-tokenizer`, mergekit's default).
+    /// A union vocabulary (`tokenizer_source: union`) is written regardless, as
+    /// mergekit does.
+    pub copy_tokenizer: bool,
+    /// Write README.md and `mergekit_config.yml` (`--write-model-card`,
+    /// mergekit's default; mergekit writes both or neither).
+    pub write_model_card: bool,
+    /// The model card's title; the output folder's name when `None`.
+    pub title: Option<String>,
+    /// Told the output bytes written so far and the total, as tensors stream out.
+    pub progress: Option<Progress>,
+}
+
+/// A callback for a progress display: `(bytes written, total bytes)`.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 impl Default for MergeOptions {
@@ -98,6 +121,10 @@ impl Default for MergeOptions {
             mem_budget: DEFAULT_MEM_BUDGET,
             chunk_elements: None,
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
+            copy_tokenizer: true,
+            write_model_card: true,
+            title: None,
+            progress: None,
         }
     }
 }
@@ -149,29 +176,24 @@ pub fn merge(
         mem_budget: opts.mem_budget,
         chunk_elements: opts.chunk_elements,
         max_shard_size: opts.max_shard_size,
+        progress: opts.progress.clone(),
     };
     engine::run(&plan, out, &engine, log)?;
-    output::write_metadata(config, &plan, out, opts.seed)
+    output::write_metadata(config, &plan, out, opts, log)
 }
 
 /// Resolves a model reference of a plain config file to a local folder:
-/// relative to the working directory, then to the config's directory.
-fn resolve_local(reference: &ModelRef, config_dir: &Path) -> Result<PathBuf> {
-    let name = &reference.name;
-    let candidates = [PathBuf::from(name), config_dir.join(name)];
-    if let Some(found) = candidates.iter().find(|p| p.is_dir()) {
-        return Ok(found.clone());
-    }
-    bail!(
-        "model `{name}`: no such local directory; Hugging Face Hub models cannot be fetched by \
-         `yibuild merge` yet: declare them as `hf://` sources in a recipe"
-    )
+/// relative to the working directory, then to the config's directory (the
+/// order mergekit-yaml, which opens paths as given, effectively uses).
+pub fn local_model(name: &str, config_dir: &Path) -> Option<PathBuf> {
+    [PathBuf::from(name), config_dir.join(name)]
+        .into_iter()
+        .find(|p| p.is_dir())
 }
 
-/// `yibuild merge CONFIG OUT`: the `mergekit-yaml` drop-in. Model references
-/// are local paths. The output appears at `out` only when complete: it is
-/// written into a temporary sibling directory that is renamed at the end and
-/// removed on failure.
+/// `mergekit-yaml CONFIG OUT` over local folders only: every model reference
+/// must be a folder (see [`local_model`]). `yibuild merge`, which also
+/// fetches Hub models, is [`crate::cli::merge`].
 pub fn merge_config_file(
     config_path: &Path,
     out: &Path,
@@ -184,8 +206,17 @@ pub fn merge_config_file(
     let config_dir = config_path.parent().unwrap_or(Path::new("."));
     let mut models = BTreeMap::new();
     for r in config.referenced_models() {
-        models.insert(r.name.clone(), resolve_local(r, config_dir)?);
+        let Some(dir) = local_model(&r.name, config_dir) else {
+            bail!("model `{}`: no such local directory", r.name);
+        };
+        models.insert(r.name.clone(), dir);
     }
+    merge_to_folder(&config, &models, out, opts, log)
+}
+
+/// Fails unless `out` is absent or an empty directory (mergekit-yaml would
+/// mix its files into whatever is there; a drop-in that refuses is safer).
+pub fn check_output_folder(out: &Path) -> Result<()> {
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -196,20 +227,36 @@ pub fn merge_config_file(
             out.display()
         );
     }
-    preflight(&config, &models, opts.seed)?;
+    Ok(())
+}
+
+/// Merges into the folder `out`, which appears only when complete: the model
+/// is written into a temporary sibling directory that is renamed at the end
+/// and removed on failure. The card's title is `out`'s name unless
+/// `opts.title` says otherwise (never the temporary name).
+pub fn merge_to_folder(
+    config: &MergeConfig,
+    models: &BTreeMap<String, PathBuf>,
+    out: &Path,
+    opts: &MergeOptions,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    check_output_folder(out)?;
+    preflight(config, models, opts.seed)?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = folder_name(out);
     let tmp = parent.join(format!(".{name}.yibuild-tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = merge(&config, &models, &tmp, opts, log).and_then(|()| {
+    let opts = MergeOptions {
+        title: opts.title.clone().or(Some(name)),
+        ..opts.clone()
+    };
+    let result = merge(config, models, &tmp, &opts, log).and_then(|()| {
         if out.exists() {
             std::fs::remove_dir(out)?;
         }
@@ -220,4 +267,24 @@ pub fn merge_config_file(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// The last component of `path` as mergekit's card title uses it
+/// (`os.path.basename`), resolving `.` and a trailing `..` first.
+fn folder_name(path: &Path) -> String {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut clean = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => clean.push(c),
+        }
+    }
+    clean
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "merge".to_owned())
 }

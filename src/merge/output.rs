@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::config::MergeConfig;
 use super::plan::MergePlan;
+use super::MergeOptions;
 use crate::fs::files::{link_or_copy, read_json, write_json};
 
 /// Tokenizer and generation files copied from the donor, as mergekit does.
@@ -142,16 +143,35 @@ fn card(config: &MergeConfig, plan: &MergePlan, title: &str, seed: u64) -> Strin
     text
 }
 
-/// Writes config.json, tokenizer files, mergekit_config.yml and README.md.
-pub fn write_metadata(config: &MergeConfig, plan: &MergePlan, out: &Path, seed: u64) -> Result<()> {
+/// Writes config.json, then what mergekit-yaml's output flags ask for:
+/// tokenizer files (`copy_tokenizer`; a union vocabulary always), and
+/// `mergekit_config.yml` with the README.md card (`write_model_card`).
+pub fn write_metadata(
+    config: &MergeConfig,
+    plan: &MergePlan,
+    out: &Path,
+    opts: &MergeOptions,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
     write_config(plan, out)?;
-    write_tokenizer(config, plan, out)?;
+    if opts.copy_tokenizer || plan.union.is_some() {
+        write_tokenizer(config, plan, out)?;
+    } else if config.chat_template.is_some() {
+        log("warning: `chat_template` is not written: --no-copy-tokenizer leaves the output without a tokenizer (as mergekit does)");
+    }
+    if !opts.write_model_card {
+        return Ok(());
+    }
     write_text(&out.join("mergekit_config.yml"), &config.text)?;
-    let title = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "merge".into());
-    write_text(&out.join("README.md"), &card(config, plan, &title, seed))
+    let title = opts.title.clone().unwrap_or_else(|| {
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "merge".into())
+    });
+    write_text(
+        &out.join("README.md"),
+        &card(config, plan, &title, opts.seed),
+    )
 }
 
 /// Writes a text file, naming it in the error (a full disk says which file).
