@@ -175,6 +175,15 @@ enum Command {
         #[arg(long, default_value_t = yibuild::merge::DEFAULT_SEED)]
         random_seed: u64,
     },
+    /// Build the releases of the recipe's publish steps and upload them to the Hugging Face Hub.
+    Publish {
+        recipe: PathBuf,
+        /// Publish steps to run (all of the recipe's when omitted).
+        steps: Vec<String>,
+        /// Only list what would be uploaded: nothing is sent, created or committed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Describe a model folder (architecture, dtype, parameters, vocab sizes, specials, template) or a .gguf file.
     Inspect { path: PathBuf },
     /// Write a model card for an existing model folder (stdout, or README.md with --write).
@@ -323,6 +332,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yibuild::merge::merge_config_file(&config, &out, &opts, &log)?;
             eprintln!("{:>12} {}", "Merged", out.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Publish {
+            recipe,
+            steps,
+            dry_run,
+        }) => {
+            let recipe = load(&recipe)?;
+            let opts = c.build_options(Vec::new())?;
+            match commands::publish(&recipe, opts, &steps, dry_run, c.json, c.quiet, c.verbose)? {
+                Some(text) => print(text),
+                None => Ok(ExitCode::from(1)),
+            }
         }
         Some(Command::Inspect { path }) => print(commands::inspect(&path)?),
         Some(Command::Card { dir, write }) => {

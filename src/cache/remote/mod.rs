@@ -99,6 +99,17 @@ impl std::fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
+/// The innermost cause of `e` ("Connection refused (os error 111)", the
+/// store's 403 answer): what the user has to fix, without the layers of
+/// client, retry and request wording around it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -145,10 +156,27 @@ impl RemoteCache {
             store,
             runtime,
         };
-        let probe = remote.location.path("actions/.probe");
-        match remote.runtime.block_on(remote.store.head(&probe)) {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(remote),
-            Err(e) => bail!("remote cache {} is not usable: {e}", settings.url),
+        // A listing, not a HEAD of some key: a HEAD of a missing bucket reads
+        // as a missing key, which would hide a misspelt bucket until the
+        // first upload (or forever, in read mode).
+        let probe = remote.location.path("actions");
+        match remote
+            .runtime
+            .block_on(remote.store.list_with_delimiter(Some(&probe)))
+        {
+            Ok(_) => Ok(remote),
+            Err(e) => {
+                let endpoint = settings
+                    .endpoint
+                    .as_deref()
+                    .map(|e| format!(" (endpoint {e})"))
+                    .unwrap_or_default();
+                bail!(
+                    "remote cache {}{endpoint} is not usable: {}",
+                    settings.url,
+                    root_cause(&e)
+                )
+            }
         }
     }
 
