@@ -277,7 +277,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
             json!({"url": format!("{endpoint}/{repo}")}),
         );
     }
-    if parts.len() == 4 && parts[2].ends_with(".git") || parts.get(3) == Some(&"info") {
+    if parts.len() == 6 && parts[1].ends_with(".git") && parts[5] == "batch" {
         // /{org}/{name}.git/info/lfs/objects/batch
         let repo = format!("{}/{}", parts[0], parts[1].trim_end_matches(".git"));
         let have = st.lfs.get(&repo).cloned().unwrap_or_default();
