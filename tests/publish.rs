@@ -1,5 +1,6 @@
 //! `yibuild publish` against a stand-in of the Hub's write endpoints written
-//! here (create repo, branch, pre-upload, LFS batch + basic PUT + verify,
+//! here (create repo, branch, pre-upload, LFS batch + basic PUT + verify or
+//! multipart parts + completion,
 //! NDJSON commit), which stores what it receives the way the Hub does and
 //! records every request: the first upload, an unchanged re-publish, resuming
 //! an interrupted publish, a changed GGUF, the token never printed, the dry
@@ -38,6 +39,9 @@ steps:
     publish: {release: release, repo: me/tiny-pub, create: true}
 "#;
 
+/// LFS objects larger than this go up in parts of this size (multipart).
+const MULTIPART_CHUNK: u64 = 200_000;
+
 /// A file as a branch holds it.
 #[derive(Debug, Clone, PartialEq)]
 struct HubFile {
@@ -68,6 +72,8 @@ struct State {
     puts: Vec<String>,
     /// Whether any storage PUT carried an Authorization header.
     put_had_auth: bool,
+    /// Multipart parts received, by `repo:oid`, by part number.
+    parts: BTreeMap<String, BTreeMap<u64, Vec<u8>>>,
     commits: Vec<Commit>,
     /// Fail the next PUT of this object (by sha256) with a dropped connection.
     fail_put: Option<String>,
@@ -235,6 +241,43 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         st.lfs.entry(repo).or_default().insert(oid, req.body);
         return respond(&mut stream, "200 OK", &[], b"");
     }
+    // Multipart: parts PUT one by one, then assembled from their ETags.
+    if req.method == "PUT" && parts.first() == Some(&"part") {
+        let key = format!("{}/{}:{}", parts[1], parts[2], parts[3]);
+        st.put_had_auth |= req.headers.contains_key("authorization");
+        let etag = format!("\"{}\"", &sha256(&req.body)[..16]);
+        let number: u64 = parts[4].parse().unwrap();
+        st.parts.entry(key).or_default().insert(number, req.body);
+        return respond(&mut stream, "200 OK", &[("ETag", etag)], b"");
+    }
+    if req.method == "POST" && parts.first() == Some(&"complete") {
+        let (repo, oid) = (format!("{}/{}", parts[1], parts[2]), parts[3].to_owned());
+        let body: Json = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body["oid"], oid.as_str());
+        let got = st
+            .parts
+            .remove(&format!("{repo}:{oid}"))
+            .unwrap_or_default();
+        let mut bytes = Vec::new();
+        for (i, part) in body["parts"].as_array().unwrap().iter().enumerate() {
+            let n = part["partNumber"].as_u64().unwrap();
+            assert_eq!(n, i as u64 + 1);
+            let etag = format!("\"{}\"", &sha256(&got[&n])[..16]);
+            assert_eq!(part["etag"], etag.as_str());
+            bytes.extend_from_slice(&got[&n]);
+        }
+        if sha256(&bytes) != oid {
+            return hub_error(
+                &mut stream,
+                "400 Bad Request",
+                "",
+                "parts do not make the object",
+            );
+        }
+        st.puts.push(format!("{repo}:{oid}"));
+        st.lfs.entry(repo).or_default().insert(oid, bytes);
+        return respond(&mut stream, "200 OK", &[], b"");
+    }
     // Everything else is the Hub API and needs the token.
     let auth = req
         .headers
@@ -287,8 +330,18 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
             .iter()
             .map(|o| {
                 let oid = o["oid"].as_str().unwrap();
+                let size = o["size"].as_u64().unwrap();
                 if have.contains_key(oid) {
-                    json!({"oid": oid, "size": o["size"]})
+                    json!({"oid": oid, "size": size})
+                } else if size > MULTIPART_CHUNK {
+                    // Large objects: the Hub's multipart transfer.
+                    let mut header = json!({"chunk_size": MULTIPART_CHUNK.to_string()});
+                    for n in 1..=size.div_ceil(MULTIPART_CHUNK) {
+                        header[format!("{n:05}")] = json!(format!("{endpoint}/part/{repo}/{oid}/{n}"));
+                    }
+                    json!({"oid": oid, "size": size, "actions": {
+                        "upload": {"href": format!("{endpoint}/complete/{repo}/{oid}"), "header": header},
+                    }})
                 } else {
                     json!({"oid": oid, "size": o["size"], "actions": {
                         "upload": {"href": format!("{endpoint}/storage/{repo}/{oid}"), "header": {"X-Test-Upload": "1"}},
@@ -517,6 +570,16 @@ fn first_publish_creates_the_repo_and_commits_the_release_once() {
     assert!(
         !hub.state().put_had_auth,
         "the token was sent to LFS storage"
+    );
+    // The weights are larger than the stand-in's chunk: they went in parts.
+    assert!(local["model.safetensors"].len() as u64 > MULTIPART_CHUNK);
+    assert!(
+        hub.state()
+            .seen
+            .iter()
+            .filter(|(_, p)| p.starts_with("/part/"))
+            .count()
+            > 1
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

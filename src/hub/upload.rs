@@ -8,9 +8,11 @@
 //!   per file, `uploadMode` (`lfs` or `regular`) and the `oid` the revision
 //!   already has at that path (sha256 for LFS files, git blob sha1 otherwise);
 //! - `POST {repo}.git/info/lfs/objects/batch` (the git-lfs batch API, basic
-//!   transfer): per object, an `upload` action (PUT the bytes to `href`, then
-//!   POST `{oid, size}` to the optional `verify` href), or no action at all
-//!   when the Hub already stores the object — what makes uploads resumable;
+//!   and the Hub's multipart transfers): per object, an `upload` action (PUT
+//!   the bytes to `href`, or each chunk to its part URL and the parts' ETags
+//!   to `href`; then POST `{oid, size}` to the optional `verify` href), or no
+//!   action at all when the Hub already stores the object — what makes
+//!   uploads resumable;
 //! - `POST /api/models/{repo}/commit/{rev}` (NDJSON): a `header` line with the
 //!   summary, then one `file` line per regular file (base64 content) and one
 //!   `lfsFile` line per LFS file (sha256 and size).
@@ -20,6 +22,7 @@
 //! server sends back is scrubbed of it before it becomes part of an error.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -374,7 +377,7 @@ impl HubWriter {
         let what = format!("{repo}@{rev}: LFS batch");
         let body = json!({
             "operation": "upload",
-            "transfers": ["basic"],
+            "transfers": ["basic", "multipart"],
             "objects": objects.iter().map(|(oid, size)| json!({"oid": oid, "size": size})).collect::<Vec<_>>(),
             "hash_algo": "sha256",
             "ref": {"name": rev},
@@ -413,31 +416,19 @@ impl HubWriter {
         let Some(upload) = &actions.upload else {
             return Ok(());
         };
-        if upload.header.contains_key("chunk_size") {
-            bail!(
-                "{what}: the Hub asked for a multipart upload, which yibuild does not support yet \
-                 (only the basic transfer)"
-            );
-        }
-        let body =
-            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let mut req = self.agent.put(&upload.href);
-        for (k, v) in &upload.header {
-            if let Some(v) = v.as_str() {
-                req = req.header(k.as_str(), v);
+        match upload.header.get("chunk_size") {
+            Some(chunk) => self.multipart(&what, file, sha256, size, upload, chunk)?,
+            None => {
+                let body = std::fs::File::open(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let mut req = self.agent.put(&upload.href);
+                for (k, v) in &upload.header {
+                    if let Some(v) = v.as_str() {
+                        req = req.header(k.as_str(), v);
+                    }
+                }
+                self.check_put(req.send(body), &what)?;
             }
-        }
-        let resp = req.send(body).map_err(|e| {
-            anyhow!(
-                "{what}: the upload was interrupted: {}",
-                scrub(&e.to_string(), &self.token)
-            )
-        })?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            let mut resp = resp;
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(self.status_error(status, "", "", &text, &what).into());
         }
         if let Some(verify) = &actions.verify {
             let body = json!({"oid": sha256, "size": size}).to_string();
@@ -448,6 +439,89 @@ impl HubWriter {
                 &format!("{what}: verify"),
             )?;
         }
+        Ok(())
+    }
+
+    /// The answer of a PUT to LFS storage, as the response or an error.
+    fn check_put(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        what: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut resp = sent.map_err(|e| {
+            anyhow!(
+                "{what}: the upload was interrupted: {}",
+                scrub(&e.to_string(), &self.token)
+            )
+        })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(self.status_error(status, "", "", &text, what).into());
+        }
+        Ok(resp)
+    }
+
+    /// The Hub's multipart transfer (`lfs.py` `_upload_multi_part`): the
+    /// batch answer's header maps part numbers (`"00001"`…) to URLs and gives
+    /// `chunk_size`; each chunk is PUT to its URL (held in memory, one at a
+    /// time, so storage gets a Content-Length), and the parts' ETags are
+    /// POSTed to the upload `href` to assemble the object.
+    fn multipart(
+        &self,
+        what: &str,
+        file: &Path,
+        sha256: &str,
+        size: u64,
+        upload: &LfsAction,
+        chunk: &Json,
+    ) -> Result<()> {
+        let chunk = chunk
+            .as_u64()
+            .or_else(|| chunk.as_str().and_then(|c| c.parse().ok()))
+            .filter(|&c| c > 0)
+            .with_context(|| {
+                format!("{what}: the Hub sent a bad multipart chunk size `{chunk}`")
+            })?;
+        let mut parts: Vec<(u64, &str)> = upload
+            .header
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse::<u64>().ok()?, v.as_str()?)))
+            .collect();
+        parts.sort();
+        if parts.len() as u64 != size.div_ceil(chunk) {
+            bail!(
+                "{what}: the Hub sent {} part URLs for {size} bytes in chunks of {chunk}",
+                parts.len()
+            );
+        }
+        let mut reader =
+            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut etags = Vec::with_capacity(parts.len());
+        for (number, url) in &parts {
+            let mut buf = Vec::new();
+            std::io::Read::by_ref(&mut reader)
+                .take(chunk)
+                .read_to_end(&mut buf)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let part = format!("{what} (part {number} of {})", parts.len());
+            let resp = self.check_put(self.agent.put(*url).send(&buf[..]), &part)?;
+            let etag = resp
+                .headers()
+                .get("ETag")
+                .and_then(|v| v.to_str().ok())
+                .filter(|e| !e.is_empty())
+                .with_context(|| format!("{part}: the storage answered without an ETag"))?;
+            etags.push(json!({"partNumber": number, "etag": etag}));
+        }
+        let body = json!({"oid": sha256, "parts": etags}).to_string();
+        let resp = self
+            .agent
+            .post(&upload.href)
+            .header("Content-Type", "application/vnd.git-lfs+json")
+            .header("Accept", "application/vnd.git-lfs+json")
+            .send(body.as_bytes());
+        self.check_put(resp, &format!("{what}: completing the multipart upload"))?;
         Ok(())
     }
 
