@@ -1,10 +1,10 @@
 //! `yibuild publish` against a stand-in of the Hub's write endpoints written
-//! here (create repo, branch, pre-upload, LFS batch + basic PUT + verify or
-//! multipart parts + completion,
-//! NDJSON commit), which stores what it receives the way the Hub does and
-//! records every request: the first upload, an unchanged re-publish, resuming
-//! an interrupted publish, a changed GGUF, the token never printed, the dry
-//! run, and one branch or repository per quantization.
+//! here (create repo, branch, pre-upload, LFS batch with basic PUT + verify
+//! or multipart parts + completion, NDJSON commit), which stores what it
+//! receives the way the Hub does and records every request: the first
+//! upload, an unchanged re-publish, resuming an interrupted publish, a
+//! changed GGUF, the token never printed, the dry run, and one branch or
+//! repository per quantization.
 
 mod common;
 
