@@ -628,7 +628,7 @@ pub fn publish(
     quiet: bool,
     verbose: bool,
 ) -> Result<Option<String>> {
-    use crate::steps::publish::{publish_release, PublishSpec};
+    use crate::steps::publish::{publish_release, FileOutcome, PublishSpec};
     let mut selected = Vec::new();
     for name in steps {
         let Some(found) = recipe.resolve_target(name) else {
@@ -704,7 +704,7 @@ pub fn publish(
             let changed: Vec<_> = r.changed().collect();
             let lfs = changed
                 .iter()
-                .filter(|(_, _, o)| o.as_str() == "lfs")
+                .filter(|(_, _, o)| *o == FileOutcome::Lfs)
                 .count();
             let unchanged = r.files.len() - changed.len();
             let (verb, sent) = match r.dry_run {

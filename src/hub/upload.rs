@@ -184,11 +184,6 @@ impl HubWriter {
         })
     }
 
-    /// The endpoint, for messages.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     fn api(&self, repo: &str, what: &str, rev: &str) -> String {
         format!(
             "{}/api/models/{}/{what}/{}",
