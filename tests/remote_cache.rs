@@ -512,6 +512,40 @@ fn an_unreachable_remote_is_one_human_warning_with_the_url_and_the_cause() {
 }
 
 #[test]
+fn refused_credentials_are_one_warning_naming_the_refusal() {
+    let server = S3Server::start();
+    let p = project();
+    let out = build_with_env(
+        &p,
+        &server,
+        "creds",
+        "a",
+        &[
+            ("AWS_ENDPOINT_URL", &server.endpoint),
+            ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    let warnings: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "remote cache s3://models/creds (endpoint {}) is not usable: ",
+            server.endpoint
+        )) && warnings[0].ends_with("403 Forbidden (SignatureDoesNotMatch); building without it"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains("not-the-secret"));
+    assert_eq!(with_status(&ev, "built"), STEPS);
+}
+
+#[test]
 fn a_missing_bucket_is_one_warning_even_for_a_read_only_build() {
     let server = S3Server::start();
     let p = project();
