@@ -477,6 +477,7 @@ fn targets(release: &Path, spec: &PublishSpec) -> Result<Vec<Target>> {
                     files,
                 }
             }
+            // (`Together` left every GGUF in `common`: no quant targets.)
             QuantLayout::Repos | QuantLayout::Together => {
                 let card = quant_card(release, &spec.repo, &quant, &file.path);
                 Target {
