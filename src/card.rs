@@ -122,12 +122,17 @@ pub fn front_matter(input: &CardInput) -> Map<String, Json> {
         .collect();
     if bases.as_array().is_some_and(|a| !a.is_empty()) || bases.is_string() {
         fm.insert("base_model".to_owned(), bases);
-        let relation = if merge_methods.is_empty() {
-            "quantized"
-        } else {
-            "merge"
+        // The Hub's model tree: a merge of its bases, or quantizations of
+        // them; a patched or re-tokenized copy is neither, and the Hub infers
+        // the relation itself then.
+        let relation = match (merge_methods.is_empty(), input.quants.is_empty()) {
+            (false, _) => Some("merge"),
+            (true, false) => Some("quantized"),
+            (true, true) => None,
         };
-        fm.insert("base_model_relation".to_owned(), json!(relation));
+        if let Some(relation) = relation {
+            fm.insert("base_model_relation".to_owned(), json!(relation));
+        }
     }
     fm.insert(
         "library_name".to_owned(),
@@ -680,4 +685,53 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
         stop_strings,
         checksums: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_model_relation_says_what_the_release_is() {
+        let relation = |kinds: &[&str], quants: usize| {
+            let facts = RecipeFacts {
+                name: "m".into(),
+                digest: "d".into(),
+                card: Map::new(),
+                sources: vec![("base".into(), "hf://org/base".into())],
+                steps: kinds
+                    .iter()
+                    .map(|k| {
+                        let params = json!({"config": {"merge_method": "linear"}});
+                        (format!("s-{k}"), k.to_string(), params)
+                    })
+                    .collect(),
+                mermaid: String::new(),
+            };
+            let input = CardInput {
+                facts: &facts,
+                model_step: "s",
+                overrides: &Map::new(),
+                quants: (0..quants)
+                    .map(|i| QuantFile {
+                        file: format!("m-Q{i}.gguf"),
+                        size: 1,
+                        step: "q".into(),
+                    })
+                    .collect(),
+                evals: Vec::new(),
+                sweep: None,
+                parameters: None,
+                chat_template: None,
+                stop_strings: Vec::new(),
+                checksums: Vec::new(),
+            };
+            let fm = front_matter(&input);
+            assert_eq!(fm["base_model"], json!(["org/base"]));
+            fm.get("base_model_relation").cloned()
+        };
+        assert_eq!(relation(&["merge"], 1), Some(json!("merge")));
+        assert_eq!(relation(&["patch_config"], 2), Some(json!("quantized")));
+        assert_eq!(relation(&["patch_config"], 0), None);
+    }
 }

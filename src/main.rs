@@ -232,6 +232,18 @@ enum Command {
         #[command(flatten)]
         mergekit: MergekitArgs,
     },
+    /// Build the releases of the recipe's publish steps and upload them to the Hugging Face Hub.
+    Publish {
+        /// The recipe file.
+        #[arg(value_name = "RECIPE")]
+        recipe: PathBuf,
+        /// Publish steps to run (all of the recipe's when omitted).
+        #[arg(value_name = "STEP")]
+        steps: Vec<String>,
+        /// Only list what would be uploaded: nothing is sent, created or committed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Describe a model folder (architecture, dtype, parameters, vocab sizes, specials, template) or a .gguf file.
     Inspect {
         /// A model folder or a .gguf file.
@@ -585,6 +597,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             print(String::from_utf8(out)?)
+        }
+        Some(Command::Publish {
+            recipe,
+            steps,
+            dry_run,
+        }) => {
+            let recipe = load(&recipe)?;
+            let opts = c.build_options(Vec::new())?;
+            match commands::publish(
+                &recipe,
+                opts,
+                &steps,
+                dry_run,
+                c.json,
+                c.quiet,
+                c.verbose > 0,
+            )? {
+                Some(text) => print(text),
+                None => Ok(ExitCode::from(1)),
+            }
         }
         Some(Command::Inspect { path }) => print(commands::inspect(&path)?),
         Some(Command::Card { dir, write }) => {

@@ -294,7 +294,9 @@ fn an_unreachable_remote_warns_once_and_builds_locally_unless_required() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     let msg = warnings[0]["message"].as_str().unwrap();
     assert!(
-        msg.contains("s3://models/x") && msg.contains("building without it"),
+        msg.contains("s3://models/x")
+            && msg.contains("Connection refused")
+            && msg.contains("building without it"),
         "{msg}"
     );
     assert!(!msg.contains(SECRET_KEY));
@@ -396,4 +398,191 @@ fn large_objects_use_multipart_and_resumable_ranged_downloads() {
     assert_eq!(b.lookup(&key), Some(manifest.clone()));
     assert_eq!(std::fs::read(b.object_path(&entry.hash)).unwrap(), data);
     assert!(!partial.exists());
+}
+
+/// Runs a `--json` build of `p` against `server`'s credentials with `env`
+/// (and no YIBUILD_REMOTE_CACHE_ENDPOINT) and the remote `s3://models/PREFIX`.
+fn build_with_env(
+    p: &Project,
+    server: &S3Server,
+    prefix: &str,
+    side: &str,
+    env: &[(&str, &str)],
+) -> Output {
+    let (cache, build_dir, url) = (
+        format!("cache-{side}"),
+        format!("build-{side}"),
+        server.url(prefix),
+    );
+    let mut cmd = p.cmd(&[
+        "--json",
+        "--remote-cache",
+        url.as_str(),
+        "--cache-dir",
+        cache.as_str(),
+        "--build-dir",
+        build_dir.as_str(),
+        "recipe.yaml",
+    ]);
+    cmd.envs(server.env())
+        .env_remove("YIBUILD_REMOTE_CACHE_ENDPOINT")
+        .envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    assert!(!stderr(&out).contains(SECRET_KEY), "credentials leaked");
+    out
+}
+
+#[test]
+fn aws_endpoint_url_and_its_s3_variant_name_the_store_when_nothing_else_does() {
+    let server = S3Server::start();
+    let p = project();
+    let dead = "http://127.0.0.1:9";
+    // AWS_ENDPOINT_URL alone: the build's outputs reach the store.
+    let first = build_with_env(
+        &p,
+        &server,
+        "env",
+        "a",
+        &[("AWS_ENDPOINT_URL", &server.endpoint)],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let ev = events(&first);
+    assert!(ev.iter().all(|e| e["event"] != "warning"), "{ev:?}");
+    assert_eq!(
+        server
+            .files("env")
+            .iter()
+            .filter(|f| f.starts_with("actions/"))
+            .count(),
+        3
+    );
+    // AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL: an empty cache restores.
+    let second = build_with_env(
+        &p,
+        &server,
+        "env",
+        "b",
+        &[
+            ("AWS_ENDPOINT_URL", dead),
+            ("AWS_ENDPOINT_URL_S3", &server.endpoint),
+        ],
+    );
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert_eq!(remote_steps(&events(&second)), STEPS);
+    // An endpoint in .yibuild.yaml wins over both variables.
+    p.write(
+        ".yibuild.yaml",
+        &format!("remote_cache:\n  endpoint: {}\n", server.endpoint),
+    );
+    let third = build_with_env(
+        &p,
+        &server,
+        "env",
+        "c",
+        &[("AWS_ENDPOINT_URL", dead), ("AWS_ENDPOINT_URL_S3", dead)],
+    );
+    assert_eq!(third.status.code(), Some(0), "{}", stderr(&third));
+    assert_eq!(remote_steps(&events(&third)), STEPS);
+}
+
+#[test]
+fn an_unreachable_remote_is_one_human_warning_with_the_url_and_the_cause() {
+    let p = project();
+    let out = p
+        .cmd(&["--remote-cache", "s3://models/x", "recipe.yaml"])
+        .env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env_remove("YIBUILD_REMOTE_CACHE_ENDPOINT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains(SECRET_KEY));
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: remote cache s3://models/x (endpoint http://127.0.0.1:9) is not usable: \
+          Connection refused (os error 111); building without it"
+        ],
+        "{err}"
+    );
+    assert!(p.path("build/shared/summary/size.txt").exists());
+}
+
+#[test]
+fn refused_credentials_are_one_warning_naming_the_refusal() {
+    let server = S3Server::start();
+    let p = project();
+    let out = build_with_env(
+        &p,
+        &server,
+        "creds",
+        "a",
+        &[
+            ("AWS_ENDPOINT_URL", &server.endpoint),
+            ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    let warnings: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "remote cache s3://models/creds (endpoint {}) is not usable: ",
+            server.endpoint
+        )) && warnings[0].ends_with("403 Forbidden (SignatureDoesNotMatch); building without it"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains("not-the-secret"));
+    assert_eq!(with_status(&ev, "built"), STEPS);
+}
+
+#[test]
+fn a_missing_bucket_is_one_warning_even_for_a_read_only_build() {
+    let server = S3Server::start();
+    let p = project();
+    for (mode, side) in [("read", "a"), ("read-write", "b")] {
+        let url = "s3://no-such-bucket/x";
+        let out = p
+            .cmd(&[
+                "--json",
+                "--remote-cache",
+                url,
+                "--remote-cache-mode",
+                mode,
+                "--cache-dir",
+                &format!("cache-{side}"),
+                "--build-dir",
+                &format!("build-{side}"),
+                "recipe.yaml",
+            ])
+            .envs(server.env())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let ev = events(&out);
+        let warnings: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["event"] == "warning")
+            .map(|e| e["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(warnings.len(), 1, "{mode}: {warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "remote cache {url} (endpoint {}) is not usable: ",
+                server.endpoint
+            )) && warnings[0].contains("bucket"),
+            "{}",
+            warnings[0]
+        );
+        assert_eq!(with_status(&ev, "built"), STEPS);
+    }
 }

@@ -63,7 +63,30 @@ impl<'r> Plan<'r> {
     }
 }
 
-/// The targets to build: those named, or the recipe's defaults, or all leaves.
+/// The targets of a recipe without `default:`: every leaf, except that a
+/// `publish` step is replaced by what it publishes. Uploading is never a side
+/// effect of a plain build; it happens when a publish step is named (on the
+/// command line, in `default:`) or by `yibuild publish`.
+fn implicit_targets(recipe: &Recipe, graph: &BuildGraph) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    for leaf in graph.leaves(recipe) {
+        let names = match recipe.step(&leaf) {
+            Some(s) if s.step.kind() == "publish" => {
+                s.step.inputs().into_iter().map(|i| i.name).collect()
+            }
+            _ => vec![leaf],
+        };
+        for name in names {
+            if recipe.step(&name).is_some() && !targets.contains(&name) {
+                targets.push(name);
+            }
+        }
+    }
+    targets
+}
+
+/// The targets to build: those named, or the recipe's defaults, or all
+/// leaves but publish steps.
 fn select_targets(
     recipe: &Recipe,
     graph: &BuildGraph,
@@ -71,7 +94,7 @@ fn select_targets(
 ) -> Result<Vec<String>, InputError> {
     if named.is_empty() {
         return Ok(if recipe.default.is_empty() {
-            graph.leaves(recipe)
+            implicit_targets(recipe, graph)
         } else {
             recipe.default.clone()
         });

@@ -10,7 +10,7 @@
 //! remote_cache:
 //!   url: s3://team-models/yibuild
 //!   mode: read-write        # read | read-write | push-only
-//!   endpoint: https://minio.internal:9000
+//!   endpoint: https://minio.internal:9000   # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
 //!   region: us-east-1
 //!   required: false
 //! executor: local           # or slurm
@@ -211,11 +211,26 @@ impl ProjectConfig {
         Ok(Some(RemoteSettings {
             url,
             mode,
-            endpoint: overrides.endpoint.clone().or(file.endpoint),
+            endpoint: overrides
+                .endpoint
+                .clone()
+                .or(file.endpoint)
+                .or_else(|| aws_endpoint(|k| std::env::var(k).ok())),
             region: file.region,
             required: overrides.required || file.required.unwrap_or(false),
         }))
     }
+}
+
+/// The S3 endpoint the AWS CLIs and SDKs would use: `AWS_ENDPOINT_URL_S3`,
+/// else `AWS_ENDPOINT_URL` (empty values are unset). It applies when neither
+/// the command line nor `.yibuild.yaml` names an endpoint, so one variable
+/// points yibuild and the AWS tools at the same MinIO or R2 store.
+fn aws_endpoint(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|k| env(k).filter(|v| !v.trim().is_empty()))
+        .map(|v| v.trim().to_owned())
 }
 
 #[cfg(test)]
@@ -300,6 +315,35 @@ mod tests {
             .to_string();
         assert!(err.contains(".yibuild.yaml:1:11"), "{err}");
         assert!(err.contains("unknown executor `slrum`"), "{err}");
+    }
+
+    #[test]
+    fn aws_endpoint_url_s3_wins_over_aws_endpoint_url() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(aws_endpoint(env(&[])), None);
+        assert_eq!(
+            aws_endpoint(env(&[("AWS_ENDPOINT_URL", "http://a:9000")])).as_deref(),
+            Some("http://a:9000")
+        );
+        let both = &[
+            ("AWS_ENDPOINT_URL", "http://a:9000"),
+            ("AWS_ENDPOINT_URL_S3", "http://s3:9000"),
+        ];
+        assert_eq!(aws_endpoint(env(both)).as_deref(), Some("http://s3:9000"));
+        let empty_s3 = &[
+            ("AWS_ENDPOINT_URL", "http://a:9000"),
+            ("AWS_ENDPOINT_URL_S3", " "),
+        ];
+        assert_eq!(
+            aws_endpoint(env(empty_s3)).as_deref(),
+            Some("http://a:9000")
+        );
     }
 
     #[test]

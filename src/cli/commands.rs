@@ -593,3 +593,130 @@ pub fn cache_transfer(recipe: &Recipe, opts: &BuildOptions, direction: Transfer)
     ));
     Ok(out)
 }
+
+/// `yibuild publish`: builds the releases of the recipe's publish steps (all
+/// of them, or those in `steps`), then uploads each to the Hub — always,
+/// whatever the cache remembers, since only the Hub knows what it holds; the
+/// upload itself skips what is already there. With `dry_run` nothing is sent
+/// or created: the Hub is only asked what it has. Returns the text to print,
+/// or `None` when building a release failed.
+pub fn publish(
+    recipe: &Recipe,
+    mut opts: BuildOptions,
+    steps: &[String],
+    dry_run: bool,
+    json: bool,
+    quiet: bool,
+    verbose: bool,
+) -> Result<Option<String>> {
+    use crate::steps::publish::{publish_release, FileOutcome, PublishSpec};
+    let mut selected = Vec::new();
+    for name in steps {
+        let Some(found) = recipe.resolve_target(name) else {
+            return Err(InputError::UnknownStep {
+                recipe: recipe.file.clone(),
+                name: name.clone(),
+                hint: None,
+            }
+            .into());
+        };
+        selected.extend(found);
+    }
+    if steps.is_empty() {
+        selected = recipe
+            .steps
+            .iter()
+            .filter(|s| s.step.kind() == "publish")
+            .map(|s| s.name.clone())
+            .collect();
+    }
+    let mut jobs = Vec::new();
+    for name in &selected {
+        let step = recipe.step(name).expect("resolved targets are steps");
+        if step.step.kind() != "publish" {
+            return Err(InputError::Unusable(format!(
+                "`{name}` is a {} step, not a publish step",
+                step.step.kind()
+            ))
+            .into());
+        }
+        let release = step.step.inputs()[0].name.clone();
+        jobs.push((
+            name.clone(),
+            release,
+            PublishSpec::from_json(&step.step.params())?,
+        ));
+    }
+    if jobs.is_empty() {
+        return Err(InputError::Unusable(format!(
+            "recipe {} has no publish step (add one: `publish: {{release: STEP, repo: org/name}}`)",
+            recipe.file.display()
+        ))
+        .into());
+    }
+    opts.targets = jobs.iter().map(|(_, release, _)| release.clone()).collect();
+    let summary = build(recipe, &opts, json, verbose, quiet)?;
+    if !summary.ok() {
+        return Ok(None);
+    }
+    let config = HubConfig::from_env(opts.hub);
+    let mut out = String::new();
+    for (name, release, spec) in &jobs {
+        let log = |line: &str| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "note", "step": name, "message": line})
+                );
+            } else if !quiet {
+                eprintln!("{:>12} {line}", "Publish");
+            }
+        };
+        let dir = output_dir(&opts.build_dir, recipe, release);
+        let reports = publish_release(&config, &dir, spec, dry_run, &log)
+            .with_context(|| format!("publish step `{name}`"))?;
+        for r in &reports {
+            if json {
+                let mut v = r.to_json();
+                v["event"] = serde_json::json!("publish");
+                v["step"] = serde_json::json!(name);
+                out.push_str(&format!("{v}\n"));
+                continue;
+            }
+            let changed: Vec<_> = r.changed().collect();
+            let lfs = changed
+                .iter()
+                .filter(|(_, _, o)| *o == FileOutcome::Lfs)
+                .count();
+            let unchanged = r.files.len() - changed.len();
+            let (verb, sent) = match r.dry_run {
+                true => ("Dry run of", "would be sent"),
+                false => ("Published", "sent"),
+            };
+            let created = match (r.created, r.dry_run) {
+                (true, true) => " (new repository)",
+                (true, false) => " (created)",
+                _ => "",
+            };
+            let commit = match &r.commit {
+                Some(c) => format!("; commit {c}"),
+                None if changed.is_empty() => "; up to date, no commit".to_owned(),
+                None => String::new(),
+            };
+            out.push_str(&format!(
+                "{verb} `{name}` to {}@{}{created}: {} files {sent} ({lfs} through LFS), {unchanged} unchanged{commit}\n",
+                r.repo,
+                r.revision,
+                changed.len(),
+            ));
+            for (path, size, outcome) in changed {
+                out.push_str(&format!(
+                    "  {:<8} {:>10}  {path}\n",
+                    outcome.as_str(),
+                    human_bytes(*size)
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}

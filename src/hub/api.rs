@@ -58,7 +58,7 @@ pub struct HubClient {
 }
 
 /// Percent-encodes one URL path segment (unreserved characters stay as they are).
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -71,25 +71,31 @@ fn encode_segment(s: &str) -> String {
 }
 
 /// Percent-encodes a `/`-separated path, keeping the slashes.
-fn encode_path(p: &str) -> String {
+pub(crate) fn encode_path(p: &str) -> String {
     p.split('/')
         .map(encode_segment)
         .collect::<Vec<_>>()
         .join("/")
 }
 
+/// The HTTP agent every Hub request goes through: answers of any status are
+/// returned (so errors can say what the Hub said), with connect and read
+/// timeouts and yibuild's user agent.
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(20)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .user_agent(concat!("yibuild/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
 impl HubClient {
     /// A client for `config.endpoint` with `config.token`.
     pub fn new(config: &HubConfig) -> HubClient {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(20)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .user_agent(concat!("yibuild/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         HubClient {
-            agent,
+            agent: agent(),
             endpoint: config.endpoint.clone(),
             token: config.token.clone(),
         }

@@ -12,6 +12,7 @@ pub mod download;
 pub mod layout;
 pub mod lock;
 pub mod select;
+pub mod upload;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,14 @@ fn env_flag(name: &str) -> bool {
     })
 }
 
+/// The token file `hf auth login` writes: `HF_TOKEN_PATH`, else
+/// `$HF_HOME/token` (default `~/.cache/huggingface/token`).
+pub fn token_file() -> PathBuf {
+    std::env::var_os("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hf_home().join("token"))
+}
+
 fn hf_home() -> PathBuf {
     if let Some(home) = std::env::var_os("HF_HOME") {
         return PathBuf::from(home);
@@ -102,12 +111,7 @@ impl HubConfig {
             .to_owned();
         let token = std::env::var("HF_TOKEN")
             .ok()
-            .or_else(|| {
-                let path = std::env::var_os("HF_TOKEN_PATH")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| hf_home().join("token"));
-                std::fs::read_to_string(path).ok()
-            })
+            .or_else(|| std::fs::read_to_string(token_file()).ok())
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty());
         HubConfig {

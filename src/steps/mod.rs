@@ -20,6 +20,7 @@ mod eval;
 mod merge;
 mod package;
 mod patch_config;
+pub mod publish;
 mod quantize;
 mod report;
 mod run;
@@ -258,6 +259,7 @@ pub const KINDS: &[&str] = &[
     "quantize",
     "eval",
     "package",
+    "publish",
     "run",
     "report",
     "select",
@@ -270,6 +272,7 @@ pub fn parse(kind: &str, node: &Node, cx: &ParseContext) -> Result<Box<dyn Step>
         "patch_config" => Ok(Box::new(patch_config::PatchConfig::parse(node, cx)?)),
         "run" => Ok(Box::new(run::Run::parse(node, cx)?)),
         "package" => Ok(Box::new(package::Package::parse(node, cx)?)),
+        "publish" => Ok(Box::new(publish::Publish::parse(node, cx)?)),
         "tokenizer" => Ok(Box::new(tokenizer::TokenizerStep::parse(node, cx)?)),
         "eval" => Ok(Box::new(eval::Eval::parse(node, cx)?)),
         "quantize" => Ok(Box::new(quantize::Quantize::parse(node, cx)?)),

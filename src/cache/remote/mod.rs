@@ -99,6 +99,37 @@ impl std::fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
+/// The innermost cause of `e` ("Connection refused (os error 111)", the
+/// store's 403 answer): what the user has to fix, without the layers of
+/// client, retry and request wording around it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    // An S3 refusal carries an XML error document; its code and message are
+    // what matters (`403 Forbidden (SignatureDoesNotMatch)`).
+    let tag = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].trim().to_owned()).filter(|t| !t.is_empty())
+    };
+    match (
+        text.find("<?xml").or_else(|| text.find("<Error>")),
+        tag("Code"),
+    ) {
+        (Some(at), Some(code)) => {
+            let head = text[..at].trim_end().trim_end_matches(':');
+            match tag("Message") {
+                Some(message) => format!("{head} ({code}: {message})"),
+                None => format!("{head} ({code})"),
+            }
+        }
+        _ => text,
+    }
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -145,10 +176,27 @@ impl RemoteCache {
             store,
             runtime,
         };
-        let probe = remote.location.path("actions/.probe");
-        match remote.runtime.block_on(remote.store.head(&probe)) {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(remote),
-            Err(e) => bail!("remote cache {} is not usable: {e}", settings.url),
+        // A listing, not a HEAD of some key: a HEAD of a missing bucket reads
+        // as a missing key, which would hide a misspelt bucket until the
+        // first upload (or forever, in read mode).
+        let probe = remote.location.path("actions");
+        match remote
+            .runtime
+            .block_on(remote.store.list_with_delimiter(Some(&probe)))
+        {
+            Ok(_) => Ok(remote),
+            Err(e) => {
+                let endpoint = settings
+                    .endpoint
+                    .as_deref()
+                    .map(|e| format!(" (endpoint {e})"))
+                    .unwrap_or_default();
+                bail!(
+                    "remote cache {}{endpoint} is not usable: {}",
+                    settings.url,
+                    root_cause(&e)
+                )
+            }
         }
     }
 
@@ -252,5 +300,43 @@ impl RemoteCache {
         if self.settings.mode.writes() {
             self.runtime.block_on(self.store.delete(path)).ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn the_root_cause_is_the_innermost_error_with_s3_codes_extracted() {
+        let refused = Chain(
+            "Generic S3 error: HEAD failed",
+            Some(Box::new(Chain("Connection refused (os error 111)", None))),
+        );
+        assert_eq!(root_cause(&refused), "Connection refused (os error 111)");
+        let xml = Chain(
+            "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\
+             <Error><Code>NoSuchBucket</Code><Message>no bucket `x`</Message></Error>",
+            None,
+        );
+        assert_eq!(
+            root_cause(&xml),
+            "Server returned non-2xx status code: 404 Not Found (NoSuchBucket: no bucket `x`)"
+        );
     }
 }

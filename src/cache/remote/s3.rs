@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
@@ -78,8 +78,12 @@ pub fn open(
         }
     }
     if let Some(endpoint) = endpoint {
+        // object_store also reads AWS_ENDPOINT_URL_S3 itself and prefers it
+        // to any endpoint set here; the endpoint yibuild resolved (flag, then
+        // .yibuild.yaml, then the AWS variables) must win.
         builder = builder
             .with_endpoint(endpoint)
+            .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
     if let Some(region) = region {
