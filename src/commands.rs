@@ -1,7 +1,6 @@
 //! The subcommands behind the CLI: each takes parsed options, does its work
 //! through the library, and returns the text to print or the exit status.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +15,6 @@ use crate::hub::download::human_bytes;
 use crate::hub::{pin_offline, HubConfig, HubSourceState};
 use crate::recipe::{Recipe, SourceSpec};
 use crate::report::{HumanReporter, JsonReporter, Reporter, Summary};
-use crate::slurm::JobRequest;
 
 /// Builds the targets and reports through JSON or human output.
 pub fn build(
@@ -81,7 +79,7 @@ pub fn plan(
     recipe: &Recipe,
     opts: &BuildOptions,
     json: bool,
-    jobs: Option<&BTreeMap<String, JobRequest>>,
+    jobs: Option<&crate::slurm::Jobs>,
 ) -> Result<String> {
     let hub = HubConfig::from_env(opts.hub);
     let graph = BuildGraph::new(recipe);
@@ -109,8 +107,8 @@ pub fn plan(
             if let (State::Remote { bytes, .. }, Some(obj)) = (state, v.as_object_mut()) {
                 obj.insert("bytes".into(), serde_json::json!(bytes));
             }
-            if let Some(job) = jobs.and_then(|j| j.get(name)) {
-                v["resources"] = serde_json::json!(job);
+            if let Some(job) = jobs.and_then(|j| j.steps.get(name)) {
+                v["resources"] = serde_json::json!(job.request);
             }
             out.push_str(&format!("{v}\n"));
         }
@@ -157,8 +155,15 @@ pub fn plan(
                     "build",
                     freshness::join_reasons(reasons)
                 ));
-                if let Some(job) = jobs.and_then(|j| j.get(name)) {
-                    out.push_str(&format!("{:>12} slurm job: {}\n", "", job.describe()));
+                if let Some(job) = jobs.and_then(|j| j.steps.get(name)) {
+                    out.push_str(&format!("{:>12} slurm job: {}", "", job.request.describe()));
+                    if !job.lowered.is_empty() {
+                        out.push_str(&format!(
+                            " (lowered to fit the nodes: {})",
+                            job.lowered.join(", ")
+                        ));
+                    }
+                    out.push('\n');
                 }
             }
         }
@@ -384,7 +389,7 @@ pub fn graph(recipe: &Recipe, format: &str) -> Result<String> {
     let g = BuildGraph::new(recipe);
     match format {
         "dot" => Ok(g.to_dot(recipe)),
-        "mermaid" => Ok(g.to_mermaid(recipe)),
+        "mermaid" => Ok(g.to_mermaid(recipe, crate::graph::Detail::Instances)),
         other => bail!("unknown graph format `{other}` (expected dot or mermaid)"),
     }
 }

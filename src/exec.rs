@@ -305,6 +305,21 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let graph = BuildGraph::new(recipe);
     let targets = select_targets(recipe, &graph, &opts.targets)?;
     let plan = graph.plan(recipe, &targets);
+    // Every request is checked against Slurm's nodes before anything is
+    // downloaded or submitted.
+    let slurm_jobs = match &opts.executor {
+        Executor::Slurm(config) => {
+            let jobs = crate::slurm::requests(recipe, config, opts)?;
+            if let Some(why) = &jobs.unchecked {
+                reporter.warning(&format!(
+                    "Slurm requests are submitted unchecked against the partitions' nodes: {why}"
+                ));
+            }
+            jobs.steps
+        }
+        Executor::Local => BTreeMap::new(),
+    };
+
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
     let remote = Remote::connect(opts.remote.as_ref(), reporter)?;
     let hub = HubConfig::from_env(opts.hub);
@@ -488,6 +503,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 let tx = tx.clone();
                 let cache = &cache;
                 let remote_cache = remote.usable();
+                let slurm_job = slurm_jobs.get(&step.name);
                 scope.spawn(move || {
                     let started = Instant::now();
                     let result =
@@ -504,6 +520,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                                 &key,
                                 opts,
                                 config,
+                                slurm_job.expect("every planned step has a request"),
                                 reporter,
                             ),
                         }))

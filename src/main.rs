@@ -268,7 +268,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = c.build_options(steps)?;
             let recipe = load(&recipe)?;
             let jobs = match &opts.executor {
-                Executor::Slurm(config) => Some(yibuild::slurm::requests(&recipe, config, &opts)),
+                Executor::Slurm(config) => {
+                    let jobs = yibuild::slurm::requests(&recipe, config, &opts)?;
+                    if let Some(why) = &jobs.unchecked {
+                        eprintln!("warning: Slurm requests not checked against the nodes: {why}");
+                    }
+                    Some(jobs)
+                }
                 Executor::Local => None,
             };
             print(commands::plan(&recipe, &opts, c.json, jobs.as_ref())?)

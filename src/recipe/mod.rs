@@ -40,7 +40,9 @@ pub struct StepDef {
 }
 
 /// What a step may know about the whole recipe (see [`Step::bind`]): the
-/// facts a model card is written from. Formatting and comments are not facts.
+/// facts a model card is written from. Only [`RecipeFacts::text`] carries
+/// formatting and comments; a step that keeps it (the package, which ships
+/// the recipe) reruns when they change, and nothing else does.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RecipeFacts {
     /// The recipe's `name`.
@@ -53,8 +55,14 @@ pub struct RecipeFacts {
     pub sources: Vec<(String, String)>,
     /// Steps: name, kind, and parameters.
     pub steps: Vec<(String, String, serde_json::Value)>,
-    /// The DAG as a mermaid flowchart.
+    /// The DAG as a mermaid flowchart, one node per sweep.
     pub mermaid: String,
+    /// The recipe file's text as written (comments and all): the card shows
+    /// it and the release ships it, so that "Reproduce" has a file to run.
+    pub text: String,
+    /// The recipe file's name (`capybara-tess.yaml`), the name it has in the
+    /// release.
+    pub file_name: String,
 }
 
 /// A parsed and validated recipe.
@@ -185,7 +193,13 @@ impl Recipe {
                 .iter()
                 .map(|s| (s.name.clone(), s.step.kind().to_owned(), s.step.params()))
                 .collect(),
-            mermaid: crate::graph::BuildGraph::new(self).to_mermaid(self),
+            mermaid: crate::graph::BuildGraph::new(self)
+                .to_mermaid(self, crate::graph::Detail::Sweeps),
+            text: self.text.clone(),
+            file_name: self.file.file_name().map_or_else(
+                || "recipe.yaml".to_owned(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
         }
     }
 
