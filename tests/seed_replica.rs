@@ -23,7 +23,9 @@ fn wiki_text() -> String {
 }
 
 /// The exl2 step's converter call in the seed recipe.
-const EXL2_COMMAND: &str = r#"python "$EXLLAMAV2/convert.py" -i "$YIBUILD_IN_FINAL" -o "$work"
+const EXL2_COMMAND: &str = r#": "${EXLLAMAV2:?names a clone of exllamav2}" &&
+        work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT &&
+        python "$EXLLAMAV2/convert.py" -i "$YIBUILD_IN_FINAL" -o "$work"
         -cf "$YIBUILD_OUT" -b 4.65 -hb 6"#;
 
 /// What exllamav2's `convert.py -cf OUT` leaves in OUT: the input's
