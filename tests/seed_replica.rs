@@ -142,7 +142,7 @@ fn seed_recipe_plans_the_exl2_step_as_a_gpu_job() {
             "--device",
             "cpu",
         ])
-        .env("SLURM_CONF", p.path("no-slurm.conf"))
+        .env_remove("SLURM_CONF")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -19,6 +19,8 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use super::JobRequest;
 use crate::recipe::diag::{Diag, RecipeError};
@@ -45,14 +47,38 @@ pub struct Node {
 /// memory (MiB), generic resources.
 const SINFO_FORMAT: &str = "%N|%P|%c|%m|%G";
 
+/// How long `sinfo` may take. It retries for a minute when its
+/// configuration is missing and waits on a controller that is down; the
+/// check is then skipped rather than the build held up.
+const SINFO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Every node of every partition, from `sinfo`; the error says why `sinfo`
 /// could not answer.
 pub fn query() -> Result<Vec<Node>, String> {
-    let out = Command::new("sinfo")
+    let child = Command::new("sinfo")
         .args(["-h", "-N", "-o", SINFO_FORMAT])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run `sinfo`: {e}"))?;
+    let pid = child.id();
+    let (sender, answer) = mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()).ok());
+    let out = match answer.recv_timeout(SINFO_TIMEOUT) {
+        Ok(out) => out.map_err(|e| format!("cannot run `sinfo`: {e}"))?,
+        Err(_) => {
+            // SAFETY: kill(2) of a child the waiting thread has not reaped
+            // yet, so its pid cannot have been reused.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            return Err(format!(
+                "`sinfo` did not answer within {} s",
+                SINFO_TIMEOUT.as_secs()
+            ));
+        }
+    };
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
