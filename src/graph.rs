@@ -263,16 +263,20 @@ impl BuildGraph {
                 .collect()
         };
         // Each step's node: its own, or its sweep's when collapsed.
-        let node_of = |name: &str| -> String {
-            match detail {
-                Detail::Instances => name.to_owned(),
-                Detail::Sweeps => recipe
-                    .matrices
-                    .iter()
-                    .find(|e| e.instances.iter().any(|i| i.name == name))
-                    .map_or_else(|| name.to_owned(), |e| e.step.clone()),
-            }
+        let sweep_of: BTreeMap<&str, &str> = match detail {
+            Detail::Instances => BTreeMap::new(),
+            Detail::Sweeps => recipe
+                .matrices
+                .iter()
+                .flat_map(|e| {
+                    e.instances
+                        .iter()
+                        .map(|i| (i.name.as_str(), e.step.as_str()))
+                })
+                .collect(),
         };
+        let node_of =
+            |name: &str| -> String { sweep_of.get(name).copied().unwrap_or(name).to_owned() };
         let mut out = String::from("flowchart LR\n");
         for s in &recipe.sources {
             out.push_str(&format!(
@@ -281,12 +285,17 @@ impl BuildGraph {
                 s.name.replace('"', "'")
             ));
         }
+        // Nodes in recipe order, each with its kind and instance count.
         let mut nodes: Vec<(String, &str, usize)> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for s in &recipe.steps {
             let node = node_of(&s.name);
-            match nodes.iter_mut().find(|(n, _, _)| *n == node) {
-                Some(entry) => entry.2 += 1,
-                None => nodes.push((node, s.step.kind(), 1)),
+            match index.get(&node) {
+                Some(&at) => nodes[at].2 += 1,
+                None => {
+                    index.insert(node.clone(), nodes.len());
+                    nodes.push((node, s.step.kind(), 1));
+                }
             }
         }
         for (node, kind, count) in &nodes {
@@ -300,10 +309,11 @@ impl BuildGraph {
             out.push_str(&format!("  {}[\"{label}\"]\n", id(node)));
         }
         let mut edges: Vec<(String, String)> = Vec::new();
+        let mut seen = BTreeSet::new();
         for s in &recipe.steps {
             for i in self.inputs(&s.name) {
                 let edge = (node_of(&i), node_of(&s.name));
-                if edge.0 != edge.1 && !edges.contains(&edge) {
+                if edge.0 != edge.1 && seen.insert(edge.clone()) {
                     edges.push(edge);
                 }
             }
