@@ -10,7 +10,9 @@ use crate::eval::results::EvalResults;
 use crate::tensor::ModelTensors;
 
 /// What a step may know about the whole recipe (see `Step::bind`): the
-/// facts a model card is written from. Formatting and comments are not facts.
+/// facts a model card is written from. Only [`RecipeFacts::text`] carries
+/// formatting and comments; a step that keeps it (the package, which ships
+/// the recipe) reruns when they change, and nothing else does.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RecipeFacts {
     /// The recipe's `name`.
@@ -23,8 +25,14 @@ pub struct RecipeFacts {
     pub sources: Vec<(String, String)>,
     /// Steps: name, kind, and parameters.
     pub steps: Vec<(String, String, serde_json::Value)>,
-    /// The DAG as a mermaid flowchart.
+    /// The DAG as a mermaid flowchart, one node per sweep.
     pub mermaid: String,
+    /// The recipe file's text as written (comments and all): the card shows
+    /// it and the release ships it, so that "Reproduce" has a file to run.
+    pub text: String,
+    /// The recipe file's name (`capybara-tess.yaml`), the name it has in the
+    /// release.
+    pub file_name: String,
 }
 
 /// One evaluation's results, as read from an eval step's `results.json`
@@ -37,15 +45,65 @@ pub struct EvalSummary {
     pub results: EvalResults,
 }
 
-/// One quantized file of the release.
+/// One quantized file (or folder) of the release.
 #[derive(Debug, Clone)]
 pub struct QuantFile {
-    /// File name in the release.
+    /// File name in the release; a folder's ends in `/`.
     pub file: String,
-    /// Size in bytes.
+    /// Size in bytes (a folder's files together).
     pub size: u64,
-    /// The quantize step that made it.
+    /// The step that made it.
     pub step: String,
+    /// What kind of quantization it is.
+    pub format: QuantFormat,
+}
+
+/// The format of a quantized file or folder, for the card's table and tags.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantFormat {
+    /// A GGUF file of the given type (`Q4_K_M`, from its name).
+    Gguf(String),
+    /// A model folder whose `config.json` declares a `quantization_config`
+    /// (exllamav2's exl2, GPTQ, AWQ): its `quant_method`, `bits` (for exl2 the
+    /// average bits per weight) and exl2's `head_bits`.
+    Folder {
+        /// `quant_method`.
+        method: String,
+        /// `bits`.
+        bits: Option<f64>,
+        /// `head_bits` (exl2: bits of the output layer).
+        head_bits: Option<f64>,
+    },
+    /// Anything else: shown without a type.
+    Unknown,
+}
+
+/// The format of a release file by its name: GGUF files carry their type
+/// as the last `-` or `.` part of the stem (`name-Q8_0.gguf`).
+pub fn file_format(file: &str) -> QuantFormat {
+    match file.strip_suffix(".gguf") {
+        Some(stem) => QuantFormat::Gguf(stem.rsplit(['-', '.']).next().unwrap_or(stem).to_owned()),
+        None => QuantFormat::Unknown,
+    }
+}
+
+/// The format of a quantized model folder, from the `quantization_config`
+/// of its `config.json` (exllamav2 writes `{quant_method: "exl2", bits: 4.65,
+/// head_bits: 6, ...}` there).
+pub fn folder_format(dir: &Path) -> QuantFormat {
+    let config: Json = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Json::Null);
+    let q = &config["quantization_config"];
+    match q["quant_method"].as_str() {
+        Some(method) => QuantFormat::Folder {
+            method: method.to_owned(),
+            bits: q["bits"].as_f64(),
+            head_bits: q["head_bits"].as_f64(),
+        },
+        None => QuantFormat::Unknown,
+    }
 }
 
 /// Everything the card is written from.
@@ -72,6 +130,8 @@ pub struct CardInput<'a> {
     pub stop_strings: Vec<String>,
     /// `(file, sha256)` of the release files other than the card itself.
     pub checksums: Vec<(String, String)>,
+    /// The recipe's file in the release, which "Reproduce" runs.
+    pub recipe_file: Option<String>,
 }
 
 /// The Hub ids among the recipe's sources (`base_model`).
@@ -145,8 +205,12 @@ pub fn front_matter(input: &CardInput) -> Map<String, Json> {
         tags.extend([json!("merge"), json!("mergekit")]);
         tags.extend(merge_methods.iter().map(|m| json!(m)));
     }
-    if !input.quants.is_empty() {
-        tags.push(json!("gguf"));
+    for q in &input.quants {
+        match &q.format {
+            QuantFormat::Gguf(_) => tags.push(json!("gguf")),
+            QuantFormat::Folder { method, .. } => tags.push(json!(method)),
+            QuantFormat::Unknown => {}
+        }
     }
     if let Some(Json::Array(extra)) = card.get("tags") {
         tags.extend(extra.iter().cloned());
@@ -324,30 +388,42 @@ fn merge_section(facts: &RecipeFacts) -> String {
     out
 }
 
-/// The recipe as the build saw it (from its facts, so comments and
-/// formatting do not change the package's key).
-fn recipe_yaml(facts: &RecipeFacts) -> String {
-    let mut steps = Map::new();
-    for (name, kind, params) in &facts.steps {
-        let mut params = params.clone();
-        if let Some(p) = params.as_object_mut() {
-            p.remove("recipe");
-        }
-        steps.insert(name.clone(), json!({ kind: params }));
+/// A Markdown code fence longer than any run of backticks in `text`.
+fn fence_for(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
+}
+
+/// "Recipe" and "Reproduce": the recipe as written, and how to build it
+/// again from the copy in the release.
+fn recipe_section(input: &CardInput) -> String {
+    let facts = input.facts;
+    let text = facts.text.trim_matches('\n');
+    let fence = fence_for(text);
+    let mut out = format!("## Recipe\n\n{fence}yaml\n{text}\n{fence}\n\n## Reproduce\n\n");
+    if let Some(file) = &input.recipe_file {
+        out.push_str(&format!(
+            "The recipe is in this release as `{file}`:\n\n```sh\nyibuild {file}\n```\n\n"
+        ));
     }
-    let sources: Map<String, Json> = facts
+    let local: Vec<String> = facts
         .sources
         .iter()
-        .map(|(n, f)| (n.clone(), json!(f)))
+        .filter(|(_, from)| !from.starts_with("hf://"))
+        .map(|(_, from)| format!("`{from}`"))
         .collect();
-    let mut recipe = Map::new();
-    recipe.insert("name".to_owned(), json!(facts.name));
-    if !facts.card.is_empty() {
-        recipe.insert("card".to_owned(), Json::Object(facts.card.clone()));
+    if !local.is_empty() {
+        out.push_str(&format!(
+            "Its local sources ({}) are paths relative to the recipe's folder.\n\n",
+            local.join(", ")
+        ));
     }
-    recipe.insert("sources".to_owned(), Json::Object(sources));
-    recipe.insert("steps".to_owned(), Json::Object(steps));
-    to_yaml(&Json::Object(recipe), 0)
+    out.push_str(&format!(
+        "yibuild {} · recipe digest `{}`\n\n",
+        env!("CARGO_PKG_VERSION"),
+        facts.digest
+    ));
+    out
 }
 
 /// The step an evaluated model was quantized from, if it is a quantize step.
@@ -426,12 +502,6 @@ fn eval_section(input: &CardInput) -> String {
     out
 }
 
-/// The quantization type in a quantize step's file name (`name-Q8_0.gguf` → `Q8_0`).
-fn quant_type(file: &str) -> &str {
-    let stem = file.strip_suffix(".gguf").unwrap_or(file);
-    stem.rsplit(['-', '.']).next().unwrap_or(stem)
-}
-
 /// "Quantizations": file, type, size, bits per weight, perplexity delta.
 fn quant_section(input: &CardInput) -> String {
     if input.quants.is_empty() {
@@ -441,12 +511,31 @@ fn quant_section(input: &CardInput) -> String {
         "## Quantizations\n\n| file | type | size | bits per weight | perplexity Δ |\n|---|---|---|---|---|\n",
     );
     for q in &input.quants {
-        let bpw = input
-            .parameters
-            .filter(|&n| n > 0)
-            .map_or("–".to_owned(), |n| {
-                format!("{:.2}", q.size as f64 * 8.0 / n as f64)
-            });
+        let measured = || {
+            input
+                .parameters
+                .filter(|&n| n > 0)
+                .map_or("–".to_owned(), |n| {
+                    format!("{:.2}", q.size as f64 * 8.0 / n as f64)
+                })
+        };
+        // A folder's own config states its bits per weight (exl2's `bits` is
+        // the average the converter targeted); a GGUF's is measured.
+        let (kind, bpw) = match &q.format {
+            QuantFormat::Gguf(t) => (t.clone(), measured()),
+            QuantFormat::Folder {
+                method,
+                bits,
+                head_bits,
+            } => (
+                match head_bits {
+                    Some(h) => format!("{method} (head {h} bits)"),
+                    None => method.clone(),
+                },
+                bits.map_or_else(measured, |b| format!("{b:.2}")),
+            ),
+            QuantFormat::Unknown => ("–".to_owned(), measured()),
+        };
         let delta = input
             .evals
             .iter()
@@ -454,9 +543,8 @@ fn quant_section(input: &CardInput) -> String {
             .find_map(|e| perplexity_delta(input, e))
             .map_or("–".to_owned(), |d| format!("{d:+.4}"));
         out.push_str(&format!(
-            "| `{}` | {} | {:.2} MiB | {bpw} | {delta} |\n",
+            "| `{}` | {kind} | {:.2} MiB | {bpw} | {delta} |\n",
             q.file,
-            quant_type(&q.file),
             q.size as f64 / (1 << 20) as f64
         ));
     }
@@ -545,17 +633,8 @@ pub fn render(input: &CardInput) -> String {
             out.push_str(&format!("## {title}\n\n{text}\n\n"));
         }
     }
-    if !facts.steps.is_empty() && !facts.digest.is_empty() {
-        out.push_str(&format!(
-            "## Recipe\n\n```yaml\n{}```\n\n",
-            recipe_yaml(facts)
-        ));
-        out.push_str(&format!(
-            "## Reproduce\n\n```sh\nyibuild {}.yaml\n```\n\nyibuild {} · recipe digest `{}`\n\n",
-            facts.name,
-            env!("CARGO_PKG_VERSION"),
-            facts.digest
-        ));
+    if !facts.text.is_empty() {
+        out.push_str(&recipe_section(input));
     }
     if !input.checksums.is_empty() {
         out.push_str("## Checksums (sha256)\n\n```text\n");
@@ -670,6 +749,8 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
         sources,
         steps,
         mermaid: String::new(),
+        text: String::new(),
+        file_name: String::new(),
     };
     let (chat_template, stop_strings) = folder_prompt(dir);
     let overrides = Map::new();
@@ -684,6 +765,7 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
         chat_template,
         stop_strings,
         checksums: Vec::new(),
+        recipe_file: None,
     }))
 }
 
@@ -707,6 +789,8 @@ mod tests {
                     })
                     .collect(),
                 mermaid: String::new(),
+                text: String::new(),
+                file_name: "r.yaml".into(),
             };
             let input = CardInput {
                 facts: &facts,
@@ -717,6 +801,7 @@ mod tests {
                         file: format!("m-Q{i}.gguf"),
                         size: 1,
                         step: "q".into(),
+                        format: QuantFormat::Gguf(format!("Q{i}")),
                     })
                     .collect(),
                 evals: Vec::new(),
@@ -725,6 +810,7 @@ mod tests {
                 chat_template: None,
                 stop_strings: Vec::new(),
                 checksums: Vec::new(),
+                recipe_file: None,
             };
             let fm = front_matter(&input);
             assert_eq!(fm["base_model"], json!(["org/base"]));

@@ -531,13 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Plan(RecipeSteps { recipe, steps })) => {
             let opts = c.build_options(steps)?;
             let recipe = load(&recipe)?;
-            let jobs = match &opts.executor {
-                Executor::Slurm(config) => {
-                    Some(yibuild::build::slurm::requests(&recipe, config, &opts))
-                }
-                Executor::Local => None,
-            };
-            print(commands::plan(&recipe, &opts, c.json, jobs.as_ref())?)
+            print(commands::plan(&recipe, &opts, c.json)?)
         }
         Some(Command::ExecStep {
             recipe: RecipeArg { recipe },

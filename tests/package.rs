@@ -199,7 +199,7 @@ fn golden_card_of_a_merged_quantized_evaluated_release() {
         "## Prompt template\n\n```text\n<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
         "Stop strings: `<|im_end|>`",
         "## Running advice\n\nRun with a context of at most 128 tokens.\n",
-        "## Recipe\n\n```yaml\nname: tiny-golden\n",
+        "## Recipe\n\n```yaml\nyibuild: 1\nname: tiny-golden\ncard:\n",
         "## Checksums (sha256)",
     ] {
         assert!(readme.contains(section), "{section:?} missing in\n{readme}");
@@ -301,4 +301,214 @@ fn card_for_an_existing_folder() {
     let err = p.run(&["card", "data"]);
     assert_eq!(err.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&err.stderr).contains("has no config.json"));
+}
+
+/// A merge, two quantized folders made by `run` steps (shell stand-ins for
+/// exllamav2's and a GPTQ converter, writing their layouts), and a sweep
+/// the lineage collapses.
+const RUN_OUTPUTS: &str = r#"# The card shows this comment: it is the recipe as written.
+yibuild: 1
+name: tiny-exl2
+sources:
+  base: ./models/base
+  ft-a: ./models/ft-a
+steps:
+  merged:
+    merge:
+      merge_method: linear
+      models:
+        - model: base
+          parameters: {weight: 0.5}
+        - model: ft-a
+          parameters: {weight: 0.5}
+  exl2:
+    run:
+      command: >-
+        cp "$YIBUILD_IN_MERGED/tokenizer.json" "$YIBUILD_OUT/" &&
+        printf '{"model_type": "llama", "quantization_config": {"quant_method": "exl2", "version": "0.2.8", "bits": 4.65, "head_bits": 6}}'
+        > "$YIBUILD_OUT/config.json" &&
+        head -c 3000 /dev/zero > "$YIBUILD_OUT/output.safetensors"
+      inputs: [merged]
+      outputs: [config.json, output.safetensors]
+  gptq:
+    run:
+      command: >-
+        printf '{"quantization_config": {"quant_method": "gptq", "bits": 4}}' > config.json &&
+        head -c 2000 /dev/zero > model.safetensors
+      inputs: [merged]
+      outputs: [config.json]
+  score:
+    matrix: {n: [1, 2, 3]}
+    run:
+      command: "echo ${{ matrix.n }} > \"$YIBUILD_OUT/x\""
+      inputs: [merged]
+      outputs: [x]
+  release:
+    package:
+      model: merged
+      quantized: [exl2, {step: gptq, path: gptq-4bit}]
+"#;
+
+fn run_outputs_project() -> Project {
+    let p = Project::with_base();
+    write_finetune(&TinyLlama::default(), &p.path("models/ft-a"), 11, 0.2).unwrap();
+    p.write("recipe.yaml", RUN_OUTPUTS);
+    p
+}
+
+/// Total size of the files under `dir`.
+fn folder_size(dir: &std::path::Path) -> u64 {
+    tree_bytes(dir).iter().map(|(_, b)| b.len() as u64).sum()
+}
+
+#[test]
+fn run_outputs_are_subfolders_listed_with_their_format() {
+    let p = run_outputs_project();
+    let (code, _, stderr) = p.build_json(&["recipe.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let release = p.path("build/tiny-exl2/release");
+    // The exl2 folder keeps its own config.json beside the model's.
+    assert_eq!(
+        std::fs::read(release.join("exl2/config.json")).unwrap(),
+        std::fs::read(p.path("build/tiny-exl2/exl2/config.json")).unwrap()
+    );
+    let model_config: Json =
+        serde_json::from_slice(&std::fs::read(release.join("config.json")).unwrap()).unwrap();
+    assert!(model_config.get("quantization_config").is_none());
+    assert_eq!(
+        std::fs::metadata(release.join("exl2/output.safetensors"))
+            .unwrap()
+            .len(),
+        3000
+    );
+    assert!(release.join("exl2/tokenizer.json").is_file());
+    assert!(release.join("gptq-4bit/model.safetensors").is_file());
+    assert!(
+        !release.join("output.safetensors").exists(),
+        "nothing flattened"
+    );
+
+    let readme = std::fs::read_to_string(release.join("README.md")).unwrap();
+    let mib = |b: u64| format!("{:.2} MiB", b as f64 / (1 << 20) as f64);
+    let exl2_row = format!(
+        "| `exl2/` | exl2 (head 6 bits) | {} | 4.65 | – |",
+        mib(folder_size(&release.join("exl2")))
+    );
+    assert!(readme.contains(&exl2_row), "{exl2_row} in\n{readme}");
+    let gptq_row = format!(
+        "| `gptq-4bit/` | gptq | {} | 4.00 | – |",
+        mib(folder_size(&release.join("gptq-4bit")))
+    );
+    assert!(readme.contains(&gptq_row), "{gptq_row} in\n{readme}");
+    let fm = parsed_front_matter(&readme);
+    let tags = fm["tags"].as_array().unwrap();
+    assert!(
+        tags.contains(&json!("exl2")) && tags.contains(&json!("gptq")),
+        "{fm}"
+    );
+    assert!(!tags.contains(&json!("gguf")), "{fm}");
+    let sums = std::fs::read_to_string(release.join("SHA256SUMS")).unwrap();
+    for f in [
+        "exl2/config.json",
+        "exl2/output.safetensors",
+        "gptq-4bit/config.json",
+    ] {
+        assert!(
+            sums.lines().any(|l| l.ends_with(&format!("  {f}"))),
+            "{f} in {sums}"
+        );
+    }
+}
+
+#[test]
+fn card_shows_the_recipe_as_written_and_the_release_can_reproduce_it() {
+    let p = run_outputs_project();
+    let (code, _, stderr) = p.build_json(&["recipe.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let release = p.path("build/tiny-exl2/release");
+    let readme = std::fs::read_to_string(release.join("README.md")).unwrap();
+    let recipe_section = format!("## Recipe\n\n```yaml\n{}```\n", RUN_OUTPUTS);
+    assert!(readme.contains(&recipe_section), "{readme}");
+    // The recipe file travels with the release, and Reproduce runs it.
+    assert_eq!(
+        std::fs::read_to_string(release.join("recipe.yaml")).unwrap(),
+        RUN_OUTPUTS
+    );
+    assert!(
+        readme.contains("as `recipe.yaml`:\n\n```sh\nyibuild recipe.yaml\n```"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("Its local sources (`./models/base`, `./models/ft-a`)"),
+        "{readme}"
+    );
+    // The lineage has one node for the sweep of three instances.
+    assert!(readme.contains("  score[\"score ×3 (run)\"]\n"), "{readme}");
+    assert!(readme.contains("  merged --> score\n"), "{readme}");
+    assert!(!readme.contains("score_n_"), "no instance nodes: {readme}");
+}
+
+#[test]
+fn released_mergekit_config_names_the_models_mergekit_loads() {
+    let p = run_outputs_project();
+    let (code, _, stderr) = p.build_json(&["recipe.yaml", "release"]);
+    assert_eq!(code, 0, "{stderr}");
+    let models = |path: &str| -> Vec<Json> {
+        let text = std::fs::read_to_string(p.path(path)).unwrap();
+        let config = parse_documents(&text).unwrap()[0].to_json();
+        assert_eq!(config["merge_method"], "linear", "{text}");
+        config["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["model"].clone())
+            .collect()
+    };
+    // The release's copy runs with mergekit from the recipe's folder...
+    assert_eq!(
+        models("build/tiny-exl2/release/mergekit_config.yml"),
+        [json!("./models/base"), json!("./models/ft-a")]
+    );
+    for m in ["models/base", "models/ft-a"] {
+        assert!(p.path(m).join("config.json").is_file());
+    }
+    // ...while the merge step's own keeps the recipe's names, so renaming a
+    // local path does not rerun the merge.
+    assert_eq!(
+        models("build/tiny-exl2/merged/mergekit_config.yml"),
+        [json!("base"), json!("ft-a")]
+    );
+}
+
+#[test]
+fn a_quantized_path_must_be_one_folder_and_must_not_collide() {
+    let p = run_outputs_project();
+    p.write(
+        "recipe.yaml",
+        &RUN_OUTPUTS.replace("path: gptq-4bit", "path: ../gptq"),
+    );
+    let (code, _, stderr) = p.build_json(&["recipe.yaml"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("recipe.yaml:41:"), "{stderr}");
+    assert!(
+        stderr.contains("`path` `../gptq` cannot be used as a file name"),
+        "{stderr}"
+    );
+
+    p.write(
+        "recipe.yaml",
+        &RUN_OUTPUTS.replace("path: gptq-4bit", "path: config.json"),
+    );
+    let (code, events, stderr) = p.build_json(&["recipe.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    let release = events
+        .iter()
+        .find(|e| e["event"] == "step" && e["step"] == "release")
+        .unwrap();
+    assert_eq!(release["status"], "failed");
+    let error = release["error"].as_str().unwrap();
+    assert!(
+        error.contains("the output of `gptq` goes to the folder `config.json/`, which collides"),
+        "{error}"
+    );
 }

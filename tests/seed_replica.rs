@@ -22,6 +22,19 @@ fn wiki_text() -> String {
     out
 }
 
+/// The exl2 step's converter call in the seed recipe.
+const EXL2_COMMAND: &str = r#": "${EXLLAMAV2:?names a clone of exllamav2}" &&
+        work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT &&
+        python "$EXLLAMAV2/convert.py" -i "$YIBUILD_IN_FINAL" -o "$work"
+        -cf "$YIBUILD_OUT" -b 4.65 -hb 6"#;
+
+/// What exllamav2's `convert.py -cf OUT` leaves in OUT: the input's
+/// non-weight files, `output.safetensors`, and `config.json` with its
+/// `quantization_config` signature.
+const EXL2_STAND_IN: &str = r#"cp "$YIBUILD_IN_FINAL"/tokenizer* "$YIBUILD_OUT"/ &&
+        printf '{"model_type": "llama", "quantization_config": {"quant_method": "exl2", "version": "0.2.8", "bits": 4.65, "head_bits": 6}}'
+        > "$YIBUILD_OUT/config.json" && head -c 4096 /dev/zero > "$YIBUILD_OUT/output.safetensors""#;
+
 #[test]
 fn seed_recipe_builds_end_to_end_over_yi_replicas() {
     let p = Project::new();
@@ -37,18 +50,25 @@ fn seed_recipe_builds_end_to_end_over_yi_replicas() {
         assert!(recipe.contains(&from), "the seed recipe names {from}");
         recipe = recipe.replace(&from, &format!("./replicas/{name}"));
     }
-    // Tiny widths, tiny contexts: everything else is the seed recipe as written.
+    // Tiny widths, tiny contexts, and a shell stand-in for exllamav2's
+    // converter (it needs a CUDA GPU) that writes the folder layout it
+    // writes: everything else is the seed recipe as written.
     recipe = recipe.replace("context: 4096", "context: 64").replace(
         "lengths: [4096, 16384, 32768], trials: 10",
         "lengths: [256], trials: 2",
     );
+    assert!(
+        recipe.contains(EXL2_COMMAND),
+        "the seed recipe converts with exllamav2"
+    );
+    recipe = recipe.replace(EXL2_COMMAND, EXL2_STAND_IN);
     p.write("recipes/capybara-tess.yaml", &recipe);
 
     let (code, events, err) = p.build_json(&["recipes/capybara-tess.yaml"]);
     assert_eq!(code, 0, "{err}\n{events:#?}");
     let built = common::with_status(&events, "built");
     for step in [
-        "merged", "patched", "final", "q4km", "q6k", "ppl", "ppl-q4km", "release",
+        "merged", "patched", "final", "q4km", "q6k", "exl2", "ppl", "ppl-q4km", "release",
     ] {
         assert!(built.contains(&step.to_owned()), "{step} built: {built:?}");
     }
@@ -80,4 +100,66 @@ fn seed_recipe_builds_end_to_end_over_yi_replicas() {
     let readme = std::fs::read_to_string(release.join("README.md")).unwrap();
     assert!(readme.contains("license_name: yi-license"), "{readme}");
     assert!(readme.contains("# CapyTessBorosYi-34B-200K-DARE-Ties"));
+    // The exl2 folder is a subfolder of the release, listed with its bits.
+    let exl2 = release.join("exl2-4.65bpw");
+    assert!(exl2.join("output.safetensors").is_file());
+    assert!(exl2.join("tokenizer.json").is_file());
+    assert!(
+        readme.contains("| `exl2-4.65bpw/` | exl2 (head 6 bits) | "),
+        "{readme}"
+    );
+    assert!(readme.contains(" | 4.65 | "), "{readme}");
+    // The release carries the recipe as written and a mergekit config with
+    // the paths the models were merged from.
+    assert_eq!(
+        std::fs::read_to_string(release.join("capybara-tess.yaml")).unwrap(),
+        recipe
+    );
+    let mergekit = std::fs::read_to_string(release.join("mergekit_config.yml")).unwrap();
+    assert!(
+        mergekit.contains("- model: ./replicas/tess\n"),
+        "{mergekit}"
+    );
+    assert!(
+        mergekit.contains("base_model: ./replicas/yi-llama\n"),
+        "{mergekit}"
+    );
+}
+
+/// `plan` of the seed recipe as it is committed, offline, for the Slurm
+/// executor: the exl2 step asks for a GPU, the GGUF steps for none.
+#[test]
+fn seed_recipe_plans_the_exl2_step_as_a_gpu_job() {
+    let p = Project::new();
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/capybara-tess.yaml");
+    let out = p
+        .cmd(&[
+            "plan",
+            recipe,
+            "--executor",
+            "slurm",
+            "--offline",
+            "--device",
+            "cpu",
+        ])
+        .env_remove("SLURM_CONF")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = |step: &str| -> String {
+        let line = stdout
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("build {step} (")))
+            .unwrap_or_else(|| panic!("{step} is planned: {stdout}"));
+        stdout.lines().nth(line + 1).unwrap().trim().to_owned()
+    };
+    assert!(job("exl2").starts_with("slurm job: cpus=1 "), "{stdout}");
+    assert!(job("exl2").contains(" gpus=1 "), "{stdout}");
+    assert!(job("q4km").contains(" gpus=0 "), "{stdout}");
+    assert!(job("release").contains(" gpus=0 "), "{stdout}");
 }

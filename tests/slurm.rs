@@ -41,11 +41,17 @@ impl Cluster {
     /// Starts the cluster, or explains why it cannot and returns `None`
     /// (a failure instead under `YIBUILD_REQUIRE_SLURM=1`).
     fn start() -> Option<Cluster> {
+        Cluster::with_cpus(8)
+    }
+
+    /// [`Cluster::start`] with a node of `cpus` CPUs.
+    fn with_cpus(cpus: u32) -> Option<Cluster> {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .arg(script("cluster-up.sh"))
             .arg(dir.path())
+            .arg(cpus.to_string())
             .output();
         let why = match out {
             Ok(o) if o.status.success() => {
@@ -689,4 +695,128 @@ fn a_node_local_cache_moves_outputs_through_the_remote_cache() {
         tree_bytes(&p.path("build/slurmdemo/summary")),
         tree_bytes(&p.path("local-build/slurmdemo/summary"))
     );
+}
+
+/// A merge with the default request (4 CPUs) and nothing written.
+const DEFAULTS: &str = r#"
+yibuild: 1
+name: slurmfit
+sources:
+  base: ./models/base
+  tuned: ./models/tuned
+steps:
+  merged:
+    merge:
+      merge_method: linear
+      models:
+        - model: base
+          parameters: {weight: 0.7}
+        - model: tuned
+          parameters: {weight: 0.3}
+      dtype: float32
+"#;
+
+/// The issue's cluster: nodes of 2 CPUs, a merge asking for 4 by default.
+/// Its job is lowered to the node instead of pending forever.
+#[test]
+fn a_default_request_larger_than_the_nodes_is_lowered_to_fit() {
+    let Some(cluster) = Cluster::with_cpus(2) else {
+        return;
+    };
+    let p = demo_project();
+    p.write("recipe.yaml", DEFAULTS);
+    let plan = cluster
+        .yibuild(&p, &["plan", "recipe.yaml", "--executor", "slurm"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains("slurm job: cpus=2 mem=2560M gpus=0 time=- partition=- (lowered to fit the nodes: cpus 4 → 2)"),
+        "{plan}"
+    );
+    let started = Instant::now();
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm"]);
+    assert_eq!(code, 0, "{err}\n{events:#?}");
+    assert_eq!(with_status(&events, "built"), ["merged"]);
+    assert!(
+        jobs(&events, "merged").iter().any(|e| e["phase"] == "done"),
+        "{events:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let log = std::fs::read_to_string(p.path("build/slurmfit/.slurm/merged.log")).unwrap();
+    assert!(log.contains("yibuild-worker: job"), "{log}");
+    // The worker ran with the lowered thread count.
+    let local = local_build(&cluster, &p);
+    assert_eq!(local.0, 0, "{}", local.2);
+    assert_eq!(
+        tree_bytes(&p.path("build/slurmfit/merged")),
+        tree_bytes(&p.path("local-build/slurmfit/merged"))
+    );
+}
+
+/// Requests no node can ever run: one written in the recipe is refused
+/// before anything is submitted; one Slurm accepts but leaves pending for
+/// a reason that cannot clear (a time limit beyond its partition's) is
+/// cancelled and its step fails with the reason. Neither waits forever.
+#[test]
+fn oversized_requests_are_refused_never_pending_forever() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let p = Project::with_base();
+    let recipe = |resources: &str| {
+        format!(
+            "yibuild: 1\nname: slurmbig\nsources:\n  base: ./models/base\nsteps:\n  patched:\n    patch_config: {{model: base, set: {{max_position_embeddings: 8192}}}}\n  big:\n    run: {{command: \"echo hi > $YIBUILD_OUT/x\", inputs: [patched], outputs: [x]}}\n    resources: {resources}\n"
+        )
+    };
+    p.write("recipe.yaml", &recipe("{cpus: 16}"));
+    let started = Instant::now();
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm"]);
+    assert_eq!(code, 2, "{err}\n{events:?}");
+    assert!(err.contains("recipe.yaml:8:3"), "names the step: {err}");
+    assert!(
+        err.contains("step `big` cannot run as a Slurm job: no node of partition `debug` can run it: it asks for 16 CPUs, but its largest node has 8 (sinfo)"),
+        "{err}"
+    );
+    assert!(err.contains("lower its `resources:`"), "{err}");
+    assert!(
+        events.iter().all(|e| e["event"] != "job"),
+        "nothing submitted"
+    );
+    assert!(!p.path("build/slurmbig/patched").exists(), "nothing built");
+    let plan = cluster
+        .yibuild(&p, &["plan", "recipe.yaml", "--executor", "slurm"])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2), "plan refuses it too");
+
+    p.write("recipe.yaml", &recipe("{partition: short, time: \"10\"}"));
+    let (code, events, err) = cluster.build_json(&p, &["recipe.yaml", "--executor", "slurm"]);
+    assert_eq!(code, 1, "{err}\n{events:?}");
+    assert_eq!(with_status(&events, "built"), ["patched"]);
+    let queued = jobs(&events, "big");
+    let id = queued
+        .iter()
+        .find(|e| e["phase"] == "queued")
+        .unwrap_or_else(|| panic!("the job was queued: {queued:?}"))["job_id"]
+        .as_u64()
+        .unwrap();
+    let step = events
+        .iter()
+        .find(|e| e["event"] == "step" && e["step"] == "big")
+        .unwrap();
+    assert_eq!(step["status"], "failed");
+    let error = step["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "slurm job {id} cannot start: it is pending with reason `PartitionTimeLimit`"
+        )),
+        "{error}"
+    );
+    assert!(error.contains("time=10 partition=short"), "{error}");
+    assert!(
+        cluster.queue("slurmbig").is_empty(),
+        "the job was cancelled"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
 }

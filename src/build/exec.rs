@@ -44,6 +44,20 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let start = Instant::now();
     let plan = Plan::new(recipe, &opts.targets)?;
     let graph = &plan.graph;
+    // Every request is checked against Slurm's nodes before anything is
+    // downloaded or submitted.
+    let slurm_jobs = match &opts.executor {
+        Executor::Slurm(config) => {
+            let jobs = crate::build::slurm::requests(&plan, config, opts)?;
+            if let Some(why) = &jobs.unchecked {
+                reporter.warning(&format!(
+                    "Slurm requests are submitted unchecked against the partitions' nodes: {why}"
+                ));
+            }
+            jobs.steps
+        }
+        Executor::Local => BTreeMap::new(),
+    };
     let cache = Cache::open_locked(&opts.cache_dir, &|| reporter.waiting_for_lock())?;
     let remote = Remote::connect(opts.remote.as_ref(), reporter)?;
     let hub = HubConfig::from_env(opts.hub);
@@ -227,6 +241,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                 let tx = tx.clone();
                 let cache = &cache;
                 let remote_cache = remote.usable();
+                let slurm_job = slurm_jobs.get(&step.name);
                 scope.spawn(move || {
                     let started = Instant::now();
                     let result =
@@ -243,6 +258,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                                 &key,
                                 opts,
                                 config,
+                                slurm_job.expect("every planned step has a request"),
                                 reporter,
                             ),
                         }))

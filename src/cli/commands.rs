@@ -1,7 +1,6 @@
 //! The subcommands behind the CLI: each takes parsed options, does its work
 //! through the library, and returns the text to print or the exit status.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,10 +9,9 @@ use crate::build::error::InputError;
 use crate::build::events::{Reporter, Summary};
 use crate::build::freshness::{self, State};
 use crate::build::hub_sources::{pin_offline, HubSourceState};
-use crate::build::options::BuildOptions;
+use crate::build::options::{BuildOptions, Executor};
 use crate::build::outputs::{output_dir, BUILD_MARKER};
 use crate::build::plan::Plan;
-use crate::build::slurm::JobRequest;
 use crate::build::sources::prepare_sources;
 use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
@@ -77,17 +75,24 @@ fn plan_states(
 /// `yibuild plan`: what would run and why, without running it. Hub sources
 /// show what is left to download; an unpinned one is looked up on the Hub
 /// (one request, nothing written) unless `hub.offline`. With a remote cache,
-/// steps it holds are shown with the bytes left to download; with `jobs` (the
-/// Slurm executor), each step to build also shows the resources it asks for.
-pub fn plan(
-    recipe: &Recipe,
-    opts: &BuildOptions,
-    json: bool,
-    jobs: Option<&BTreeMap<String, JobRequest>>,
-) -> Result<String> {
+/// steps it holds are shown with the bytes left to download; with the Slurm
+/// executor, each step to build also shows the resources it asks for, fitted
+/// to the partition's nodes.
+pub fn plan(recipe: &Recipe, opts: &BuildOptions, json: bool) -> Result<String> {
     let hub = HubConfig::from_env(opts.hub);
     let plan = Plan::new(recipe, &opts.targets)?;
     let order = &plan.order;
+    let jobs = match &opts.executor {
+        Executor::Slurm(config) => {
+            let jobs = crate::build::slurm::requests(&plan, config, opts)?;
+            if let Some(why) = &jobs.unchecked {
+                eprintln!("warning: Slurm requests not checked against the nodes: {why}");
+            }
+            Some(jobs)
+        }
+        Executor::Local => None,
+    };
+    let jobs = jobs.as_ref();
     let mut out = String::new();
     let remote = match opts.remote.as_ref().map(RemoteCache::connect) {
         Some(Ok(r)) => Some(r),
@@ -110,8 +115,8 @@ pub fn plan(
             if let (State::Remote { bytes, .. }, Some(obj)) = (state, v.as_object_mut()) {
                 obj.insert("bytes".into(), serde_json::json!(bytes));
             }
-            if let Some(job) = jobs.and_then(|j| j.get(name)) {
-                v["resources"] = serde_json::json!(job);
+            if let Some(job) = jobs.and_then(|j| j.steps.get(name)) {
+                v["resources"] = serde_json::json!(job.request);
             }
             out.push_str(&format!("{v}\n"));
         }
@@ -158,8 +163,15 @@ pub fn plan(
                     "build",
                     freshness::join_reasons(reasons)
                 ));
-                if let Some(job) = jobs.and_then(|j| j.get(name)) {
-                    out.push_str(&format!("{:>12} slurm job: {}\n", "", job.describe()));
+                if let Some(job) = jobs.and_then(|j| j.steps.get(name)) {
+                    out.push_str(&format!("{:>12} slurm job: {}", "", job.request.describe()));
+                    if !job.lowered.is_empty() {
+                        out.push_str(&format!(
+                            " (lowered to fit the nodes: {})",
+                            job.lowered.join(", ")
+                        ));
+                    }
+                    out.push('\n');
                 }
             }
         }
@@ -385,7 +397,7 @@ pub fn graph(recipe: &Recipe, format: &str) -> Result<String> {
     let g = &Plan::new(recipe, &[])?.graph;
     match format {
         "dot" => Ok(g.to_dot(recipe)),
-        "mermaid" => Ok(g.to_mermaid(recipe)),
+        "mermaid" => Ok(g.to_mermaid(recipe, crate::recipe::graph::Detail::Instances)),
         other => bail!("unknown graph format `{other}` (expected dot or mermaid)"),
     }
 }

@@ -53,6 +53,7 @@ mod methods;
 mod output;
 pub mod params;
 pub mod plan;
+pub mod portable;
 pub mod rng;
 pub mod select;
 pub mod typed;

@@ -8,6 +8,15 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::recipe::{suggest, Recipe};
 use crate::syntax::diag::{Diag, RecipeError};
 
+/// How much of a sweep a drawing of the graph shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every instance of a `matrix:` step as its own node (`yibuild graph`).
+    Instances,
+    /// One node per `matrix:` step (the model card's lineage).
+    Sweeps,
+}
+
 /// Checks that every reference names a source or step and that steps form no
 /// cycle; a cycle is reported as `a -> b -> a` at the reference that closes it.
 pub fn check_references(recipe: &Recipe, diag: &Diag) -> Result<(), RecipeError> {
@@ -243,13 +252,31 @@ impl BuildGraph {
         out
     }
 
-    /// The graph as a mermaid flowchart (what the model card embeds).
-    pub fn to_mermaid(&self, recipe: &Recipe) -> String {
+    /// The graph as a mermaid flowchart. With [`Detail::Sweeps`] (what the
+    /// model card embeds) the instances of a `matrix:` step are one node,
+    /// labelled with their count, and their edges are merged: a sweep of 21
+    /// evals reads as one box, not 21 boxes and 42 arrows.
+    pub fn to_mermaid(&self, recipe: &Recipe, detail: Detail) -> String {
         let id = |name: &str| -> String {
             name.chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect()
         };
+        // Each step's node: its own, or its sweep's when collapsed.
+        let sweep_of: BTreeMap<&str, &str> = match detail {
+            Detail::Instances => BTreeMap::new(),
+            Detail::Sweeps => recipe
+                .matrices
+                .iter()
+                .flat_map(|e| {
+                    e.instances
+                        .iter()
+                        .map(|i| (i.name.as_str(), e.step.as_str()))
+                })
+                .collect(),
+        };
+        let node_of =
+            |name: &str| -> String { sweep_of.get(name).copied().unwrap_or(name).to_owned() };
         let mut out = String::from("flowchart LR\n");
         for s in &recipe.sources {
             out.push_str(&format!(
@@ -258,18 +285,41 @@ impl BuildGraph {
                 s.name.replace('"', "'")
             ));
         }
+        // Nodes in recipe order, each with its kind and instance count.
+        let mut nodes: Vec<(String, &str, usize)> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for s in &recipe.steps {
-            out.push_str(&format!(
-                "  {}[\"{} ({})\"]\n",
-                id(&s.name),
-                s.name.replace('"', "'"),
-                s.step.kind()
-            ));
+            let node = node_of(&s.name);
+            match index.get(&node) {
+                Some(&at) => nodes[at].2 += 1,
+                None => {
+                    index.insert(node.clone(), nodes.len());
+                    nodes.push((node, s.step.kind(), 1));
+                }
+            }
         }
+        for (node, kind, count) in &nodes {
+            let label = node.replace('"', "'");
+            let label = match detail {
+                Detail::Sweeps if recipe.matrices.iter().any(|e| &e.step == node) => {
+                    format!("{label} ×{count} ({kind})")
+                }
+                _ => format!("{label} ({kind})"),
+            };
+            out.push_str(&format!("  {}[\"{label}\"]\n", id(node)));
+        }
+        let mut edges: Vec<(String, String)> = Vec::new();
+        let mut seen = BTreeSet::new();
         for s in &recipe.steps {
             for i in self.inputs(&s.name) {
-                out.push_str(&format!("  {} --> {}\n", id(&i), id(&s.name)));
+                let edge = (node_of(&i), node_of(&s.name));
+                if edge.0 != edge.1 && seen.insert(edge.clone()) {
+                    edges.push(edge);
+                }
             }
+        }
+        for (from, to) in &edges {
+            out.push_str(&format!("  {} --> {}\n", id(from), id(to)));
         }
         out
     }

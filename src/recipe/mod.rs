@@ -167,7 +167,13 @@ impl Recipe {
                 .iter()
                 .map(|s| (s.name.clone(), s.step.kind().to_owned(), s.step.params()))
                 .collect(),
-            mermaid: crate::recipe::graph::BuildGraph::new(self).to_mermaid(self),
+            mermaid: crate::recipe::graph::BuildGraph::new(self)
+                .to_mermaid(self, crate::recipe::graph::Detail::Sweeps),
+            text: self.text.clone(),
+            file_name: self.file.file_name().map_or_else(
+                || "recipe.yaml".to_owned(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
         }
     }
 

@@ -3,6 +3,13 @@
 //!
 //! Every byte of the release is a function of the inputs and the recipe facts,
 //! so two builds anywhere give identical folders and archives.
+//!
+//! Layout: the model's files at the top level (as on the Hub), a quantize
+//! step's GGUF files beside them, and a `run` step's output (an exl2, GPTQ or
+//! AWQ model folder) in a subfolder named after the step or by `path:`, so
+//! its `config.json` never meets the model's. The recipe file itself is
+//! included under its own name, and `mergekit_config.yml` is rewritten in
+//! the form mergekit runs ([`crate::merge::portable`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -23,11 +30,67 @@ use crate::syntax::diag::RecipeError;
 use crate::syntax::fields::Fields;
 use crate::syntax::yaml::Node;
 
+/// One entry of `quantized:`: a step name, or `{step: NAME, path: DIR}` to
+/// put its output in the subfolder `DIR`.
+#[derive(Debug, Clone)]
+struct Quantized {
+    input: InputRef,
+    /// `path:` as written.
+    path: Option<String>,
+}
+
+impl Quantized {
+    /// Parses a name or a `{step, path}` mapping.
+    fn parse(f: &Fields, node: &Node) -> Result<Quantized, RecipeError> {
+        if node.as_map().is_none() {
+            return Ok(Quantized {
+                input: input_ref(f.diag(), node, "quantized")?,
+                path: None,
+            });
+        }
+        let entry = Fields::new(f.diag(), node, "a `quantized` entry", &["step", "path"])?;
+        entry.finish()?;
+        let path = entry.opt_str("path")?;
+        if let (Some(p), Some(n)) = (&path, entry.opt("path")) {
+            if let Err(why) = crate::fs::names::check_component("`path`", p) {
+                return Err(f
+                    .diag()
+                    .error(n.span, format!("{why}; name one folder of the release")));
+            }
+        }
+        Ok(Quantized {
+            input: input_ref(f.diag(), entry.req("step")?, "step")?,
+            path,
+        })
+    }
+
+    /// The subfolder of the release this entry's output goes to: its `path:`,
+    /// else a `run` step's name; `None` puts the files at the top level (a
+    /// quantize step's GGUF files, as Hub repos lay them out).
+    fn folder(&self, facts: &RecipeFacts) -> Option<String> {
+        let is_run = facts
+            .steps
+            .iter()
+            .any(|(n, kind, _)| *n == self.input.name && kind == "run");
+        self.path
+            .clone()
+            .or_else(|| is_run.then(|| self.input.name.clone()))
+    }
+
+    /// Its part of the step key: the name, or `{step, path}`.
+    fn param(&self) -> Json {
+        match &self.path {
+            None => json!(self.input.name),
+            Some(p) => json!({"step": self.input.name, "path": p}),
+        }
+    }
+}
+
 /// A `package` step.
 #[derive(Debug, Clone)]
 pub struct Package {
     model: InputRef,
-    quantized: Vec<InputRef>,
+    quantized: Vec<Quantized>,
     evals: Vec<InputRef>,
     card: Map<String, Json>,
     archive: bool,
@@ -46,7 +109,8 @@ pub(super) fn refs(f: &Fields, key: &str) -> Result<Vec<InputRef>, RecipeError> 
 }
 
 impl Package {
-    /// Parses `{model, quantized: [steps], evals: [steps], card: {...}, archive: tar|none}`.
+    /// Parses `{model, quantized: [steps or {step, path}], evals: [steps],
+    /// card: {...}, archive: tar|none}`.
     pub fn parse(node: &Node, cx: &ParseContext) -> Result<Package, RecipeError> {
         let f = Fields::new(
             cx.diag,
@@ -76,13 +140,58 @@ impl Package {
         };
         Ok(Package {
             model: input_ref(cx.diag, f.req("model")?, "model")?,
-            quantized: refs(&f, "quantized")?,
+            quantized: match f.opt("quantized") {
+                None => Vec::new(),
+                Some(n) => match n.as_seq() {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| Quantized::parse(&f, i))
+                        .collect::<Result<_, _>>()?,
+                    None => vec![Quantized::parse(&f, n)?],
+                },
+            },
             evals: refs(&f, "evals")?,
             card,
             archive,
             facts: None,
         })
     }
+}
+
+/// Writes the recipe as written into the release under its own file name
+/// (`recipe-NAME` if a release file already has that name) and returns the
+/// name used.
+fn write_recipe(facts: &RecipeFacts, out: &Path) -> Result<String> {
+    let name = if out.join(&facts.file_name).exists() {
+        format!("recipe-{}", facts.file_name)
+    } else {
+        facts.file_name.clone()
+    };
+    crate::fs::names::check_component("the recipe file name", &name).map_err(anyhow::Error::msg)?;
+    std::fs::write(out.join(&name), &facts.text)
+        .with_context(|| format!("cannot write {}", out.join(&name).display()))?;
+    Ok(name)
+}
+
+/// Replaces the model's `mergekit_config.yml` (recipe aliases) with one
+/// mergekit can run (Hub ids and paths), when the model has one.
+fn portable_mergekit_config(facts: &RecipeFacts, out: &Path) -> Result<()> {
+    let path = out.join("mergekit_config.yml");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let docs = crate::syntax::yaml::parse_documents(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
+    let Some(config) = docs.first() else {
+        return Ok(());
+    };
+    let portable = crate::merge::portable::portable_config(&config.to_json(), facts);
+    // The file is a hardlink to a cache object: replace it, never write through.
+    std::fs::remove_file(&path)?;
+    std::fs::write(&path, card::to_yaml(&portable, 0))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Hex sha256 of a file, streamed.
@@ -171,12 +280,14 @@ impl Step for Package {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: run outputs in subfolders, the recipe file and a portable
+        // mergekit_config.yml in the release, the recipe as written in the card.
+        2
     }
 
     fn inputs(&self) -> Vec<InputRef> {
         let mut v = vec![self.model.clone()];
-        v.extend(self.quantized.iter().cloned());
+        v.extend(self.quantized.iter().map(|q| q.input.clone()));
         v.extend(self.evals.iter().cloned());
         v
     }
@@ -185,7 +296,7 @@ impl Step for Package {
         let names = |v: &[InputRef]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         json!({
             "model": self.model.name,
-            "quantized": names(&self.quantized),
+            "quantized": self.quantized.iter().map(Quantized::param).collect::<Vec<_>>(),
             "evals": names(&self.evals),
             "card": self.card,
             "archive": self.archive,
@@ -213,23 +324,48 @@ impl Step for Package {
         };
         let mut quants = Vec::new();
         for q in &self.quantized {
-            let dir = &ctx.input(&q.name)?.path;
-            for rel in list_files(dir)? {
-                let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
-                if out.join(&name).exists() {
-                    bail!(
-                        "quantized file `{name}` from `{}` collides with another release file",
-                        q.name
-                    );
+            let dir = &ctx.input(&q.input.name)?.path;
+            let step = &q.input.name;
+            match q.folder(facts) {
+                Some(folder) => {
+                    let dest = out.join(&folder);
+                    if dest.exists() {
+                        bail!("the output of `{step}` goes to the folder `{folder}/`, which collides with another release file; give it another `path:`");
+                    }
+                    std::fs::create_dir(&dest)?;
+                    link_tree(dir, &dest, &|_| false)?;
+                    let mut size = 0;
+                    for rel in list_files(&dest)? {
+                        size += std::fs::metadata(dest.join(rel))?.len();
+                    }
+                    quants.push(QuantFile {
+                        file: format!("{folder}/"),
+                        size,
+                        step: step.clone(),
+                        format: card::folder_format(&dest),
+                    });
                 }
-                link_or_copy(&dir.join(&rel), &out.join(&name))?;
-                quants.push(QuantFile {
-                    size: std::fs::metadata(out.join(&name))?.len(),
-                    file: name,
-                    step: q.name.clone(),
-                });
+                None => {
+                    for rel in list_files(dir)? {
+                        let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
+                        if out.join(&name).exists() {
+                            bail!("quantized file `{name}` from `{step}` collides with another release file; give `{step}` a `path:` to put it in a folder");
+                        }
+                        link_or_copy(&dir.join(&rel), &out.join(&name))?;
+                        quants.push(QuantFile {
+                            size: std::fs::metadata(out.join(&name))?.len(),
+                            format: card::file_format(&name),
+                            file: name,
+                            step: step.clone(),
+                        });
+                    }
+                }
             }
         }
+        // The model's mergekit config first: a recipe that is itself a
+        // mergekit config named `mergekit_config.yml` is then kept beside it.
+        portable_mergekit_config(facts, out)?;
+        let recipe_file = write_recipe(facts, out)?;
         let mut evals = Vec::new();
         for e in &self.evals {
             let path = ctx.input(&e.name)?.path.join("results.json");
@@ -261,6 +397,7 @@ impl Step for Package {
             chat_template,
             stop_strings,
             checksums,
+            recipe_file: Some(recipe_file),
         };
         std::fs::write(out.join("README.md"), card::render(&input))?;
         crate::fs::files::write_json(

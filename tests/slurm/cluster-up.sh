@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Starts a one-node Slurm cluster on loopback for the integration tests.
 #
-#   tests/slurm/cluster-up.sh DIR     start; writes DIR/slurm.conf and DIR/pids
-#   tests/slurm/cluster-down.sh DIR   stop what DIR/pids names
+#   tests/slurm/cluster-up.sh DIR [CPUS]  start; writes DIR/slurm.conf and DIR/pids
+#   tests/slurm/cluster-down.sh DIR       stop what DIR/pids names
 #
 # Needs root, and Debian's slurm-wlm and munge packages (.ci/run installs them).
 # Everything the cluster writes (state, spool, logs) stays under DIR, so a
-# start never sees the jobs of an earlier one. The node claims 8 CPUs whatever
-# the machine has (SlurmdParameters=config_overrides), so a few small jobs run
-# at once even on a 2-core runner. Exits non-zero, with the reason on stderr,
-# when the cluster does not come up.
+# start never sees the jobs of an earlier one. The node claims CPUS CPUs
+# (default 8) whatever the machine has (SlurmdParameters=config_overrides), so
+# a few small jobs run at once even on a 2-core runner, and a test can have a
+# node smaller than a step's default request. Besides the default partition
+# `debug`, the node is in `short`, whose jobs may run one minute at most.
+# Exits non-zero, with the reason on stderr, when the cluster does not come up.
 set -euo pipefail
 
-dir=${1:?usage: cluster-up.sh DIR}
+dir=${1:?usage: cluster-up.sh DIR [CPUS]}
+cpus=${2:-8}
 for tool in munged slurmctld slurmd sinfo srun setpriv; do
   command -v "$tool" >/dev/null || { echo "cluster-up: $tool is not installed" >&2; exit 3; }
 done
@@ -52,8 +55,9 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
-NodeName=$host CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=$memory NodeAddr=127.0.0.1 State=UNKNOWN
+NodeName=$host CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$memory NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=ALL MaxTime=1 State=UP
 CONF
 export SLURM_CONF=$dir/slurm.conf
 
@@ -71,7 +75,7 @@ setsid slurmd -D -f "$SLURM_CONF" </dev/null >"$dir/log/slurmd.out" 2>&1 &
 echo "slurmd $!" >>"$dir/pids"
 
 for _ in $(seq 100); do
-  [ "$(sinfo -h -o %T 2>/dev/null)" = idle ] && exit 0
+  [ "$(sinfo -h -p debug -o %T 2>/dev/null)" = idle ] && exit 0
   sleep 0.1
 done
 echo "cluster-up: the node did not become idle in 10 s" >&2

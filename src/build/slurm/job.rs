@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::cancel::{self, Registration};
+use super::nodes::Fitted;
+use super::pending;
 use super::worker::WorkerLine;
 use super::JobRequest;
 use crate::build::events::{JobEvent, JobPhase, Reporter};
@@ -26,10 +28,12 @@ use crate::steps::Device;
 /// Lines of a failed job's log quoted in its error.
 const TAIL_LINES: usize = 15;
 
-/// Runs `step` (key `key`) as a Slurm job, resubmitting up to
-/// `config.retries` times, and returns its manifest once the cache holds it.
-/// With node-local caches the output comes back through `remote`, the
-/// build's remote cache.
+/// Runs `step` (key `key`) as a Slurm job asking for `job` (its request,
+/// fitted to the partition's nodes by [`super::requests`]), resubmitting up
+/// to `config.retries` times, and returns its manifest once the cache holds
+/// it. With node-local caches the output comes back through `remote`, the
+/// build's remote cache. A job that can never start fails at once, without
+/// retries (see [`pending`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_step(
     cache: &Cache,
@@ -39,17 +43,27 @@ pub fn run_step(
     key: &str,
     opts: &BuildOptions,
     config: &SlurmConfig,
+    planned: &Fitted,
     reporter: &dyn Reporter,
 ) -> Result<Manifest> {
     cancel::install();
-    let request = JobRequest::for_step(step, config, opts.device, opts.mem_budget);
+    let request = &planned.request;
+    if !planned.lowered.is_empty() {
+        reporter.note(
+            &step.name,
+            &format!(
+                "default request lowered to fit the partition's nodes: {}",
+                planned.lowered.join(", ")
+            ),
+        );
+    }
     let mut srun_args: Vec<OsString> =
         vec![format!("--job-name=yibuild:{}:{}", recipe.name, step.name).into()];
     srun_args.extend(request.srun_args().into_iter().map(OsString::from));
     srun_args.extend(config.srun_args.iter().map(OsString::from));
     srun_args.push("--".into());
     srun_args.extend(worker_command(
-        cache, recipe, step, key, opts, config, &request,
+        cache, recipe, step, key, opts, config, request,
     )?);
     let log = std::path::absolute(&opts.build_dir)?
         .join(&recipe.name)
@@ -80,6 +94,15 @@ pub fn run_step(
                 },
             )
         };
+        if let (Some(id), Some((reason, why))) = (job.id, &job.hopeless) {
+            failed(Some("CANCELLED"));
+            bail!(
+                "slurm job {id} cannot start: it is pending with reason `{reason}` ({why}), so \
+                 yibuild cancelled it\n  it asked for {}\n  log {}",
+                request.describe(),
+                relative_to_cwd(&log).display()
+            );
+        }
         if !job.status.success() {
             let state = job.id.map(final_state);
             failed(state.as_ref().map(|s| s.state.as_str()));
@@ -187,6 +210,9 @@ struct Job {
     node: Option<String>,
     status: ExitStatus,
     tail: VecDeque<String>,
+    /// The pending reason that can never clear, and what it means, when
+    /// yibuild cancelled the job for it.
+    hopeless: Option<(String, &'static str)>,
 }
 
 /// Output of a running srun: the log file and what was learned from it.
@@ -194,7 +220,10 @@ struct Watch<'a> {
     file: File,
     tail: VecDeque<String>,
     id: Option<u64>,
+    /// Set once the job waits in the queue (srun said so).
+    queued: bool,
     node: Option<String>,
+    hopeless: Option<(String, &'static str)>,
     registration: &'a Registration,
 }
 
@@ -247,9 +276,12 @@ fn submit(
         file,
         tail: VecDeque::new(),
         id: None,
+        queued: false,
         node: None,
+        hopeless: None,
         registration: &registration,
     });
+    let (ended, end) = std::sync::mpsc::channel::<()>();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let status = std::thread::scope(|scope| {
@@ -284,6 +316,7 @@ fn submit(
                 w.line(line);
                 if let Some(id) = queued_job(line) {
                     w.learn_id(id);
+                    w.queued = true;
                     drop(w);
                     reporter.job(
                         step,
@@ -297,7 +330,33 @@ fn submit(
                 }
             })
         });
-        child.wait()
+        // While the job waits in the queue, read its pending reason, and
+        // cancel it once the reason shows it can never start.
+        let watch = &watch;
+        scope.spawn(move || {
+            let mut pending_watch = pending::Watch::default();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                end.recv_timeout(pending::POLL)
+            {
+                let (id, waiting) = {
+                    let w = watch.lock().unwrap();
+                    (w.id, w.queued && w.node.is_none() && w.hopeless.is_none())
+                };
+                let Some(id) = id.filter(|_| waiting) else {
+                    continue;
+                };
+                let Some((state, reason)) = pending::state_and_reason(id) else {
+                    continue;
+                };
+                if let Some(hopeless) = pending_watch.observe(&state, &reason) {
+                    watch.lock().unwrap().hopeless = Some(hopeless);
+                    pending::cancel(id);
+                }
+            }
+        });
+        let status = child.wait();
+        drop(ended);
+        status
     })?;
     let w = watch.into_inner().unwrap();
     Ok(Job {
@@ -305,6 +364,7 @@ fn submit(
         node: w.node,
         status,
         tail: w.tail,
+        hopeless: w.hopeless,
     })
 }
 
@@ -440,6 +500,7 @@ mod tests {
             tail: ["yibuild-worker: job 31 on gpu-7", "error: out of disk"]
                 .map(str::to_owned)
                 .into(),
+            hopeless: None,
         };
         let state = FinalState {
             state: "TIMEOUT".to_owned(),
@@ -460,6 +521,7 @@ mod tests {
             node: None,
             status: exit_status(1),
             tail: VecDeque::new(),
+            hopeless: None,
         };
         let msg = unstarted.failure(None, Path::new("/l")).to_string();
         assert!(

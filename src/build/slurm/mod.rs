@@ -11,6 +11,10 @@
 //! step built only once the action entry for its key is in the cache with
 //! every object it names.
 //!
+//! Before the first job, every request is checked against the partition's
+//! nodes ([`nodes`]); while a job waits in the queue, its pending reason is
+//! watched ([`pending`]): no request can leave the build waiting forever.
+//!
 //! `srun` rather than `sbatch --wait`: srun blocks until the job ends, passes
 //! the exit code through, streams output, and costs about 40 ms per job where
 //! `sbatch --wait` costs at least 2 s (its first poll). Killing srun cancels
@@ -18,30 +22,61 @@
 
 pub mod cancel;
 mod job;
+pub mod nodes;
+pub mod pending;
 pub mod resources;
 pub mod worker;
 
 use std::collections::BTreeMap;
 
 use crate::build::options::{BuildOptions, SlurmConfig};
-use crate::recipe::Recipe;
+use crate::build::plan::Plan;
 
 pub use job::run_step;
+pub use nodes::Fitted;
 pub use resources::JobRequest;
 
-/// What each step of `recipe` would ask Slurm for, by step name (for
-/// `yibuild plan --executor slurm`).
-pub fn requests(
-    recipe: &Recipe,
-    config: &SlurmConfig,
-    opts: &BuildOptions,
-) -> BTreeMap<String, JobRequest> {
-    recipe
-        .steps
-        .iter()
+/// The jobs a build would submit: each planned step's request, fitted to
+/// its partition's nodes.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    /// By step name.
+    pub steps: BTreeMap<String, Fitted>,
+    /// Why the requests are as written, unchecked, when `sinfo` did not
+    /// answer (no Slurm on this host, a controller that is down).
+    pub unchecked: Option<String>,
+}
+
+/// What each step the build of `opts.targets` plans would ask Slurm for
+/// (for the build and for `yibuild plan --executor slurm`). A request that
+/// no node of its partition can run is a recipe error (exit 2) naming the
+/// step, before any job is submitted.
+pub fn requests(plan: &Plan, config: &SlurmConfig, opts: &BuildOptions) -> anyhow::Result<Jobs> {
+    let recipe = plan.recipe;
+    let requests: BTreeMap<String, JobRequest> = plan
+        .steps()
         .map(|s| {
             let request = JobRequest::for_step(s, config, opts.device, opts.mem_budget);
             (s.name.clone(), request)
         })
-        .collect()
+        .collect();
+    match nodes::query() {
+        Ok(nodes) => Ok(Jobs {
+            steps: nodes::fit_all(recipe, &requests, &nodes)?,
+            unchecked: None,
+        }),
+        Err(why) => Ok(Jobs {
+            steps: requests
+                .into_iter()
+                .map(|(name, request)| {
+                    let fitted = Fitted {
+                        request,
+                        lowered: Vec::new(),
+                    };
+                    (name, fitted)
+                })
+                .collect(),
+            unchecked: Some(why),
+        }),
+    }
 }
