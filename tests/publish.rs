@@ -702,6 +702,8 @@ fn a_changed_gguf_uploads_only_that_file_and_the_files_recording_it() {
         ("README.md".to_owned(), "regular"),
         ("SHA256SUMS".to_owned(), "regular"),
         ("build-report.json".to_owned(), "regular"),
+        // The release ships the recipe as written, and it was edited.
+        ("recipe.yaml".to_owned(), "regular"),
     ]
     .into_iter()
     .collect();
@@ -809,6 +811,7 @@ fn dry_run_lists_what_would_be_sent_and_sends_nothing() {
             "README.md",
             "SHA256SUMS",
             "build-report.json",
+            "recipe.yaml",
             gguf.as_str()
         ]
     );
