@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
-use yibuild::build::error::InputError;
+use yibuild::build::error::{BuildError, InputError};
 use yibuild::build::options::{BuildOptions, Executor};
 use yibuild::build::project::{ProjectConfig, RemoteOverrides};
 use yibuild::cli::commands::{self, Transfer};
@@ -398,6 +398,25 @@ fn print_usage_error(e: &clap::Error) {
     eprint!("{out}");
 }
 
+/// The recipe error in `err`'s chain, if any: printed as it renders itself,
+/// with its place in the file (a build error wraps one transparently).
+fn recipe_error(err: &anyhow::Error) -> Option<&RecipeError> {
+    err.chain().find_map(|e| {
+        e.downcast_ref::<RecipeError>()
+            .or(match e.downcast_ref::<BuildError>() {
+                Some(BuildError::Recipe(r)) => Some(r),
+                _ => None,
+            })
+    })
+}
+
+/// Whether `err` is about what the user asked for (exit code 2).
+fn is_input_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<InputError>() || matches!(e.downcast_ref::<BuildError>(), Some(BuildError::Input(_)))
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let collision = command_after_recipe(&Cli::command(), &args);
@@ -419,12 +438,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            if let Some(e) = err.downcast_ref::<RecipeError>() {
+            if let Some(e) = recipe_error(&err) {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
             eprintln!("error: {err:#}");
-            if err.chain().any(|e| e.is::<InputError>()) {
+            if is_input_error(&err) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -3,6 +3,51 @@
 
 use std::path::PathBuf;
 
+use crate::cache::CacheError;
+use crate::fs::error::IoError;
+use crate::syntax::diag::RecipeError;
+
+/// Why a build stopped before its plan could run to the end. A step that
+/// fails is not one: its failure is in the build's summary, and unrelated
+/// steps go on.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// What the user asked for is wrong (exit code 2).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A recipe that a check made at build time refuses (a Slurm request no
+    /// node can run): exit code 2, rendered with its place in the file.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The cache cannot be opened, read or written.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The build folder cannot be prepared.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A source's files cannot be read to hash them.
+    #[error("cannot hash source `{name}`")]
+    Source {
+        /// The source's name in the recipe.
+        name: String,
+        /// Why.
+        #[source]
+        cause: CacheError,
+    },
+    /// The Hub sources' weights cannot be downloaded.
+    #[error("cannot download the Hub sources")]
+    Download(#[source] anyhow::Error),
+    /// Slurm cannot be asked about its nodes in a way the build can use.
+    #[error("cannot plan the Slurm jobs")]
+    Slurm(#[source] anyhow::Error),
+    /// A download from the remote cache cannot be stored in the local cache.
+    #[error("cannot store a download from the remote cache")]
+    Restore(#[source] anyhow::Error),
+    /// The remote cache was required (`--remote-cache-required`) and failed.
+    #[error("the remote cache is required (--remote-cache-required) and failed")]
+    RemoteRequired(#[source] anyhow::Error),
+}
+
 /// An error in what the user asked for (an unknown step, a missing source, a
 /// failed pre-flight check, a refused clean): reported before anything runs,
 /// exit code 2. The cause, where there is one, is kept as the error's source.

@@ -20,9 +20,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::Result;
-
-use crate::build::error::InputError;
+use crate::build::error::{BuildError, InputError};
 use crate::build::events::{Reporter, StepStatus, Summary};
 use crate::build::freshness::{stale_reasons, StaleReason};
 use crate::build::keys::{files_read, key_inputs};
@@ -34,13 +32,19 @@ use crate::build::remote::Remote;
 use crate::build::sources::{hub_sources_not_needed, prepare_sources};
 use crate::cache::remote::RemoteError;
 use crate::cache::{Cache, KeyInputs, Manifest, OutputState};
+use crate::fs::error::IoContext;
 use crate::fs::size::human_bytes;
 use crate::hub::HubConfig;
 use crate::recipe::{Recipe, StepDef};
 use crate::steps::{Artifact, StepContext};
 
-/// Builds the selected targets of `recipe`.
-pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<Summary> {
+/// Builds the selected targets of `recipe`. A step that fails is reported
+/// and recorded in the summary; an error is what stops the whole build.
+pub fn build(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Summary, BuildError> {
     let start = Instant::now();
     let plan = Plan::new(recipe, &opts.targets)?;
     let graph = &plan.graph;
@@ -48,7 +52,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     // downloaded or submitted.
     let slurm_jobs = match &opts.executor {
         Executor::Slurm(config) => {
-            let jobs = crate::build::slurm::requests(&plan, config, opts)?;
+            let jobs = crate::build::slurm::requests(&plan, config, opts).map_err(|e| {
+                match e.downcast::<crate::syntax::diag::RecipeError>() {
+                    Ok(recipe_error) => BuildError::Recipe(recipe_error),
+                    Err(other) => BuildError::Slurm(other),
+                }
+            })?;
             if let Some(why) = &jobs.unchecked {
                 reporter.warning(&format!(
                     "Slurm requests are submitted unchecked against the partitions' nodes: {why}"
@@ -73,7 +82,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let mut unprepared: BTreeSet<String> = skipped.keys().cloned().collect();
     artifacts.extend(skipped);
     crate::fs::names::check_component("recipe name", &recipe.name).map_err(InputError::Name)?;
-    let recipe_build_dir = std::path::absolute(&opts.build_dir)?.join(&recipe.name);
+    let recipe_build_dir = std::path::absolute(&opts.build_dir)
+        .at("resolve", &opts.build_dir)?
+        .join(&recipe.name);
     remove_staging_debris(&recipe_build_dir);
     mark_build_dir(&recipe_build_dir)?;
 
@@ -89,7 +100,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
     let mut damaged: BTreeMap<String, String> = BTreeMap::new();
     let (tx, rx) = mpsc::channel::<Finished>();
 
-    std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<(), BuildError> {
         let (upload_tx, upload_rx) = mpsc::channel::<(String, String, Manifest)>();
         let uploader = remote.writable().map(|r| {
             let cache = &cache;
@@ -301,7 +312,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions, reporter: &dyn Reporter) -> R
                     (manifest, StepStatus::Restored)
                 }
                 Outcome::Restored(Err(e)) => {
-                    remote.refused(&step.name, &e)?;
+                    remote.refused(&step.name, e)?;
                     refused.insert(step.name.clone());
                     let needed: Vec<String> = graph
                         .inputs(&step.name)
@@ -369,6 +380,6 @@ struct Finished {
 
 /// How a step that left the queue ended: run here, or downloaded.
 enum Outcome {
-    Built(Result<Manifest>),
+    Built(anyhow::Result<Manifest>),
     Restored(Result<(Manifest, u64), RemoteError>),
 }

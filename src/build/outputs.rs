@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
-use crate::cache::{BuildRecord, Cache, KeyInputs, Manifest};
+use crate::cache::{BuildRecord, Cache, CacheError, KeyInputs, Manifest};
+use crate::fs::error::{IoContext, IoError};
 use crate::recipe::{Recipe, StepDef};
 
 /// The file that marks `build/<recipe>/` as made by yibuild: `clean`
@@ -15,15 +14,15 @@ pub const BUILD_MARKER: &str = ".yibuild-output";
 
 /// Creates the recipe's build folder with its [`BUILD_MARKER`], unless it
 /// already has one (a no-op rebuild writes nothing).
-pub(crate) fn mark_build_dir(dir: &Path) -> Result<()> {
+pub(crate) fn mark_build_dir(dir: &Path) -> Result<(), IoError> {
     let marker = dir.join(BUILD_MARKER);
     if !marker.is_file() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).at("create", dir)?;
         std::fs::write(
             &marker,
             "Made by yibuild: `yibuild clean` removes this folder; the cache keeps its contents.\n",
         )
-        .with_context(|| format!("cannot write {}", marker.display()))?;
+        .at("write", &marker)?;
     }
     Ok(())
 }
@@ -44,7 +43,7 @@ pub(crate) fn publish(
     inputs: KeyInputs,
     files: BTreeMap<String, BTreeMap<String, String>>,
     manifest: &Manifest,
-) -> Result<()> {
+) -> Result<(), CacheError> {
     let materialized = cache.materialize(manifest, dest)?;
     cache.write_record(
         &recipe.name,

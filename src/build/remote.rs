@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use crate::build::error::BuildError;
 
 use crate::build::events::Reporter;
 use crate::cache::remote::{RemoteCache, RemoteError, RemoteSettings};
@@ -26,12 +26,12 @@ impl<'a> Remote<'a> {
     pub(crate) fn connect(
         settings: Option<&RemoteSettings>,
         reporter: &'a dyn Reporter,
-    ) -> Result<Remote<'a>> {
+    ) -> Result<Remote<'a>, BuildError> {
         let cache = match settings.map(RemoteCache::connect) {
             None => None,
             Some(Ok(remote)) => Some(remote),
             Some(Err(e)) if settings.is_some_and(|s| s.required) => {
-                return Err(e.context("the remote cache is required (--remote-cache-required)"))
+                return Err(BuildError::RemoteRequired(e))
             }
             Some(Err(e)) => {
                 reporter.warning(&format!("{e:#}; building without it"));
@@ -84,13 +84,13 @@ impl<'a> Remote<'a> {
     }
 
     /// A restore of `step` failed: report it; the step is built here instead.
-    pub(crate) fn refused(&self, step: &str, e: &RemoteError) -> Result<()> {
+    pub(crate) fn refused(&self, step: &str, e: RemoteError) -> Result<(), BuildError> {
         match e {
             RemoteError::Corrupt(what) => self.reporter.warning(&format!(
                 "step `{step}`: the remote cache's entry is damaged ({what}); it was not used and the step is built here"
             )),
             RemoteError::Unreachable(_) => self.unreachable(&e.to_string()),
-            RemoteError::Local(e) => return Err(anyhow::anyhow!("{e:#}")),
+            RemoteError::Local(e) => return Err(BuildError::Restore(e)),
         }
         Ok(())
     }
@@ -124,12 +124,10 @@ impl<'a> Remote<'a> {
     }
 
     /// Fails the build if the remote was required and failed during it.
-    pub(crate) fn finish(&self) -> Result<()> {
+    pub(crate) fn finish(&self) -> Result<(), BuildError> {
         let required = self.cache.as_ref().is_some_and(|r| r.settings().required);
         match self.failure.lock().expect("remote failure lock").take() {
-            Some(why) if required => Err(anyhow::anyhow!(
-                "the remote cache is required (--remote-cache-required) and failed: {why}"
-            )),
+            Some(why) if required => Err(BuildError::RemoteRequired(anyhow::anyhow!(why))),
             _ => Ok(()),
         }
     }

@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-
-use crate::build::error::InputError;
+use crate::build::error::{BuildError, InputError};
 use crate::build::hub_sources::HubFetch;
 use crate::build::plan::Plan;
 use crate::cache::remote::RemoteCache;
@@ -36,7 +34,7 @@ pub fn prepare_sources(
     cache: &Cache,
     hub: &HubConfig,
     log: &dyn Fn(&str, &str),
-) -> Result<BTreeMap<String, Artifact>> {
+) -> Result<BTreeMap<String, Artifact>, BuildError> {
     let mut paths = BTreeMap::new();
     for name in plan {
         if let Some(src) = recipe.source(name).filter(|s| s.hub_repo().is_none()) {
@@ -68,13 +66,16 @@ pub fn prepare_sources(
     });
     std::fs::remove_dir_all(&tmp).ok();
     checked?;
-    fetch.fetch_weights(log)?;
+    fetch.fetch_weights(log).map_err(BuildError::Download)?;
     let mut artifacts = BTreeMap::new();
     for (name, path) in paths {
         let manifest = cache
             .memo()
             .manifest(&path)
-            .with_context(|| format!("cannot hash source `{name}`"))?;
+            .map_err(|cause| BuildError::Source {
+                name: name.clone(),
+                cause,
+            })?;
         artifacts.insert(name, Artifact::from_manifest(path, &manifest));
     }
     for (name, pinned) in &fetch.sources {
