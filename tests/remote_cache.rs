@@ -43,6 +43,15 @@ steps:
 
 const STEPS: [&str; 3] = ["merged", "patched", "summary"];
 
+/// The messages of the `warning` events.
+fn warnings(events: &[serde_json::Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect()
+}
+
 fn project() -> Project {
     let p = Project::new();
     let base = TinyLlama::default();
@@ -527,11 +536,7 @@ fn refused_credentials_are_one_warning_naming_the_refusal() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let ev = events(&out);
-    let warnings: Vec<&str> = ev
-        .iter()
-        .filter(|e| e["event"] == "warning")
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
+    let warnings = warnings(&ev);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].starts_with(&format!(
@@ -569,11 +574,7 @@ fn a_missing_bucket_is_one_warning_even_for_a_read_only_build() {
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let ev = events(&out);
-        let warnings: Vec<&str> = ev
-            .iter()
-            .filter(|e| e["event"] == "warning")
-            .map(|e| e["message"].as_str().unwrap())
-            .collect();
+        let warnings = warnings(&ev);
         assert_eq!(warnings.len(), 1, "{mode}: {warnings:?}");
         assert!(
             warnings[0].starts_with(&format!(
