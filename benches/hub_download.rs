@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench hub_download [-- SIZE_MIB]` (default 256 MiB).
 
+#[path = "../tests/common/http.rs"]
+mod http;
 #[path = "../tests/common/hub_server.rs"]
 mod hub_server;
 

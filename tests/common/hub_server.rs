@@ -10,12 +10,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
+
+use super::http::{head, read_request, respond};
 
 /// One request as the server saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,26 +196,13 @@ impl HubServer {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).ok();
-    stream.write_all(body).ok();
-}
-
 fn not_found(stream: &mut TcpStream, code: &str) {
     respond(
         stream,
         "404 Not Found",
         &[
-            ("X-Error-Code".into(), code.into()),
-            ("X-Error-Message".into(), format!("{code} (test hub)")),
+            ("X-Error-Code", code.into()),
+            ("X-Error-Message", format!("{code} (test hub)")),
         ],
         b"",
     );
@@ -234,26 +223,11 @@ fn parse_range(h: Option<&String>, len: u64) -> (u64, u64) {
 }
 
 fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() || line.is_empty() {
+    let Some(request) = read_request(&stream) else {
         return;
-    }
-    let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let mut req_headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            req_headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    let path = target.split('?').next().unwrap().to_owned();
-    let decoded = path.replace("%2F", "/");
+    };
+    let req_headers = request.headers;
+    let decoded = request.path;
     let mut st = state.lock().unwrap();
     let seen_index = st.seen.len();
     st.seen.push(Seen {
@@ -269,7 +243,7 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
                 return respond(
                     &mut stream,
                     "401 Unauthorized",
-                    &[("X-Error-Code".into(), "GatedRepo".into())],
+                    &[("X-Error-Code", "GatedRepo".into())],
                     b"",
                 );
             }
@@ -301,7 +275,7 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         return respond(
             &mut stream,
             "200 OK",
-            &[("Content-Type".into(), "application/json".into())],
+            &[("Content-Type", "application/json".into())],
             body.as_bytes(),
         );
     }
@@ -335,10 +309,10 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
         };
         if f.lfs {
             let headers = vec![
-                ("Location".into(), format!("{endpoint}/lfs/{}", f.sha256)),
-                ("X-Linked-Etag".into(), format!("\"{}\"", f.sha256)),
-                ("X-Linked-Size".into(), f.bytes.len().to_string()),
-                ("X-Repo-Commit".into(), r.commit.clone()),
+                ("Location", format!("{endpoint}/lfs/{}", f.sha256)),
+                ("X-Linked-Etag", format!("\"{}\"", f.sha256)),
+                ("X-Linked-Size", f.bytes.len().to_string()),
+                ("X-Repo-Commit", r.commit.clone()),
             ];
             return respond(&mut stream, "302 Found", &headers, b"");
         }
@@ -373,13 +347,13 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
     st.seen[seen_index].served = Some((start, served_end));
     drop(st);
     let mut headers = vec![
-        ("ETag".into(), format!("\"{etag}\"")),
-        ("X-Repo-Commit".into(), commit),
-        ("Accept-Ranges".into(), "bytes".into()),
+        ("ETag", format!("\"{etag}\"")),
+        ("X-Repo-Commit", commit),
+        ("Accept-Ranges", "bytes".into()),
     ];
     let status = if req_headers.contains_key("range") {
         headers.push((
-            "Content-Range".into(),
+            "Content-Range",
             format!("bytes {start}-{}/{len}", end.saturating_sub(1)),
         ));
         "206 Partial Content"
@@ -389,15 +363,9 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, endpoint: &str) {
     match cut {
         Some(c) => {
             // Promise the whole body, send part of it, hang up.
-            let mut head = format!(
-                "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-            for (k, v) in &headers {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            head.push_str("\r\n");
-            stream.write_all(head.as_bytes()).ok();
+            stream
+                .write_all(head(status, &headers, body.len()).as_bytes())
+                .ok();
             stream.write_all(&body[..(c as usize).min(body.len())]).ok();
             stream.flush().ok();
             stream.shutdown(std::net::Shutdown::Both).ok();
