@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::fs::copy::{clone_or_copy, is_object};
+use crate::fs::error::{IoContext, IoError};
 
 /// Makes `dst` (which must not exist) have the bytes of `src`. A cache object
 /// (an earlier step's materialized output) is hardlinked: free, and the cache
@@ -74,4 +75,30 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// Feeds every byte of the file at `path` to `consume`, 1 MiB at a time, and
+/// returns the byte count: how a large file is hashed without holding it.
+pub fn read_chunks(path: &Path, mut consume: impl FnMut(&[u8])) -> Result<u64, IoError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).at("read", path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).at("read", path)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        consume(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Lowercase hex sha256 of the file at `path` (what `SHA256SUMS`, the Hub's
+/// LFS ids and lock entries use), streamed.
+pub fn sha256_file(path: &Path) -> Result<String, IoError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    read_chunks(path, |chunk| hasher.update(chunk))?;
+    Ok(format!("{:x}", hasher.finalize()))
 }

@@ -22,6 +22,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::fs::files::{read_chunks, sha256_file};
+
 use super::api::HubClient;
 use super::layout::RepoCache;
 use super::lock::LockedFile;
@@ -305,30 +307,12 @@ pub fn verify(path: &Path, file: &LockedFile) -> Result<()> {
     if len != file.size {
         bail!("size is {len} bytes, expected {}", file.size);
     }
-    let mut reader = File::open(path)?;
-    let mut buf = vec![0u8; BUFFER];
     let (expected, actual, what) = match (&file.sha256, &file.blob_id) {
-        (Some(sha), _) => {
-            let mut h = sha2::Sha256::new();
-            loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            (sha.clone(), hex(&h.finalize()), "sha256")
-        }
+        (Some(sha), _) => (sha.clone(), sha256_file(path)?, "sha256"),
         (None, Some(blob)) => {
             let mut h = sha1::Sha1::new();
             h.update(format!("blob {len}\0").as_bytes());
-            loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            read_chunks(path, |chunk| h.update(chunk))?;
             (blob.clone(), hex(&h.finalize()), "git blob id")
         }
         (None, None) => bail!("the lock has no hash for it"),

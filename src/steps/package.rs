@@ -12,20 +12,18 @@
 //! the form mergekit runs ([`crate::merge::portable`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
-use sha2::{Digest, Sha256};
 
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::cache::memo::list_files;
 use crate::card::RecipeFacts;
 use crate::card::{self, CardInput, EvalSummary, QuantFile};
 use crate::eval::results::read_results;
-use crate::fs::files::{link_or_copy, link_tree, read_json};
+use crate::fs::files::{link_or_copy, link_tree, read_json, sha256_file};
 use crate::syntax::diag::RecipeError;
 use crate::syntax::fields::Fields;
 use crate::syntax::yaml::Node;
@@ -192,22 +190,6 @@ fn portable_mergekit_config(facts: &RecipeFacts, out: &Path) -> Result<()> {
     std::fs::remove_file(&path)?;
     std::fs::write(&path, card::to_yaml(&portable, 0))
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Hex sha256 of a file, streamed.
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Writes a tar of `dir` with sorted entries, zero times and fixed modes.

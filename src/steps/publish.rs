@@ -18,7 +18,6 @@
 //! repository and `base_model_relation: quantized`, so the Hub's model tree
 //! links them).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +27,7 @@ use sha2::Sha256;
 
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::cache::memo::list_files;
-use crate::fs::files::{read_json, write_json};
+use crate::fs::files::{read_chunks, read_json, write_json};
 use crate::hub::upload::{Announce, CommitFile, HubWriter, UploadMode};
 use crate::hub::{HubConfig, HubOptions};
 use crate::syntax::diag::RecipeError;
@@ -253,23 +252,14 @@ struct LocalFile {
 
 impl LocalFile {
     fn from_file(path: String, file: PathBuf) -> Result<LocalFile> {
-        let mut reader = std::fs::File::open(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
         let mut sample = Vec::new();
-        let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
+        let size = read_chunks(&file, |chunk| {
             if sample.len() < 512 {
-                sample.extend_from_slice(&buf[..n.min(512 - sample.len())]);
+                sample.extend_from_slice(&chunk[..chunk.len().min(512 - sample.len())]);
             }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+            hasher.update(chunk);
+        })?;
         Ok(LocalFile {
             path,
             content: Content::File(file),
