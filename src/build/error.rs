@@ -37,9 +37,6 @@ pub enum BuildError {
     /// The Hub sources' weights cannot be downloaded.
     #[error("cannot download the Hub sources")]
     Download(#[source] anyhow::Error),
-    /// Slurm cannot be asked about its nodes in a way the build can use.
-    #[error("cannot plan the Slurm jobs")]
-    Slurm(#[source] anyhow::Error),
     /// A download from the remote cache cannot be stored in the local cache.
     #[error("cannot store a download from the remote cache")]
     Restore(#[source] anyhow::Error),

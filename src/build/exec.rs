@@ -52,12 +52,7 @@ pub fn build(
     // downloaded or submitted.
     let slurm_jobs = match &opts.executor {
         Executor::Slurm(config) => {
-            let jobs = crate::build::slurm::requests(&plan, config, opts).map_err(|e| {
-                match e.downcast::<crate::syntax::diag::RecipeError>() {
-                    Ok(recipe_error) => BuildError::Recipe(recipe_error),
-                    Err(other) => BuildError::Slurm(other),
-                }
-            })?;
+            let jobs = crate::build::slurm::requests(&plan, config, opts)?;
             if let Some(why) = &jobs.unchecked {
                 reporter.warning(&format!(
                     "Slurm requests are submitted unchecked against the partitions' nodes: {why}"

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 
 use crate::build::options::{BuildOptions, SlurmConfig};
 use crate::build::plan::Plan;
+use crate::syntax::diag::RecipeError;
 
 pub use job::run_step;
 pub use nodes::Fitted;
@@ -51,7 +52,11 @@ pub struct Jobs {
 /// (for the build and for `yibuild plan --executor slurm`). A request that
 /// no node of its partition can run is a recipe error (exit 2) naming the
 /// step, before any job is submitted.
-pub fn requests(plan: &Plan, config: &SlurmConfig, opts: &BuildOptions) -> anyhow::Result<Jobs> {
+pub fn requests(
+    plan: &Plan,
+    config: &SlurmConfig,
+    opts: &BuildOptions,
+) -> Result<Jobs, RecipeError> {
     let recipe = plan.recipe;
     let requests: BTreeMap<String, JobRequest> = plan
         .steps()
