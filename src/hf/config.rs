@@ -192,7 +192,7 @@ pub struct DecoderConfig {
     /// set; Qwen2/3: layers from `max_window_layers` on when
     /// `use_sliding_window`; Gemma 2: even layers; Gemma 3: all but every
     /// `sliding_window_pattern`-th; Llama: none).
-    pub layer_types: Vec<AttentionKind>,
+    pub layer_types: LayerTypes,
     /// Qwen2/3 `use_sliding_window` (false when absent).
     pub use_sliding_window: bool,
     /// Qwen2/3 `max_window_layers`: layers below it never slide.
@@ -226,6 +226,59 @@ pub struct DecoderConfig {
     pub dtype: Option<String>,
 }
 
+/// Which layers attend through the sliding window, without a list per layer
+/// unless the file writes one (a config claiming billions of layers must not
+/// allocate for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerTypes {
+    /// As written in `layer_types`.
+    Listed(Vec<AttentionKind>),
+    /// Layers `from..` slide, except those `l` with `(l + 1) % every == 0`
+    /// when `full_every` is given (Gemma's global layers).
+    Sliding {
+        /// The first layer that may slide.
+        from: usize,
+        /// The period of full-attention layers among them.
+        full_every: Option<usize>,
+    },
+    /// No layer slides.
+    Full,
+}
+
+impl LayerTypes {
+    /// The kind of layer `l`.
+    pub fn kind(&self, l: usize) -> AttentionKind {
+        let sliding = match self {
+            LayerTypes::Listed(kinds) => kinds.get(l) == Some(&AttentionKind::Sliding),
+            LayerTypes::Sliding { from, full_every } => {
+                l >= *from && full_every.is_none_or(|p| !(l + 1).is_multiple_of(p))
+            }
+            LayerTypes::Full => false,
+        };
+        if sliding {
+            AttentionKind::Sliding
+        } else {
+            AttentionKind::Full
+        }
+    }
+
+    /// Whether any of the first `layers` layers slides.
+    fn any(&self, layers: usize) -> bool {
+        match self {
+            LayerTypes::Listed(kinds) => kinds.contains(&AttentionKind::Sliding),
+            // Of two consecutive candidates at least one slides unless every
+            // layer is full.
+            _ => (0..layers)
+                .skip(match self {
+                    LayerTypes::Sliding { from, .. } => *from,
+                    _ => layers,
+                })
+                .take(2)
+                .any(|l| self.kind(l) == AttentionKind::Sliding),
+        }
+    }
+}
+
 /// Which keys a layer attends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
@@ -254,7 +307,7 @@ impl DecoderConfig {
 
     /// Whether layer `l` attends through the sliding window.
     pub fn is_sliding(&self, l: usize) -> bool {
-        self.layer_types.get(l) == Some(&AttentionKind::Sliding)
+        self.layer_types.kind(l) == AttentionKind::Sliding
     }
 }
 
@@ -758,7 +811,7 @@ impl ConfigFile {
             None => defaults.and_then(|d| d.sliding_window),
         };
         let rule = defaults.map_or(UNKNOWN_SLIDING, |d| d.sliding);
-        let kinds: Vec<AttentionKind> = match top.get("layer_types") {
+        let kinds = match top.get("layer_types") {
             Some(v) => {
                 let types = v
                     .as_array()
@@ -772,7 +825,7 @@ impl ConfigFile {
                         ),
                     ));
                 }
-                types
+                let listed = types
                     .iter()
                     .enumerate()
                     .map(|(i, t)| match t.as_str() {
@@ -786,8 +839,10 @@ impl ConfigFile {
                             ),
                         )),
                     })
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                LayerTypes::Listed(listed)
             }
+            None if window.is_none() => LayerTypes::Full,
             None => {
                 let rule = match (rule, top.count("sliding_window_pattern")?) {
                     (SlidingRule::Pattern(_), Some(0)) => {
@@ -796,26 +851,26 @@ impl ConfigFile {
                     (SlidingRule::Pattern(_), Some(p)) => SlidingRule::Pattern(p),
                     (rule, _) => rule,
                 };
-                let slides = |l: usize| match rule {
-                    SlidingRule::Never => false,
-                    SlidingRule::All => use_sliding_window != Some(false),
-                    SlidingRule::Qwen => {
-                        use_sliding_window == Some(true) && l >= max_window_layers.unwrap_or(28)
-                    }
-                    SlidingRule::Pattern(p) => !(l + 1).is_multiple_of(p),
-                };
-                (0..layers)
-                    .map(|l| {
-                        if slides(l) && window.is_some() {
-                            AttentionKind::Sliding
-                        } else {
-                            AttentionKind::Full
-                        }
-                    })
-                    .collect()
+                match rule {
+                    SlidingRule::Never => LayerTypes::Full,
+                    SlidingRule::All if use_sliding_window == Some(false) => LayerTypes::Full,
+                    SlidingRule::All => LayerTypes::Sliding {
+                        from: 0,
+                        full_every: None,
+                    },
+                    SlidingRule::Qwen if use_sliding_window == Some(true) => LayerTypes::Sliding {
+                        from: max_window_layers.unwrap_or(28),
+                        full_every: None,
+                    },
+                    SlidingRule::Qwen => LayerTypes::Full,
+                    SlidingRule::Pattern(p) => LayerTypes::Sliding {
+                        from: 0,
+                        full_every: Some(p),
+                    },
+                }
             }
         };
-        let any = kinds.contains(&AttentionKind::Sliding);
+        let any = kinds.any(layers);
         let window = match (any, window) {
             (true, Some(0)) => return Err(top.err("sliding_window", "is 0")),
             (true, Some(w)) => Some(w),
@@ -979,7 +1034,7 @@ struct Rope {
 /// The sliding-window settings of a file.
 struct Windows {
     window: Option<usize>,
-    kinds: Vec<AttentionKind>,
+    kinds: LayerTypes,
     use_sliding_window: bool,
     max_window_layers: Option<usize>,
 }
