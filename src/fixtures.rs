@@ -12,7 +12,9 @@ use crate::fs::files::write_json;
 use crate::hf::config::Layout;
 use crate::tensor::DType;
 
+mod arch;
 mod sentencepiece;
+pub use arch::{fixture, write_fixture_pair, ArchModel, Architecture, FixturePair};
 pub use sentencepiece::{PieceType, SpmTokenizer};
 
 /// The shape and storage of a generated model.
@@ -313,11 +315,10 @@ pub fn byte_level_char(b: u8) -> char {
     char::from_u32(256 + offset as u32).unwrap_or('?')
 }
 
-/// Writes a byte-level BPE tokenizer of `vocab` tokens: `<unk>`, `<s>`, `</s>`,
-/// the 256 byte symbols, then merges of common letter pairs up to the size.
-pub fn write_byte_level_tokenizer(dir: &Path, vocab: usize) -> Result<()> {
-    let specials = ["<unk>", "<s>", "</s>"];
-    let mut tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+/// Appends the 256 byte symbols of GPT-2's byte-level alphabet to `tokens`,
+/// then merges of common letter pairs until there are `vocab` tokens; returns
+/// the merges in rank order.
+pub fn extend_byte_level_vocab(tokens: &mut Vec<String>, vocab: usize) -> Vec<(String, String)> {
     tokens.extend((0..=255u8).map(|b| byte_level_char(b).to_string()));
     let mut merges: Vec<(String, String)> = Vec::new();
     let letters: Vec<String> = "etaoinshrdlucmfwypvbgk "
@@ -333,6 +334,15 @@ pub fn write_byte_level_tokenizer(dir: &Path, vocab: usize) -> Result<()> {
             merges.push((a.clone(), b.clone()));
         }
     }
+    merges
+}
+
+/// Writes a byte-level BPE tokenizer of `vocab` tokens: `<unk>`, `<s>`, `</s>`,
+/// the 256 byte symbols, then merges of common letter pairs up to the size.
+pub fn write_byte_level_tokenizer(dir: &Path, vocab: usize) -> Result<()> {
+    let specials = ["<unk>", "<s>", "</s>"];
+    let mut tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    let merges = extend_byte_level_vocab(&mut tokens, vocab);
     let vocab_map: serde_json::Map<String, serde_json::Value> = tokens
         .iter()
         .enumerate()
@@ -442,8 +452,18 @@ pub fn write_yi_replicas(root: &Path) -> Result<()> {
 
 /// The tensors of `base` plus a seeded random task vector of relative size `scale`.
 fn finetune_values(base: &TinyLlama, seed: u64, scale: f32) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    perturb(base.tensor_values(), seed, scale)
+}
+
+/// `tensors` plus a seeded random task vector whose entries have `scale`
+/// times each tensor's RMS as standard deviation: a "fine-tune" of them.
+pub fn perturb(
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    seed: u64,
+    scale: f32,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = SplitMix(seed ^ 0xF1E7_0000);
-    base.tensor_values()
+    tensors
         .into_iter()
         .map(|(name, shape, values)| {
             let std = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();

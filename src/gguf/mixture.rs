@@ -140,6 +140,8 @@ pub enum Role {
     AttnOutput,
     /// `blk.N.ffn_down.weight`.
     FfnDown,
+    /// `blk.N.attn_qkv.weight` (fused q/k/v: Phi-3).
+    AttnQkv,
     /// Any other matrix (q, k, gate, up).
     Other,
 }
@@ -157,6 +159,8 @@ impl Role {
             Role::AttnOutput
         } else if name.ends_with(".ffn_down.weight") {
             Role::FfnDown
+        } else if name.ends_with(".attn_qkv.weight") {
+            Role::AttnQkv
         } else {
             Role::Other
         }
@@ -245,6 +249,14 @@ pub fn tensor_type(
                     P::Q2_K => T::Q3_K,
                     P::Q3_K_M => T::Q4_K,
                     P::Q3_K_L => T::Q5_K,
+                    _ => ty,
+                };
+            }
+            Role::AttnQkv => {
+                ty = match preset {
+                    P::Q3_K_M | P::Q3_K_L => T::Q4_K,
+                    P::Q4_K_M => T::Q5_K,
+                    P::Q5_K_M => T::Q6_K,
                     _ => ty,
                 };
             }

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::convert::{plan_tensors, HParams, PlannedTensor};
+use super::convert::{plan_tensors, Arch, HParams, PlannedTensor, Source};
 use super::file::{GgufWriter, TensorDesc, Value};
 use super::imatrix::Imatrix;
 use super::mixture::{is_quantizable, tensor_type, MixtureModel, Preset, Role};
 use super::quants::quantize_rows;
 use super::tokenizer::vocab_metadata;
 use super::types::GgmlType;
-use crate::tensor::ModelTensors;
+use crate::tensor::{DType, ModelTensors};
 
 /// Elements per slab: the unit of parallel work (16 MiB of f32).
 const SLAB_ELEMS: usize = 1 << 22;
@@ -63,8 +63,13 @@ impl Conversion {
             ("general.type".to_owned(), Value::String("model".into())),
             ("general.name".to_owned(), Value::String(name.to_owned())),
         ];
-        metadata.extend(hparams.metadata().into_iter().skip(1));
-        metadata.extend(vocab_metadata(dir, hparams.config.vocab, &config)?);
+        metadata.extend(hparams.metadata()?.into_iter().skip(1));
+        metadata.extend(vocab_metadata(
+            dir,
+            hparams.arch,
+            hparams.config.vocab,
+            &config,
+        )?);
         Ok(Conversion {
             hparams,
             tensors,
@@ -78,7 +83,7 @@ impl Conversion {
         MixtureModel {
             n_layer: c.layers,
             n_gqa: c.heads / c.kv_heads,
-            is_70b: arch == super::convert::Arch::Llama && c.layers == 80 && c.heads != c.kv_heads,
+            is_70b: arch == Arch::Llama && c.layers == 80 && c.heads != c.kv_heads,
             tied_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
         }
     }
@@ -182,7 +187,7 @@ impl Conversion {
         let windows = 2 * pool.current_num_threads();
         for (i, (t, ty)) in self.tensors.iter().zip(&types).enumerate() {
             self.write_tensor(t, *ty, weights[i], windows, pool, &mut writer)
-                .with_context(|| format!("tensor `{}` ({} → {ty})", t.name, t.source))?;
+                .with_context(|| format!("tensor `{}` ({} → {ty})", t.name, t.source_name()))?;
             log(&format!(
                 "[{}/{}] {:<28} {:>6}",
                 i + 1,
@@ -219,8 +224,28 @@ impl Conversion {
         writer: &mut GgufWriter,
     ) -> Result<()> {
         let (row_len, rows) = (t.row_len(), t.rows());
+        let source = match &t.source {
+            Source::Generated(_, values) => {
+                let mut out = Vec::new();
+                quantize_rows(ty, values, row_len, None, &mut out)?;
+                writer.write_data(&out)?;
+                return Ok(());
+            }
+            Source::Hf(name) => name,
+        };
         if t.ne.len() == 1 {
-            let values = self.model.read_f32(&t.source)?;
+            let mut values = self.model.read_f32(source)?;
+            if t.shift != 0.0 {
+                // The converter adds in the tensor's own type when that is
+                // f16 (it widens only other types to f32 first).
+                let f16 = self.model.require(source)?.dtype == DType::F16;
+                for v in &mut values {
+                    *v += t.shift;
+                    if f16 {
+                        *v = half::f16::from_f32(*v).to_f32();
+                    }
+                }
+            }
             let mut out = Vec::new();
             quantize_rows(ty, &values, row_len, None, &mut out)?;
             writer.write_data(&out)?;
@@ -243,10 +268,10 @@ impl Conversion {
                         if t.permute_heads.is_some() {
                             for (r, dst) in (start..end).zip(x.chunks_exact_mut(row_len)) {
                                 let src = t.source_row(r);
-                                self.model.read_rows_into(&t.source, src..src + 1, dst)?;
+                                self.model.read_rows_into(source, src..src + 1, dst)?;
                             }
                         } else {
-                            self.model.read_rows_into(&t.source, start..end, &mut x)?;
+                            self.model.read_rows_into(source, start..end, &mut x)?;
                         }
                         let mut out = Vec::new();
                         quantize_rows(ty, &x, row_len, imatrix, &mut out)?;
@@ -258,7 +283,7 @@ impl Conversion {
                 writer.write_data(&out?)?;
             }
         }
-        release_pages(self.model.bytes(&t.source)?);
+        release_pages(self.model.bytes(source)?);
         Ok(())
     }
 }

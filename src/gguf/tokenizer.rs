@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
+use super::arch::Arch;
 use super::file::{Value, ValueType};
 use crate::fs::files::read_json;
 
@@ -58,9 +59,14 @@ pub struct Vocab {
 }
 
 /// Reads the tokenizer of the model folder `dir` and returns its GGUF keys,
-/// padded to `vocab_size` tokens (the embedding rows).
+/// padded to `vocab_size` tokens (the embedding rows), with the differences
+/// `arch`'s converter class makes: Gemma writes `add_space_prefix` false;
+/// Phi-3 (`Phi3MiniModel.set_vocab`) scores padding −10000, gives the
+/// tokens of `tokenizer.json`'s `added_tokens` score −1000 and type
+/// user-defined (control when special), and writes no `add_space_prefix`.
 pub fn vocab_metadata(
     dir: &Path,
+    arch: Arch,
     vocab_size: usize,
     config: &Json,
 ) -> Result<Vec<(String, Value)>> {
@@ -81,12 +87,19 @@ pub fn vocab_metadata(
             vocab.tokens.len()
         );
     }
+    let phi3 = arch == Arch::Phi3 && vocab.model == "llama";
     for i in vocab.tokens.len()..vocab_size {
         vocab.tokens.push(format!("[PAD{i}]"));
         vocab.types.push(TokenType::Unused);
         if let Some(s) = vocab.scores.as_mut() {
-            s.push(-1000.0);
+            s.push(if phi3 { -10000.0 } else { -1000.0 });
         }
+    }
+    if phi3 {
+        phi3_added_tokens(dir, &mut vocab)?;
+    }
+    if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && vocab.model == "llama" {
+        vocab.add_space_prefix = Some(false);
     }
     let tok_config = match dir.join("tokenizer_config.json") {
         p if p.is_file() => read_json(&p)?,
@@ -155,6 +168,53 @@ pub fn vocab_metadata(
     }
     kv.extend(chat_templates(dir, &tok_config)?);
     Ok(kv)
+}
+
+/// Phi-3's converter: SentencePiece user-defined pieces count as normal,
+/// then every `added_tokens` entry of `tokenizer.json` inside the vocabulary
+/// replaces its id with score −1000, user-defined or (special) control.
+fn phi3_added_tokens(dir: &Path, vocab: &mut Vocab) -> Result<()> {
+    for ty in &mut vocab.types {
+        if *ty == TokenType::UserDefined {
+            *ty = TokenType::Normal;
+        }
+    }
+    vocab.add_space_prefix = None;
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let json = read_json(&path)?;
+    for (id, text, special) in added_tokens(&json) {
+        if id >= vocab.tokens.len() {
+            continue;
+        }
+        vocab.tokens[id] = text.to_owned();
+        if let Some(scores) = vocab.scores.as_mut() {
+            scores[id] = -1000.0;
+        }
+        vocab.types[id] = if special {
+            TokenType::Control
+        } else {
+            TokenType::UserDefined
+        };
+    }
+    Ok(())
+}
+
+/// `tokenizer.json`'s `added_tokens` as (id, text, special); entries
+/// without an id or text are skipped.
+fn added_tokens(json: &Json) -> impl Iterator<Item = (usize, &str, bool)> {
+    json.get("added_tokens")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let id = t.get("id").and_then(Json::as_u64)?;
+            let text = t.get("content").and_then(Json::as_str)?;
+            let special = t.get("special").and_then(Json::as_bool) == Some(true);
+            Some((id as usize, text, special))
+        })
 }
 
 /// The id of the `role` special token: `tokenizer_config.json`'s `<role>_token`
@@ -250,23 +310,9 @@ pub fn read_tokenizer_json(path: &Path) -> Result<Vocab> {
         put(id.as_u64().context("non-integer vocab id")? as usize, text);
     }
     let mut added: HashMap<usize, bool> = HashMap::new();
-    for t in json
-        .get("added_tokens")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (Some(id), Some(text)) = (
-            t.get("id").and_then(Json::as_u64),
-            t.get("content").and_then(Json::as_str),
-        ) else {
-            continue;
-        };
-        put(id as usize, text);
-        added.insert(
-            id as usize,
-            t.get("special").and_then(Json::as_bool).unwrap_or(false),
-        );
+    for (id, text, special) in added_tokens(&json) {
+        put(id, text);
+        added.insert(id, special);
     }
     let merges: Vec<String> = model
         .get("merges")
@@ -564,6 +610,7 @@ mod tests {
         assert_eq!(v.add_space_prefix, Some(true));
         let kv = vocab_metadata(
             dir.path(),
+            Arch::Llama,
             270,
             &json!({"bos_token_id": 1, "eos_token_id": 2}),
         )
@@ -578,7 +625,7 @@ mod tests {
             Some(Value::Array(_, t)) => assert_eq!(t[269], Value::String("[PAD269]".into())),
             other => panic!("{other:?}"),
         }
-        let err = vocab_metadata(dir.path(), 100, &json!({})).unwrap_err();
+        let err = vocab_metadata(dir.path(), Arch::Llama, 100, &json!({})).unwrap_err();
         assert!(
             err.to_string()
                 .contains("264 tokens but the model has only 100 embedding rows"),
