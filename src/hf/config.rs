@@ -7,7 +7,9 @@
 //! | rotary base | top-level `rope_theta` | `rope_parameters.rope_theta` |
 //! | rotary scaling | `rope_scaling: {type \| rope_type, factor, ...}` | the same keys inside `rope_parameters` |
 //! | storage type | `torch_dtype` | `dtype` |
-//! | per-layer attention | (none) | `layer_types: [full_attention \| sliding_attention, ...]` |
+//! | per-layer attention | implied by the architecture | `layer_types: [full_attention \| sliding_attention, ...]` |
+//! | Gemma 3 local rotary base | `rope_local_base_freq` | `rope_parameters.sliding_attention.rope_theta` (then `full_attention` holds the global settings) |
+//! | partial rotary | top-level `partial_rotary_factor` | inside `rope_parameters` |
 //!
 //! Every step that needs a hyperparameter (eval, GGUF conversion, inspect)
 //! reads it here, so a file is understood the same way everywhere. A value
@@ -145,7 +147,7 @@ impl RopeScaling {
 }
 
 /// The hyperparameters of a decoder-only transformer (Llama, Mistral, Yi,
-/// Qwen2), validated: counts positive, heads a multiple of key/value heads,
+/// Qwen2/3, Gemma 2/3, Phi-3), validated: counts positive, heads a multiple of key/value heads,
 /// numbers finite and in range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
@@ -181,16 +183,56 @@ pub struct DecoderConfig {
     pub rope_scaling: RopeScaling,
     /// `tie_word_embeddings`.
     pub tie_embeddings: bool,
-    /// The attention window of the layers that use one (`sliding_window`
-    /// when `layer_types` names a sliding layer, or when `use_sliding_window`
-    /// is true or absent).
+    /// The attention window of the layers that use one; `None` when no layer
+    /// slides (see [`DecoderConfig::layer_types`]).
     pub sliding_window: Option<usize>,
+    /// Per layer, whether it attends to every earlier token or to the last
+    /// `sliding_window` ones: `layer_types` when written, else what the
+    /// architecture implies (Mistral and Phi-3: every layer when a window is
+    /// set; Qwen2/3: layers from `max_window_layers` on when
+    /// `use_sliding_window`; Gemma 2: even layers; Gemma 3: all but every
+    /// `sliding_window_pattern`-th; Llama: none).
+    pub layer_types: Vec<AttentionKind>,
+    /// Qwen2/3 `use_sliding_window` (false when absent).
+    pub use_sliding_window: bool,
+    /// Qwen2/3 `max_window_layers`: layers below it never slide.
+    pub max_window_layers: Option<usize>,
     /// `attention_bias`.
     pub attention_bias: bool,
     /// `mlp_bias`.
     pub mlp_bias: bool,
     /// `hidden_act`, when written.
     pub hidden_act: Option<String>,
+    /// The MLP activation the model runs: Gemma's `hidden_activation`, else
+    /// `hidden_act`, else the architecture's default; `None` when neither is
+    /// written nor known.
+    pub activation: Option<String>,
+    /// Gemma's `query_pre_attn_scalar`: attention scores are scaled by its
+    /// inverse square root instead of `head_dim`'s.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2's `attn_logit_softcapping`: scores become `c·tanh(s/c)`.
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2's `final_logit_softcapping`: logits become `c·tanh(l/c)`.
+    pub final_logit_softcapping: Option<f64>,
+    /// The rotary base of sliding layers when it differs from the global one
+    /// (Gemma 3's `rope_local_base_freq`, or transformers 5's
+    /// `rope_parameters.sliding_attention.rope_theta`); sliding layers never
+    /// use [`DecoderConfig::rope_scaling`] then.
+    pub rope_local_theta: Option<f64>,
+    /// `partial_rotary_factor` (top level or in the rotary settings): the
+    /// fraction of each head that is rotated (Phi-4-mini: 0.75).
+    pub partial_rotary_factor: f64,
+    /// The declared storage type (`dtype` or `torch_dtype`).
+    pub dtype: Option<String>,
+}
+
+/// Which keys a layer attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Every earlier position (`full_attention`).
+    Full,
+    /// Positions `q - k < sliding_window` (`sliding_attention`).
+    Sliding,
 }
 
 impl DecoderConfig {
@@ -203,37 +245,138 @@ impl DecoderConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+
+    /// Dimensions of each head that are rotated: `head_dim ×
+    /// partial_rotary_factor`, truncated as transformers does.
+    pub fn rotary_dim(&self) -> usize {
+        rotary_dim(self.head_dim, self.partial_rotary_factor)
+    }
+
+    /// Whether layer `l` attends through the sliding window.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.layer_types.get(l) == Some(&AttentionKind::Sliding)
+    }
+}
+
+fn rotary_dim(head_dim: usize, partial: f64) -> usize {
+    (head_dim as f64 * partial) as usize
 }
 
 /// transformers' own defaults for keys a config.json may leave out, for the
-/// architectures whose configuration classes were checked (transformers 5.24
-/// `LlamaConfig`, `MistralConfig`, `Qwen2Config`; the 4.x classes agree).
+/// architectures whose configuration classes were checked (transformers 5.25
+/// `LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config`,
+/// `Gemma2Config`, `Gemma3TextConfig`, `Phi3Config`; the 4.x classes agree).
 /// For any other architecture a missing key is an error, never a guess.
 #[derive(Debug, Clone, Copy)]
 struct ArchDefaults {
-    /// `rope_theta` when neither layout gives one (10000 for all three).
+    /// `rope_theta` when neither layout gives one (the global base for Gemma 3).
     rope_theta: f64,
-    /// `rms_norm_eps` (1e-6 for all three).
+    /// `rms_norm_eps`.
     rms_eps: f64,
-    /// `num_key_value_heads`: `None` means "equal to the head count" (Llama);
-    /// Mistral's default is 8 and Qwen2's 32.
+    /// `num_key_value_heads`: `None` means "equal to the head count".
     kv_heads: Option<usize>,
-    /// `tie_word_embeddings` (false for all three).
+    /// `head_dim`: `None` means `hidden_size / num_attention_heads`.
+    head_dim: Option<usize>,
+    /// `tie_word_embeddings`.
     tie_embeddings: bool,
+    /// `hidden_act` (`hidden_activation` for Gemma).
+    activation: &'static str,
+    /// `sliding_window` when the key is absent.
+    sliding_window: Option<usize>,
+    /// Which layers slide when `layer_types` is not written.
+    sliding: SlidingRule,
+    /// `query_pre_attn_scalar`.
+    query_pre_attn_scalar: Option<f64>,
+    /// `attn_logit_softcapping` and `final_logit_softcapping`.
+    softcapping: (Option<f64>, Option<f64>),
+    /// `rope_local_base_freq` (Gemma 3).
+    rope_local_theta: Option<f64>,
+    /// `original_max_position_embeddings` as a class attribute (Phi-3), which
+    /// transformers copies over the rotary settings' own value.
+    original_max_positions: Option<usize>,
 }
 
+/// How an architecture places sliding layers when `layer_types` is absent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SlidingRule {
+    /// Never (Llama ignores `sliding_window`).
+    Never,
+    /// Every layer when `sliding_window` is set (Mistral, Phi-3).
+    All,
+    /// Layers `max_window_layers..` when `use_sliding_window` (Qwen2/3).
+    Qwen,
+    /// Layers `l` with `(l + 1) % pattern != 0` (Gemma 2: 2; Gemma 3:
+    /// `sliding_window_pattern`, default 6).
+    Pattern(usize),
+}
+
+/// What transformers does for architectures yibuild has no class for
+/// (Yi's remote code): a window applies to every layer unless
+/// `use_sliding_window` is false.
+const UNKNOWN_SLIDING: SlidingRule = SlidingRule::All;
+
 fn arch_defaults(architecture: &str) -> Option<ArchDefaults> {
-    let kv_heads = match architecture {
-        "LlamaForCausalLM" | "llama" => None,
-        "MistralForCausalLM" | "mistral" => Some(8),
-        "Qwen2ForCausalLM" | "qwen2" => Some(32),
-        _ => return None,
-    };
-    Some(ArchDefaults {
+    let llama = ArchDefaults {
         rope_theta: 10000.0,
         rms_eps: 1e-6,
-        kv_heads,
+        kv_heads: None,
+        head_dim: None,
         tie_embeddings: false,
+        activation: "silu",
+        sliding_window: None,
+        sliding: SlidingRule::Never,
+        query_pre_attn_scalar: None,
+        softcapping: (None, None),
+        rope_local_theta: None,
+        original_max_positions: None,
+    };
+    let gemma2 = ArchDefaults {
+        kv_heads: Some(4),
+        head_dim: Some(256),
+        tie_embeddings: true,
+        activation: "gelu_pytorch_tanh",
+        sliding_window: Some(4096),
+        sliding: SlidingRule::Pattern(2),
+        query_pre_attn_scalar: Some(256.0),
+        softcapping: (Some(50.0), Some(30.0)),
+        ..llama
+    };
+    Some(match architecture {
+        "LlamaForCausalLM" | "llama" => llama,
+        "MistralForCausalLM" | "mistral" => ArchDefaults {
+            kv_heads: Some(8),
+            sliding_window: Some(4096),
+            sliding: SlidingRule::All,
+            ..llama
+        },
+        "Qwen2ForCausalLM" | "qwen2" => ArchDefaults {
+            kv_heads: Some(32),
+            sliding_window: Some(4096),
+            sliding: SlidingRule::Qwen,
+            ..llama
+        },
+        "Qwen3ForCausalLM" | "qwen3" => ArchDefaults {
+            kv_heads: Some(32),
+            head_dim: Some(128),
+            sliding_window: Some(4096),
+            sliding: SlidingRule::Qwen,
+            ..llama
+        },
+        "Gemma2ForCausalLM" | "gemma2" => gemma2,
+        "Gemma3ForCausalLM" | "gemma3_text" => ArchDefaults {
+            rope_theta: 1_000_000.0,
+            sliding: SlidingRule::Pattern(6),
+            softcapping: (None, None),
+            rope_local_theta: Some(10000.0),
+            ..gemma2
+        },
+        "Phi3ForCausalLM" | "phi3" => ArchDefaults {
+            rms_eps: 1e-5,
+            sliding: SlidingRule::All,
+            original_max_positions: Some(4096),
+            ..llama
+        },
+        _ => return None,
     })
 }
 
@@ -312,6 +455,34 @@ impl<'a> Obj<'a> {
         match self.number(key)? {
             Some(x) if x <= 0.0 => Err(self.err(key, format!("is {x}; it must be positive"))),
             other => Ok(other),
+        }
+    }
+
+    /// A positive number that may be written as `null` (switched off); absent
+    /// means `default`.
+    fn nullable_positive(&self, key: &str, default: Option<f64>) -> Result<Option<f64>> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(Json::Null) => Ok(None),
+            Some(_) => self.positive_number(key),
+        }
+    }
+
+    /// The object under `key` of `rope_parameters`, for transformers 5's
+    /// per-layer-type rotary settings.
+    fn nested(&self, key: &'static str) -> Result<Option<Obj<'a>>> {
+        let prefix = match key {
+            "full_attention" => "rope_parameters.full_attention.",
+            _ => "rope_parameters.sliding_attention.",
+        };
+        match self.get(key) {
+            None => Ok(None),
+            Some(Json::Object(map)) => Ok(Some(Obj {
+                path: self.path,
+                prefix,
+                map,
+            })),
+            Some(v) => Err(self.err(key, format!("must be an object, found {v}"))),
         }
     }
 
@@ -493,7 +664,9 @@ impl ConfigFile {
             ));
         }
         let explicit_head_dim = top.count("head_dim")?;
-        let head_dim = explicit_head_dim.unwrap_or(hidden / heads);
+        let head_dim = explicit_head_dim
+            .or(defaults.and_then(|d| d.head_dim))
+            .unwrap_or(hidden / heads);
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(top.err(
                 "head_dim",
@@ -507,7 +680,7 @@ impl ConfigFile {
             );
         }
         let max_positions = top.positive("max_position_embeddings")?;
-        let (rope_theta, rope_scaling) = self.rope(defaults, max_positions, head_dim)?;
+        let rope = self.rope(defaults, max_positions, head_dim)?;
         let rms_eps = match (top.positive_number("rms_norm_eps")?, defaults) {
             (Some(e), _) => e,
             (None, Some(d)) => d.rms_eps,
@@ -518,6 +691,24 @@ impl ConfigFile {
             (None, Some(d)) => d.tie_embeddings,
             (None, None) => return Err(no_default("tie_word_embeddings")),
         };
+        let hidden_act = top.string("hidden_act")?.map(str::to_owned);
+        let activation = match defaults {
+            // Gemma's MLP reads `hidden_activation`; `hidden_act` is legacy.
+            Some(d) if d.activation == "gelu_pytorch_tanh" => top
+                .string("hidden_activation")?
+                .unwrap_or(d.activation)
+                .to_owned(),
+            _ => match (&hidden_act, defaults) {
+                (Some(a), _) => a.clone(),
+                (None, Some(d)) => d.activation.to_owned(),
+                (None, None) => top
+                    .string("hidden_activation")?
+                    .map(str::to_owned)
+                    .unwrap_or_default(),
+            },
+        };
+        let (attn_cap, final_cap) = defaults.map_or((None, None), |d| d.softcapping);
+        let windows = self.windows(defaults, layers)?;
         Ok(DecoderConfig {
             path: self.path.clone(),
             architecture,
@@ -532,21 +723,42 @@ impl ConfigFile {
             vocab: top.positive("vocab_size")?,
             max_positions,
             rms_eps,
-            rope_theta,
-            rope_scaling,
+            rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
             tie_embeddings,
-            sliding_window: self.sliding_window(layers)?,
+            sliding_window: windows.window,
+            layer_types: windows.kinds,
+            use_sliding_window: windows.use_sliding_window,
+            max_window_layers: windows.max_window_layers,
             attention_bias: top.boolean("attention_bias")?.unwrap_or(false),
             mlp_bias: top.boolean("mlp_bias")?.unwrap_or(false),
-            hidden_act: top.string("hidden_act")?.map(str::to_owned),
+            hidden_act,
+            activation: (!activation.is_empty()).then_some(activation),
+            query_pre_attn_scalar: match top.positive_number("query_pre_attn_scalar")? {
+                Some(s) => Some(s),
+                None => defaults.and_then(|d| d.query_pre_attn_scalar),
+            },
+            attn_logit_softcapping: top.nullable_positive("attn_logit_softcapping", attn_cap)?,
+            final_logit_softcapping: top.nullable_positive("final_logit_softcapping", final_cap)?,
+            rope_local_theta: rope.local_theta,
+            partial_rotary_factor: rope.partial,
+            dtype: self.dtype()?.map(str::to_owned),
         })
     }
 
-    /// The window of the layers that use sliding attention, if any do.
-    fn sliding_window(&self, layers: usize) -> Result<Option<usize>> {
+    /// Which layers slide and by how much.
+    fn windows(&self, defaults: Option<ArchDefaults>, layers: usize) -> Result<Windows> {
         let top = self.top();
-        let window = top.count("sliding_window")?;
-        let sliding = match top.get("layer_types") {
+        let use_sliding_window = top.boolean("use_sliding_window")?;
+        let max_window_layers = top.count("max_window_layers")?;
+        let window = match top.map.get("sliding_window") {
+            // An explicit null switches the window off, whatever the default.
+            Some(Json::Null) => None,
+            Some(_) => top.count("sliding_window")?,
+            None => defaults.and_then(|d| d.sliding_window),
+        };
+        let rule = defaults.map_or(UNKNOWN_SLIDING, |d| d.sliding);
+        let kinds: Vec<AttentionKind> = match top.get("layer_types") {
             Some(v) => {
                 let types = v
                     .as_array()
@@ -560,63 +772,133 @@ impl ConfigFile {
                         ),
                     ));
                 }
-                let mut any = false;
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        Some("full_attention") => {}
-                        Some("sliding_attention") => any = true,
-                        _ => {
-                            return Err(top.err(
-                                "layer_types",
-                                format!(
-                                    "entry {i} is {t}; yibuild understands full_attention \
-                                     and sliding_attention"
-                                ),
-                            ))
-                        }
-                    }
-                }
-                any
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| match t.as_str() {
+                        Some("full_attention") => Ok(AttentionKind::Full),
+                        Some("sliding_attention") => Ok(AttentionKind::Sliding),
+                        _ => Err(top.err(
+                            "layer_types",
+                            format!(
+                                "entry {i} is {t}; yibuild understands full_attention \
+                                 and sliding_attention"
+                            ),
+                        )),
+                    })
+                    .collect::<Result<_>>()?
             }
-            None => top.boolean("use_sliding_window")?.unwrap_or(true),
+            None => {
+                let rule = match (rule, top.count("sliding_window_pattern")?) {
+                    (SlidingRule::Pattern(_), Some(0)) => {
+                        return Err(top.err("sliding_window_pattern", "is 0"))
+                    }
+                    (SlidingRule::Pattern(_), Some(p)) => SlidingRule::Pattern(p),
+                    (rule, _) => rule,
+                };
+                let slides = |l: usize| match rule {
+                    SlidingRule::Never => false,
+                    SlidingRule::All => use_sliding_window != Some(false),
+                    SlidingRule::Qwen => {
+                        use_sliding_window == Some(true) && l >= max_window_layers.unwrap_or(28)
+                    }
+                    SlidingRule::Pattern(p) => !(l + 1).is_multiple_of(p),
+                };
+                (0..layers)
+                    .map(|l| {
+                        if slides(l) && window.is_some() {
+                            AttentionKind::Sliding
+                        } else {
+                            AttentionKind::Full
+                        }
+                    })
+                    .collect()
+            }
         };
-        match (sliding, window) {
-            (true, Some(0)) => Err(top.err("sliding_window", "is 0")),
-            (true, Some(w)) => Ok(Some(w)),
-            (true, None) if top.get("layer_types").is_some() => Err(top.err(
-                "sliding_window",
-                "is missing but `layer_types` names sliding_attention layers",
-            )),
-            _ => Ok(None),
-        }
+        let any = kinds.contains(&AttentionKind::Sliding);
+        let window = match (any, window) {
+            (true, Some(0)) => return Err(top.err("sliding_window", "is 0")),
+            (true, Some(w)) => Some(w),
+            (true, None) => {
+                return Err(top.err(
+                    "sliding_window",
+                    "is missing but `layer_types` names sliding_attention layers",
+                ))
+            }
+            (false, _) => None,
+        };
+        Ok(Windows {
+            window,
+            kinds,
+            use_sliding_window: use_sliding_window.unwrap_or(false),
+            max_window_layers,
+        })
     }
 
-    /// The rotary base and scaling from whichever layout the file uses.
+    /// The rotary settings from whichever layout the file uses.
     fn rope(
         &self,
         defaults: Option<ArchDefaults>,
         max_positions: usize,
         head_dim: usize,
-    ) -> Result<(f64, RopeScaling)> {
+    ) -> Result<Rope> {
         let top = self.top();
         let path = self.path.display();
         let v5 = self.object("rope_parameters")?;
         let v4 = self.object("rope_scaling")?;
         let top_theta = top.positive_number("rope_theta")?;
+        let mut local_theta = top.positive_number("rope_local_base_freq")?;
         let (theta, scaling) = match v5 {
             Some(params) => {
-                for nested in ["full_attention", "sliding_attention"] {
-                    if params.get(nested).is_some() {
-                        return Err(params.err(
-                            nested,
-                            "(rotary settings per layer type) is not supported by yibuild",
-                        ));
+                let params = match params.nested("full_attention")? {
+                    None => params,
+                    Some(full) => {
+                        // transformers 5 per-layer-type settings (Gemma 3).
+                        for key in params.map.keys() {
+                            if key != "full_attention" && key != "sliding_attention" {
+                                return Err(params.err(
+                                    key,
+                                    "is beside per-layer-type rotary settings; yibuild \
+                                     expects only full_attention and sliding_attention",
+                                ));
+                            }
+                        }
+                        if let Some(local) = params.nested("sliding_attention")? {
+                            let kind = parse_scaling(&local, max_positions, head_dim, None)?;
+                            if kind != RopeScaling::None {
+                                return Err(local.err(
+                                    "rope_type",
+                                    format!(
+                                        "is `{}`; yibuild supports scaling only on \
+                                         full_attention layers",
+                                        kind.name()
+                                    ),
+                                ));
+                            }
+                            let t = local.positive_number("rope_theta")?;
+                            if let (Some(a), Some(b)) = (t, local_theta) {
+                                if a != b {
+                                    bail!("{path}: `rope_parameters.sliding_attention.rope_theta` ({a}) and `rope_local_base_freq` ({b}) disagree");
+                                }
+                            }
+                            local_theta = t.or(local_theta);
+                        }
+                        full
                     }
+                };
+                if params.get("sliding_attention").is_some() {
+                    return Err(params.err(
+                        "sliding_attention",
+                        "is given without `rope_parameters.full_attention`",
+                    ));
                 }
                 let theta = params.positive_number("rope_theta")?;
                 if let (Some(a), Some(b)) = (theta, top_theta) {
                     if a != b {
-                        bail!("{path}: `rope_parameters.rope_theta` ({a}) and `rope_theta` ({b}) disagree");
+                        bail!(
+                            "{path}: `{}rope_theta` ({a}) and `rope_theta` ({b}) disagree",
+                            params.prefix
+                        );
                     }
                 }
                 if let Some(old) = &v4 {
@@ -624,8 +906,9 @@ impl ConfigFile {
                         if let Some(new) = params.get(key) {
                             if new != value && key != "type" {
                                 bail!(
-                                    "{path}: `rope_parameters.{key}` ({new}) and \
-                                     `rope_scaling.{key}` ({value}) disagree"
+                                    "{path}: `{}{key}` ({new}) and \
+                                     `rope_scaling.{key}` ({value}) disagree",
+                                    params.prefix
                                 );
                             }
                         }
@@ -643,27 +926,76 @@ impl ConfigFile {
                  transformers' default for this architecture is not known to yibuild"
             ),
         };
+        // transformers copies a top-level (or class-default) original context
+        // over the rotary settings' own.
+        let original = top
+            .count("original_max_position_embeddings")?
+            .or(defaults.and_then(|d| d.original_max_positions));
+        if original == Some(0) {
+            return Err(top.err("original_max_position_embeddings", "is 0"));
+        }
+        let top_partial = top.positive_number("partial_rotary_factor")?;
+        let in_obj = match &scaling {
+            Some(obj) => obj.positive_number("partial_rotary_factor")?,
+            None => None,
+        };
+        if let (Some(a), Some(b)) = (in_obj, top_partial) {
+            if a != b {
+                bail!("{path}: `partial_rotary_factor` in the rotary settings ({a}) and at the top level ({b}) disagree");
+            }
+        }
+        let partial = in_obj.or(top_partial).unwrap_or(1.0);
+        let rotary = rotary_dim(head_dim, partial);
+        if partial > 1.0 || rotary == 0 || !rotary.is_multiple_of(2) {
+            return Err(top.err(
+                "partial_rotary_factor",
+                format!(
+                    "is {partial}: head_dim {head_dim} × {partial} = {rotary} rotated \
+                     dimensions; an even, positive number no larger than head_dim is needed"
+                ),
+            ));
+        }
         let scaling = match scaling {
             None => RopeScaling::None,
-            Some(obj) => parse_scaling(&obj, max_positions, head_dim)?,
+            Some(obj) => parse_scaling(&obj, max_positions, rotary, original)?,
         };
-        Ok((theta, scaling))
+        Ok(Rope {
+            theta,
+            scaling,
+            local_theta: local_theta.or(defaults.and_then(|d| d.rope_local_theta)),
+            partial,
+        })
     }
 }
 
+/// The rotary settings of a file.
+struct Rope {
+    theta: f64,
+    scaling: RopeScaling,
+    local_theta: Option<f64>,
+    partial: f64,
+}
+
+/// The sliding-window settings of a file.
+struct Windows {
+    window: Option<usize>,
+    kinds: Vec<AttentionKind>,
+    use_sliding_window: bool,
+    max_window_layers: Option<usize>,
+}
+
 /// One rotary-scaling object (`rope_scaling` or `rope_parameters`).
-fn parse_scaling(obj: &Obj, max_positions: usize, head_dim: usize) -> Result<RopeScaling> {
+/// `rotary` is the number of rotated dimensions per head;
+/// `original_override` the top-level `original_max_position_embeddings` that overrides the object's.
+fn parse_scaling(
+    obj: &Obj,
+    max_positions: usize,
+    rotary: usize,
+    original_override: Option<usize>,
+) -> Result<RopeScaling> {
     for key in obj.map.keys() {
         if !ROPE_KEYS.contains(&key.as_str()) {
             return Err(obj.err(key, "is not a rotary setting yibuild understands"));
-        }
-    }
-    if let Some(p) = obj.number("partial_rotary_factor")? {
-        if p != 1.0 {
-            return Err(obj.err(
-                "partial_rotary_factor",
-                format!("is {p}; only full rotary embeddings (1.0) are supported"),
-            ));
         }
     }
     if obj.boolean("truncate")? == Some(false) {
@@ -680,6 +1012,9 @@ fn parse_scaling(obj: &Obj, max_positions: usize, head_dim: usize) -> Result<Rop
             .ok_or_else(|| obj.err("factor", format!("is required for rope_type `{kind}`")))
     };
     let original = || -> Result<usize> {
+        if let Some(n) = original_override {
+            return Ok(n);
+        }
         match obj.count("original_max_position_embeddings")? {
             Some(0) => Err(obj.err("original_max_position_embeddings", "is 0")),
             Some(n) => Ok(n),
@@ -737,8 +1072,8 @@ fn parse_scaling(obj: &Obj, max_positions: usize, head_dim: usize) -> Result<Rop
                 (1.0 + factor.ln() / (original_max_positions as f64).ln()).sqrt()
             };
             RopeScaling::Longrope {
-                short_factor: obj.numbers("short_factor", head_dim / 2)?,
-                long_factor: obj.numbers("long_factor", head_dim / 2)?,
+                short_factor: obj.numbers("short_factor", rotary / 2)?,
+                long_factor: obj.numbers("long_factor", rotary / 2)?,
                 original_max_positions,
                 attention_factor: obj.positive_number("attention_factor")?.unwrap_or(derived),
             }
@@ -998,9 +1333,14 @@ mod tests {
             (
                 with(
                     "rope_parameters",
-                    json!({"full_attention": {"rope_theta": 1e4}}),
+                    json!({"full_attention": {"rope_theta": 5e6},
+                           "sliding_attention": {"rope_type": "linear", "factor": 2.0}}),
                 ),
-                "per layer type",
+                "`rope_parameters.sliding_attention.rope_type` is `linear`",
+            ),
+            (
+                with("partial_rotary_factor", json!(0.2)),
+                "16 × 0.2 = 3 rotated",
             ),
             (
                 with(
@@ -1025,6 +1365,101 @@ mod tests {
         c["rope_parameters"] = json!({"rope_type": "linear", "factor": 3.0, "rope_theta": 5e6});
         assert!(err(c)
             .contains("`rope_parameters.factor` (3.0) and `rope_scaling.factor` (2.0) disagree"));
+    }
+
+    /// A config of `architecture` with only the keys every decoder needs.
+    fn minimal(architecture: &str) -> Json {
+        json!({"architectures": [architecture], "hidden_size": 64, "num_hidden_layers": 6,
+               "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 320,
+               "max_position_embeddings": 4096})
+    }
+
+    #[test]
+    fn each_architecture_takes_transformers_5_defaults() {
+        let d = read(minimal("Gemma2ForCausalLM")).unwrap();
+        assert_eq!((d.kv_heads, d.head_dim, d.tie_embeddings), (4, 256, true));
+        assert_eq!(d.activation.as_deref(), Some("gelu_pytorch_tanh"));
+        assert_eq!(d.query_pre_attn_scalar, Some(256.0));
+        assert_eq!(
+            (d.attn_logit_softcapping, d.final_logit_softcapping),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(d.sliding_window, Some(4096));
+        let sliding: Vec<bool> = (0..6).map(|l| d.is_sliding(l)).collect();
+        assert_eq!(sliding, [true, false, true, false, true, false]);
+        // An explicit null switches soft-capping off.
+        let mut c = minimal("Gemma2ForCausalLM");
+        c["attn_logit_softcapping"] = Json::Null;
+        assert_eq!(read(c).unwrap().attn_logit_softcapping, None);
+
+        let d = read(minimal("Gemma3ForCausalLM")).unwrap();
+        assert_eq!((d.rope_theta, d.rope_local_theta), (1e6, Some(1e4)));
+        assert_eq!(d.attn_logit_softcapping, None);
+        let sliding: Vec<bool> = (0..6).map(|l| d.is_sliding(l)).collect();
+        assert_eq!(sliding, [true, true, true, true, true, false]);
+        let mut c = minimal("Gemma3ForCausalLM");
+        c["sliding_window_pattern"] = json!(2);
+        c["rope_local_base_freq"] = json!(20000.0);
+        c["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+        let d = read(c).unwrap();
+        assert!(d.is_sliding(0) && !d.is_sliding(1));
+        assert_eq!(d.rope_local_theta, Some(20000.0));
+        assert_eq!(d.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        // transformers 5 nests the same per layer type.
+        let mut c = minimal("Gemma3ForCausalLM");
+        c["rope_parameters"] = json!({
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}});
+        let e = read(c).unwrap();
+        assert_eq!(
+            (e.rope_theta, e.rope_local_theta, e.rope_scaling),
+            (1e6, Some(20000.0), d.rope_scaling)
+        );
+
+        let mut c = minimal("Qwen3ForCausalLM");
+        c["num_attention_heads"] = json!(32);
+        let d = read(c).unwrap();
+        assert_eq!((d.kv_heads, d.head_dim, d.sliding_window), (32, 128, None));
+        let mut c = minimal("Qwen2ForCausalLM");
+        c["num_key_value_heads"] = json!(2);
+        c["use_sliding_window"] = json!(true);
+        c["sliding_window"] = json!(32);
+        c["max_window_layers"] = json!(4);
+        let d = read(c).unwrap();
+        let sliding: Vec<bool> = (0..6).map(|l| d.is_sliding(l)).collect();
+        assert_eq!(sliding, [false, false, false, false, true, true]);
+        assert_eq!(d.sliding_window, Some(32));
+
+        let mut c = minimal("MistralForCausalLM");
+        c["num_key_value_heads"] = json!(2);
+        assert_eq!(read(c.clone()).unwrap().sliding_window, Some(4096));
+        c["sliding_window"] = Json::Null;
+        assert_eq!(read(c).unwrap().sliding_window, None);
+        let mut c = minimal("LlamaForCausalLM");
+        c["sliding_window"] = json!(16);
+        assert_eq!(read(c).unwrap().sliding_window, None, "Llama ignores it");
+
+        let mut c = minimal("Phi3ForCausalLM");
+        c["partial_rotary_factor"] = json!(0.75);
+        c["rope_scaling"] = json!({"type": "longrope", "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 2.0],
+            "long_factor": vec![1.0; 6], "original_max_position_embeddings": 99});
+        let d = read(c).unwrap();
+        assert_eq!((d.rms_eps, d.rotary_dim()), (1e-5, 12));
+        let RopeScaling::Longrope {
+            original_max_positions,
+            ..
+        } = d.rope_scaling
+        else {
+            panic!("{:?}", d.rope_scaling)
+        };
+        // Phi3Config's class default (4096) overrides the object's value.
+        assert_eq!(original_max_positions, 4096);
+
+        let mut c = minimal("MixtralForCausalLM");
+        c["num_key_value_heads"] = json!(2);
+        c["rope_theta"] = json!(1e6);
+        c["rms_norm_eps"] = json!(1e-5);
+        assert!(err(c).contains("`tie_word_embeddings` is missing, and transformers' default for `MixtralForCausalLM` is not known"));
     }
 
     #[test]

@@ -5,4 +5,4 @@
 
 pub mod config;
 
-pub use config::{ConfigFile, DecoderConfig, Layout, RopeScaling, Yarn};
+pub use config::{AttentionKind, ConfigFile, DecoderConfig, Layout, RopeScaling, Yarn};
