@@ -38,7 +38,11 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// `root/out-NAME`; returns the output folder or the error.
 fn try_merge(root: &Path, name: &str, config: &str) -> anyhow::Result<PathBuf> {
     let path = root.join(format!("{name}.yml"));
-    std::fs::write(&path, config.replace("ROOT/", &format!("{}/", root.display()))).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("ROOT/", &format!("{}/", root.display())),
+    )
+    .unwrap();
     let out = root.join(format!("out-{name}"));
     let opts = MergeOptions {
         threads: 2,
@@ -93,7 +97,11 @@ fn slerp(t: f64, v0: &[f64], v1: &[f64]) -> Vec<f64> {
 fn ties(base: &[f64], xs: &[&[f64]], w: &[f64]) -> Vec<f64> {
     (0..base.len())
         .map(|e| {
-            let d: Vec<f64> = xs.iter().zip(w).map(|(x, w)| w * (x[e] - base[e])).collect();
+            let d: Vec<f64> = xs
+                .iter()
+                .zip(w)
+                .map(|(x, w)| w * (x[e] - base[e]))
+                .collect();
             let s: f64 = d.iter().sum();
             let (mut mixed, mut div) = (0.0, 0.0);
             for (d, w) in d.iter().zip(w) {
@@ -131,11 +139,7 @@ fn ties_and_slerp_of_every_architecture_equal_the_formulas() {
         let expected_names: BTreeSet<String> =
             model.tensor_shapes().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names(&base), expected_names, "{arch:?} fixture");
-        assert_eq!(
-            base.contains_key("lm_head.weight"),
-            !model.tied,
-            "{arch:?}"
-        );
+        assert_eq!(base.contains_key("lm_head.weight"), !model.tied, "{arch:?}");
 
         let out = merge(
             root,
@@ -183,11 +187,7 @@ fn passthrough_slices_renumber_whole_layers_with_fused_projections_and_four_norm
             "frank",
             "merge_method: passthrough\nslices:\n  - sources:\n      - model: ROOT/base\n        layer_range: [0, 2]\n  - sources:\n      - model: ROOT/a\n        layer_range: [1, 3]\n",
         );
-        let (base, a, got) = (
-            load(&root.join("base")),
-            load(&root.join("a")),
-            load(&out),
-        );
+        let (base, a, got) = (load(&root.join("base")), load(&root.join("a")), load(&out));
         // Output layers 0, 1 are base's 0, 1; output 2, 3 are a's 1, 2.
         let sources = [(&base, 0), (&base, 1), (&a, 1), (&a, 2)];
         let mut expected = BTreeSet::new();
@@ -259,7 +259,10 @@ fn the_output_head_exists_exactly_when_the_config_donor_has_one() {
         .map(|(x, y)| 0.25 * x + 0.75 * y)
         .collect();
     assert_close(embed, &got[embed].1, &want);
-    assert_eq!(read_json(&out.join("config.json"))["tie_word_embeddings"], true);
+    assert_eq!(
+        read_json(&out.join("config.json"))["tie_word_embeddings"],
+        true
+    );
     // An untied donor keeps its head; the tied model gives its embeddings.
     let out = merge(root, "untied-base", &config("untied", "tied"));
     let got = load(&out);
@@ -291,7 +294,11 @@ fn padded_vocabularies_keep_the_base_rows() {
         "padded",
         "merge_method: task_arithmetic\nbase_model: ROOT/base\nmodels:\n  - model: ROOT/wide\n    parameters: {weight: 0.5}\n",
     );
-    let (b, w, got) = (load(&root.join("base")), load(&root.join("wide")), load(&out));
+    let (b, w, got) = (
+        load(&root.join("base")),
+        load(&root.join("wide")),
+        load(&out),
+    );
     let embed = "model.embed_tokens.weight";
     assert_eq!(got[embed].0, vec![288, 32]);
     let want: Vec<f64> = (0..288 * 32)
@@ -438,7 +445,11 @@ fn different_layouts_are_refused_unless_crimes_are_allowed() {
         "{err}"
     );
     // With the opt-in the first model's layout is merged, as mergekit does.
-    let out = merge(root, "layout-crime", &format!("{config}allow_crimes: true\n"));
+    let out = merge(
+        root,
+        "layout-crime",
+        &format!("{config}allow_crimes: true\n"),
+    );
     let got = load(&out);
     assert_eq!(names(&got), names(&load(&root.join("base"))));
 }
@@ -466,8 +477,9 @@ fn a_recipe_mixing_architectures_exits_2_naming_both_unless_allow_crimes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("the models mix architectures (`base` is LlamaForCausalLM, `ft` is MistralForCausalLM)")
-            && err.contains("set `allow_crimes: true` in the merge configuration"),
+        err.contains(
+            "the models mix architectures (`base` is LlamaForCausalLM, `ft` is MistralForCausalLM)"
+        ) && err.contains("set `allow_crimes: true` in the merge configuration"),
         "{err}"
     );
     assert!(!p.path("build/crimes/merged").exists());
@@ -500,4 +512,159 @@ fn a_recipe_mixing_architectures_exits_2_naming_both_unless_allow_crimes() {
         "{err}"
     );
     assert!(!p.path("qwen-out").exists());
+}
+
+/// Builds `recipe.yaml` (steps under `steps:`, sources `models/<name>`) and
+/// returns (exit code, stderr).
+fn build(p: &Project, sources: &[&str], steps: &str) -> (i32, String) {
+    let sources: String = sources
+        .iter()
+        .map(|s| format!("  {s}: ./models/{s}\n"))
+        .collect();
+    p.write(
+        "recipe.yaml",
+        &format!("yibuild: 1\nname: arch\nsources:\n{sources}steps:\n{steps}"),
+    );
+    let o = p.run(&["recipe.yaml"]);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn patch_config_keeps_each_architecture_readable() {
+    let p = Project::new();
+    ArchModel::new(Arch::Phi3).write(&p.path("models/phi"));
+    ArchModel::new(Arch::Qwen2).write(&p.path("models/qwen"));
+    ArchModel::new(Arch::Gemma2).write(&p.path("models/gemma"));
+    ArchModel::new(Arch::Gemma3).write(&p.path("models/gemma3"));
+    let mut longrope = ArchModel::new(Arch::Llama).config();
+    longrope["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [1.0, 2.0, 3.0, 4.0]});
+    ArchModel::new(Arch::Llama).write(&p.path("models/llama"));
+    std::fs::write(
+        p.path("models/llama/config.json"),
+        serde_json::to_vec_pretty(&longrope).unwrap(),
+    )
+    .unwrap();
+
+    // Phi-3: a longer context keeps the original one; softcapping numbers on Gemma.
+    let (code, err) = build(
+        &p,
+        &["phi", "gemma"],
+        "  long:\n    patch_config: {model: phi, set: {max_position_embeddings: 262144}}\n  capped:\n    patch_config: {model: gemma, set: {final_logit_softcapping: 25.0}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let long = read_json(&p.path("build/arch/long/config.json"));
+    assert_eq!(long["max_position_embeddings"], 262144);
+    assert_eq!(long["original_max_position_embeddings"], 4096);
+    let capped = read_json(&p.path("build/arch/capped/config.json"));
+    assert_eq!(capped["final_logit_softcapping"], 25.0);
+
+    let cases = [
+        // Factor lists must cover rotary dims / 2 = 4.
+        (
+            "phi",
+            "set: {rope_parameters.long_factor: [1.0, 2.0]}",
+            "the patched config.json is not valid for Phi3ForCausalLM",
+            "long_factor",
+        ),
+        // A model whose longrope context falls back to max_position_embeddings.
+        (
+            "llama",
+            "set: {max_position_embeddings: 8192}",
+            "changes the longrope context the model was trained on (`original_max_position_embeddings`) from 2048 to 8192",
+            "write `original_max_position_embeddings: 2048` too",
+        ),
+        (
+            "qwen",
+            "set: {use_sliding_window: true}",
+            "Qwen2ForCausalLM: `use_sliding_window` is true but `sliding_window` is not a window size",
+            "",
+        ),
+        (
+            "qwen",
+            "set: {use_sliding_window: true, sliding_window: 64}",
+            "`max_window_layers` (3) is not below `num_hidden_layers` (3): no layer would slide",
+            "",
+        ),
+        // Soft-capping is a number or null, never a string (Gemma 3 has
+        // null, which the type check alone lets anything replace).
+        (
+            "gemma3",
+            "set: {final_logit_softcapping: \"30\"}",
+            "the patched config.json is not valid for Gemma3ForCausalLM",
+            "final_logit_softcapping",
+        ),
+    ];
+    for (model, patch, message, detail) in cases {
+        let (code, err) = build(
+            &p,
+            &[model],
+            &format!("  bad:\n    patch_config: {{model: {model}, {patch}}}\n"),
+        );
+        assert_eq!(code, 1, "{model} {patch}: {err}");
+        assert!(
+            err.contains(message) && err.contains(detail),
+            "{model} {patch}: {err}"
+        );
+    }
+    // Qwen2 sliding window switched on consistently is accepted.
+    let (code, err) = build(
+        &p,
+        &["qwen"],
+        "  sliding:\n    patch_config: {model: qwen, set: {use_sliding_window: true, sliding_window: 64, max_window_layers: 1}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn tokenizer_swaps_accept_padded_rows_and_resize_the_tied_matrix() {
+    let p = Project::new();
+    // Qwen2: 288 embedding rows for 264 tokens; the swap keeps the padding.
+    ArchModel::new(Arch::Qwen2).write(&p.path("models/qwen"));
+    ArchModel::new(Arch::Gemma2).write(&p.path("models/gemma"));
+    ArchModel {
+        tokenizer_vocab: 300,
+        ..ArchModel::new(Arch::Gemma2)
+    }
+    .write(&p.path("models/big"));
+    let (code, err) = build(
+        &p,
+        &["qwen", "gemma", "big"],
+        "  swapped:\n    tokenizer: {model: qwen, from: gemma}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = load(&p.path("build/arch/swapped"));
+    assert_eq!(out["model.embed_tokens.weight"].0, vec![288, 32]);
+    assert!(!out.contains_key("lm_head.weight"));
+    // Gemma (tied, 264 rows) with a 300-token tokenizer: an error naming
+    // the single matrix, then `resize: pad` grows that matrix alone.
+    let (code, err) = build(
+        &p,
+        &["gemma", "big"],
+        "  grown:\n    tokenizer: {model: gemma, from: big}\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the new tokenizer has 300 tokens but the model has 264 rows in `model.embed_tokens.weight` (tied)"),
+        "{err}"
+    );
+    let (code, err) = build(
+        &p,
+        &["gemma", "big"],
+        "  grown:\n    tokenizer: {model: gemma, from: big, resize: pad}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = load(&p.path("build/arch/grown"));
+    let before = load(&p.path("models/gemma"));
+    let embed = "model.embed_tokens.weight";
+    assert_eq!(out[embed].0, vec![300, 32]);
+    assert_eq!(out[embed].1[..264 * 32], before[embed].1[..]);
+    assert!(!out.contains_key("lm_head.weight"));
+    assert_eq!(
+        read_json(&p.path("build/arch/grown/config.json"))["vocab_size"],
+        300
+    );
 }

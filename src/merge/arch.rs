@@ -454,10 +454,16 @@ pub fn check(models: &[InputModel], config: &MergeConfig) -> Vec<String> {
         };
         let mut parts = Vec::new();
         if let Some(n) = describe(&reference, &other) {
-            parts.push(format!("`{}` has `{n}`, `{}` does not", first.name, model.name));
+            parts.push(format!(
+                "`{}` has `{n}`, `{}` does not",
+                first.name, model.name
+            ));
         }
         if let Some(n) = describe(&other, &reference) {
-            parts.push(format!("`{}` has `{n}`, `{}` does not", model.name, first.name));
+            parts.push(format!(
+                "`{}` has `{n}`, `{}` does not",
+                model.name, first.name
+            ));
         }
         problems.push(format!(
             "models `{}` and `{}` ({}) have different tensor layouts: {}; set `allow_crimes: true` \

@@ -88,8 +88,10 @@ impl ArchModel {
     pub fn layer_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let q = HEADS * HEAD_DIM;
         let kv = KV_HEADS * HEAD_DIM;
-        let mut out: Vec<(String, Vec<usize>)> = vec![("input_layernorm.weight".into(), vec![HIDDEN])];
-        let mut attn = |name: &str, shape: Vec<usize>| out.push((format!("self_attn.{name}"), shape));
+        let mut out: Vec<(String, Vec<usize>)> =
+            vec![("input_layernorm.weight".into(), vec![HIDDEN])];
+        let mut attn =
+            |name: &str, shape: Vec<usize>| out.push((format!("self_attn.{name}"), shape));
         if self.arch == Arch::Phi3 {
             attn("qkv_proj.weight", vec![q + 2 * kv, HIDDEN]);
             attn("o_proj.weight", vec![HIDDEN, q]);
@@ -121,7 +123,10 @@ impl ArchModel {
         }
         match self.arch {
             Arch::Phi3 => {
-                out.push(("mlp.gate_up_proj.weight".into(), vec![2 * INTERMEDIATE, HIDDEN]));
+                out.push((
+                    "mlp.gate_up_proj.weight".into(),
+                    vec![2 * INTERMEDIATE, HIDDEN],
+                ));
                 out.push(("mlp.down_proj.weight".into(), vec![HIDDEN, INTERMEDIATE]));
             }
             Arch::Mixtral => {
@@ -187,7 +192,13 @@ impl ArchModel {
             "transformers_version": "5.0.0"
         });
         let layer_types: Vec<&str> = (0..self.layers)
-            .map(|l| if l % 2 == 0 { "sliding_attention" } else { "full_attention" })
+            .map(|l| {
+                if l % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
             .collect();
         match self.arch {
             Arch::Mistral => c["sliding_window"] = json!(4096),
