@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::build::error::InputError;
@@ -259,7 +259,8 @@ impl MergekitArgs {
 pub struct DropInOptions {
     /// How to merge and what to write.
     pub merge: MergeOptions,
-    /// `--allow-crimes`: merge models of different architectures.
+    /// `--allow-crimes`: merge models of different architectures or tensor
+    /// layouts (sets the configuration's `allow_crimes`).
     pub allow_crimes: bool,
     /// Where and how Hub models are fetched.
     pub hub: HubConfig,
@@ -277,7 +278,13 @@ pub fn merge_command(
 ) -> Result<()> {
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config = merge::parse_config(config_path, &text)?;
+    let mut config = merge::parse_config(config_path, &text)?;
+    config.allow_crimes |= opts.allow_crimes;
+    // A merge the inputs cannot make is bad input (exit 2), named by the config.
+    let refused = |cause| InputError::File {
+        path: config_path.to_owned(),
+        cause,
+    };
     merge::check_output_folder(out).map_err(|cause| InputError::File {
         path: out.to_owned(),
         cause,
@@ -309,11 +316,11 @@ pub fn merge_command(
         let scratch = scratch_folder(out);
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("cannot create {}", scratch.display()))?;
-        let fetched = fetch_hub_models(&config, hub, &models, &scratch, opts, log);
+        let fetched = fetch_hub_models(&config, hub, &models, &scratch, opts, &refused, log);
         std::fs::remove_dir_all(&scratch).ok();
         models.extend(fetched?);
-    } else if !opts.allow_crimes {
-        check_architectures(&models)?;
+    } else {
+        merge::preflight(&config, &models, opts.merge.seed).map_err(refused)?;
     }
     merge::merge_to_folder(&config, &models, out, &opts.merge, log)
 }
@@ -331,7 +338,8 @@ fn scratch_folder(out: &Path) -> PathBuf {
 }
 
 /// Pins the Hub models, checks the whole merge against their headers (and
-/// the local models), then downloads their weights. Returns each Hub model's
+/// the local models; a failed check is made an input error by `refused`),
+/// then downloads their weights. Returns each Hub model's
 /// snapshot folder.
 fn fetch_hub_models(
     config: &MergeConfig,
@@ -339,6 +347,7 @@ fn fetch_hub_models(
     local: &BTreeMap<String, PathBuf>,
     scratch: &Path,
     opts: &DropInOptions,
+    refused: &dyn Fn(anyhow::Error) -> InputError,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<BTreeMap<String, PathBuf>> {
     let names: Vec<String> = hub.iter().map(|s| s.name.clone()).collect();
@@ -363,47 +372,13 @@ fn fetch_hub_models(
             .preflight_views(&scratch.join("views"))
             .map_err(InputError::Hub)?,
     );
-    if !opts.allow_crimes {
-        check_architectures(&views)?;
-    }
-    merge::preflight(config, &views, opts.merge.seed)?;
+    merge::preflight(config, &views, opts.merge.seed).map_err(refused)?;
     fetch.fetch_weights(&note)?;
     Ok(fetch
         .sources
         .iter()
         .map(|(name, pinned)| (name.clone(), pinned.snapshot()))
         .collect())
-}
-
-/// Refuses models whose config.json name different architectures, as
-/// mergekit does without `--allow-crimes`. Models without `architectures`
-/// are not compared (mergekit infers theirs from the tensor names).
-pub fn check_architectures(models: &BTreeMap<String, PathBuf>) -> Result<()> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for (name, dir) in models {
-        let path = dir.join("config.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue; // the pre-flight check names a missing config
-        };
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| InputError::File {
-                path: path.clone(),
-                cause: anyhow::Error::from(e).context("not valid JSON"),
-            })?;
-        if let Some(arch) = config["architectures"].as_array() {
-            let arch: Vec<&str> = arch.iter().filter_map(|a| a.as_str()).collect();
-            seen.push((name.clone(), arch.join("+")));
-        }
-    }
-    if seen.iter().all(|(_, a)| *a == seen[0].1) {
-        return Ok(());
-    }
-    let list: Vec<String> = seen.iter().map(|(n, a)| format!("`{n}` is {a}")).collect();
-    bail!(InputError::Unusable(format!(
-        "the models mix architectures ({}); pass --allow-crimes to merge them anyway \
-         (mergekit-yaml refuses them without it too)",
-        list.join(", ")
-    )))
 }
 
 #[cfg(test)]

@@ -113,6 +113,10 @@ pub struct MergeConfig {
     pub pad_to_multiple_of: Option<usize>,
     /// `chat_template`: a built-in name or literal Jinja.
     pub chat_template: Option<String>,
+    /// `allow_crimes` (a yibuild key, mergekit's `--allow-crimes` option in
+    /// the configuration): merge models of different architectures or
+    /// tensor layouts. `yibuild merge --allow-crimes` sets it too.
+    pub allow_crimes: bool,
     /// The config text, written verbatim to `mergekit_config.yml`.
     pub text: String,
     /// The config as JSON (for step keys).
@@ -131,6 +135,7 @@ const TOP_KEYS: &[&str] = &[
     "tokenizer",
     "chat_template",
     "name",
+    "allow_crimes",
 ];
 
 fn parse_model_ref(diag: &Diag, node: &Node, key: &str) -> Result<ModelRef, RecipeError> {
@@ -538,6 +543,7 @@ impl MergeConfig {
             tokens: tokenizer.tokens,
             pad_to_multiple_of: tokenizer.pad_to_multiple_of,
             chat_template: f.opt_str("chat_template")?,
+            allow_crimes: f.opt_bool("allow_crimes")?.unwrap_or(false),
             text: text.to_owned(),
             json: serde_json::Value::Null,
         };

@@ -46,6 +46,7 @@
 //!   multi-document configs, `nuslerp_row_wise` without flattening, built-in
 //!   chat templates other than `chatml`, `arcee_fusion`.
 
+pub mod arch;
 pub mod config;
 pub mod engine;
 pub mod method;

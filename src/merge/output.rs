@@ -48,7 +48,31 @@ fn write_config(plan: &MergePlan, out: &Path) -> Result<()> {
             obj.insert("vocab_size".into(), json!(rows));
         }
     }
+    if obj.contains_key("layer_types") {
+        obj.insert("layer_types".into(), layer_types(plan)?);
+    }
     write_json(&out.join("config.json"), &config)
+}
+
+/// `layer_types` (transformers 5: each layer's attention, `sliding_attention`
+/// or `full_attention`, as Gemma, Qwen2 and Mistral configs list them) for the
+/// output's layers: each output layer keeps the type of the layer it is made
+/// from, so a slice that renumbers layers keeps their attention pattern.
+fn layer_types(plan: &MergePlan) -> Result<serde_json::Value> {
+    plan.layer_sources
+        .iter()
+        .map(|&(m, layer)| {
+            let model = &plan.models[m];
+            match model.config["layer_types"].get(layer) {
+                Some(t) => Ok(t.clone()),
+                None => bail!(
+                    "model `{}`: config.json's `layer_types` has no entry for layer {layer}",
+                    model.name
+                ),
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(serde_json::Value::Array)
 }
 
 fn builtin_chat_template(name: &str) -> Option<&'static str> {

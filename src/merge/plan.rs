@@ -109,6 +109,9 @@ pub struct MergePlan {
     pub tokenizer_donor: usize,
     /// Output layer count (sum of slice lengths).
     pub out_layers: usize,
+    /// For each output layer, the model (index into [`MergePlan::models`])
+    /// and layer it is made from: the slice's base, or its first source.
+    pub layer_sources: Vec<(usize, usize)>,
     /// Output embedding rows, when the model has embeddings.
     pub vocab_rows: Option<usize>,
     /// The output `torch_dtype`.
@@ -305,7 +308,13 @@ struct Planner<'c> {
     seed: u64,
     jobs: Vec<TensorJob>,
     union: Option<PlanUnion>,
+    /// Whether the output has [`HEAD`] (the config donor has one).
+    head: bool,
+    layer_sources: Vec<(usize, usize)>,
 }
+
+/// The output head of a model whose embeddings are not tied.
+const HEAD: &str = "lm_head.weight";
 
 /// Sources appended for a base model listed nowhere else; they have no parameters.
 fn appended_base(base: &ModelRef) -> SliceSource {
@@ -562,10 +571,20 @@ impl<'c> Planner<'c> {
         let mut names: Vec<String> = Vec::new();
         for (m, _, _) in std::iter::once(&s.sources[s.base.unwrap_or(0)]).chain(&s.sources) {
             for n in self.models[*m].tensors.names() {
-                if split_layer(n).is_none() && is_pre_layer(n) == pre && !names.contains(n) {
+                if split_layer(n).is_none()
+                    && is_pre_layer(n) == pre
+                    && !names.contains(n)
+                    && (n != HEAD || self.head)
+                {
                     names.push(n.clone());
                 }
             }
+        }
+        // Tied embeddings: never invent a head the config donor lacks (its
+        // config says the head is the embedding matrix), never drop one it
+        // has (models with tied embeddings give their embedding matrix).
+        if !pre && self.head && !names.iter().any(|n| n == HEAD) {
+            names.push(HEAD.to_owned());
         }
         for name in names {
             let inputs: Vec<String> = s
@@ -573,7 +592,7 @@ impl<'c> Planner<'c> {
                 .iter()
                 .map(|(m, _, _)| {
                     let t = &self.models[*m].tensors;
-                    if t.info(&name).is_none() && name == "lm_head.weight" {
+                    if t.info(&name).is_none() && name == HEAD {
                         // Tied embeddings: the head is the embedding matrix.
                         if let Some(e) = t
                             .names()
@@ -593,6 +612,7 @@ impl<'c> Planner<'c> {
     fn plan_layers(&mut self, s: &ResolvedSlice, offset: usize) {
         let (ref_model, ref_start, _) = s.sources[s.base.unwrap_or(0)];
         for j in 0..s.len {
+            self.layer_sources.push((ref_model, ref_start + j));
             let t = if s.len > 1 {
                 j as f64 / (s.len - 1) as f64
             } else {
@@ -652,8 +672,18 @@ impl MergePlan {
                 Err(e) => problems.add(format!("{e:#}")),
             }
         }
+        if problems.0.is_empty() {
+            for p in super::arch::check(&models, config) {
+                problems.add(p);
+            }
+        }
         let first = config.referenced_models()[0].name.clone();
         let donor_name = config.base_model.as_ref().map_or(first, |b| b.name.clone());
+        // The output has an output head exactly when the model whose
+        // config.json it gets (with `tie_word_embeddings`) has one.
+        let head = index
+            .get(&donor_name)
+            .is_some_and(|d| models[*d].tensors.info(HEAD).is_some());
         let mut union = None;
         if config.tokenizer == TokenizerSource::Union && problems.0.is_empty() {
             match PlanUnion::build(
@@ -675,6 +705,8 @@ impl MergePlan {
             seed,
             jobs: Vec::new(),
             union,
+            head,
+            layer_sources: Vec::new(),
         };
         let extra = config
             .base_model
@@ -713,6 +745,7 @@ impl MergePlan {
             jobs,
             index,
             union,
+            layer_sources,
             ..
         } = planner;
         problems.check()?;
@@ -732,6 +765,7 @@ impl MergePlan {
             config_donor,
             tokenizer_donor,
             out_layers,
+            layer_sources,
             vocab_rows,
             torch_dtype: config.out_dtype.or(config.dtype),
             union,

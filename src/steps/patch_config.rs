@@ -2,6 +2,7 @@
 //! generation_config.json and tokenizer_config.json.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value as Json};
@@ -9,6 +10,7 @@ use serde_json::{json, Value as Json};
 use super::tokenizer::capped_max_length;
 use super::{input_ref, InputRef, ParseContext, Step, StepContext};
 use crate::fs::files::{link_tree, read_json, write_json};
+use crate::hf::config::{ConfigFile, RopeScaling};
 use crate::syntax::fields::{expect_str, Fields};
 use crate::syntax::yaml::{Node, Value};
 
@@ -89,7 +91,85 @@ fn refuse_non_finite(
     }
 }
 
+/// Checks a patched config.json against the architecture it describes: a
+/// config yibuild's reader ([`crate::hf::config`]) understood before the patch
+/// must still be understood after it (Gemma's soft-capping numbers or null,
+/// `layer_types` the length of the model, longrope factor lists of `rotary
+/// dims / 2`, positive windows), and the patch must not change what the
+/// model means without saying so: a longrope (Phi-3) model keeps its
+/// `original_max_position_embeddings` unless the patch sets it, and Qwen's
+/// `use_sliding_window: true` needs a window and a layer that slides.
+/// `sets_key` tells whether the patch writes a key (by its last component).
+fn check_patched(
+    path: &Path,
+    before: &Json,
+    after: &Json,
+    sets_key: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    let Ok(old) = ConfigFile::from_json(path, before.clone()).and_then(|c| c.decoder()) else {
+        return Ok(()); // an architecture the reader does not know: type checks only
+    };
+    let new = ConfigFile::from_json(path, after.clone())
+        .and_then(|c| c.decoder())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the patched config.json is not valid for {}: {e:#}",
+                old.architecture
+            )
+        })?;
+    if let (
+        RopeScaling::Longrope {
+            original_max_positions: was,
+            ..
+        },
+        RopeScaling::Longrope {
+            original_max_positions: now,
+            ..
+        },
+    ) = (&old.rope_scaling, &new.rope_scaling)
+    {
+        if was != now && !sets_key("original_max_position_embeddings") {
+            bail!(
+                "{}: the patch changes the longrope context the model was trained on \
+                 (`original_max_position_embeddings`) from {was} to {now}; a longer context \
+                 (`max_position_embeddings`) must keep it: write \
+                 `original_max_position_embeddings: {was}` too",
+                old.architecture
+            );
+        }
+    }
+    if new.use_sliding_window && new.architecture.starts_with("Qwen") {
+        let layers = new.layers;
+        // The reader's window is `None` when no layer slides: read the key.
+        let window = after["sliding_window"].as_u64().filter(|w| *w > 0);
+        match (window, new.max_window_layers) {
+            (None, _) => bail!(
+                "{}: `use_sliding_window` is true but `sliding_window` is not a window size",
+                new.architecture
+            ),
+            (_, Some(m)) if m >= layers => bail!(
+                "{}: `use_sliding_window` is true but `max_window_layers` ({m}) is not below \
+                 `num_hidden_layers` ({layers}): no layer would slide",
+                new.architecture
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl PatchConfig {
+    /// Whether the patch of config.json sets or removes a key whose last
+    /// component is `key`.
+    fn touches_config_key(&self, key: &str) -> bool {
+        self.files.get("config.json").is_some_and(|e| {
+            e.set
+                .keys()
+                .chain(&e.unset)
+                .any(|k| k.rsplit('.').next() == Some(key))
+        })
+    }
+
     /// Parses `{model, set, unset, generation_config: {set, unset}, tokenizer_config: {set, unset}}`.
     pub fn parse(
         node: &Node,
@@ -296,6 +376,11 @@ impl Step for PatchConfig {
             }
             for key in &edits.unset {
                 unset_path(&mut doc, key);
+            }
+            if *file == "config.json" {
+                check_patched(&path, &read_json(&path)?, &doc, &|k| {
+                    self.touches_config_key(k)
+                })?;
             }
             write_json(&ctx.out_dir.join(file), &doc)?;
         }

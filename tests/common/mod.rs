@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod arch;
 pub mod http;
 pub mod hub_server;
 pub mod pty;
