@@ -20,7 +20,7 @@ pub mod passkey;
 pub mod perplexity;
 pub mod results;
 
-use model::{LlamaConfig, WeightSource};
+use model::{ModelConfig, WeightSource};
 
 /// Tokens evaluated in one forward pass: a trunk, and branches that each
 /// follow the whole trunk (positions continue after it) without seeing each
@@ -171,7 +171,7 @@ pub fn no_gpu_reason() -> Option<&'static str> {
 /// usable GPU) or the CPU.
 pub fn open_backend<'w>(
     device: Device,
-    cfg: &LlamaConfig,
+    cfg: &ModelConfig,
     weights: &'w dyn WeightSource,
     threads: usize,
 ) -> Result<Box<dyn Backend + 'w>> {
