@@ -6,8 +6,9 @@
 //! norms, soft-capping, sliding windows, fused projections, Gemma's `1 + w`
 //! norms and scaled embeddings, GELU-tanh, yarn and longrope scaling,
 //! partial rotary, Gemma 3's local/global rotary bases. GGUF files written by
-//! the project's converter (Llama, Qwen2) must give the same log-probabilities
-//! as the folder they came from.
+//! the project's converter (Llama, Qwen2), and GGUFs written here in
+//! llama.cpp's layout (Qwen3, Gemma 2/3, Phi-3), must give the same
+//! log-probabilities as the folder they came from.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +19,8 @@ use yibuild::eval::gguf_weights::GgufWeights;
 use yibuild::eval::model::{check_weights, ModelConfig, WeightSource};
 use yibuild::eval::{Backend, Batch};
 use yibuild::fixtures::{write_byte_level_tokenizer, write_model_files, SplitMix};
+use yibuild::gguf::file::{GgufWriter, TensorDesc, Value};
+use yibuild::gguf::GgmlType;
 use yibuild::tensor::{DType, ModelTensors};
 
 const HIDDEN: usize = 32;
@@ -673,6 +676,192 @@ fn gguf_weights_match_safetensors_for_llama_and_qwen2() {
                 "{} {preset:?}: {a} vs {b}",
                 arch.class
             );
+        }
+    }
+}
+
+/// The llama.cpp name of a fixture tensor (convert_hf_to_gguf.py's table
+/// for these architectures), written here independently of src/eval.
+fn llama_cpp_name(gemma: bool, hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let table = [
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+        ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+        ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ("mlp.gate_up_proj.weight", "ffn_up.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ];
+    let g = match part {
+        "post_attention_layernorm.weight" if gemma => "post_attention_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ => table.iter().find(|(h, _)| *h == part).unwrap().1,
+    };
+    format!("blk.{layer}.{g}")
+}
+
+/// Writes `arch`'s fixture as an F32 GGUF the way llama.cpp's converter lays
+/// these architectures out: no Q/K permutation, Gemma norms stored as `1 + w`,
+/// Phi-3's rope factors as tensors; `meta` are the `<arch>.*` keys.
+fn write_gguf_by_hand(arch: &Arch, llama_arch: &str, meta: Vec<(&str, Value)>, path: &Path) {
+    let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = arch
+        .tensors(7)
+        .into_iter()
+        .map(|(name, shape, mut values)| {
+            if arch.gemma && name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|v| *v += 1.0);
+            }
+            let ne = shape.iter().rev().map(|&d| d as u64).collect();
+            (llama_cpp_name(arch.gemma, &name), ne, values)
+        })
+        .collect();
+    for key in ["long_factor", "short_factor"] {
+        if let Some(f) = arch.rope.get(key) {
+            let values: Vec<f32> = f
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let name = format!("rope_factors_{}.weight", &key[..key.len() - 7]);
+            tensors.push((name, vec![values.len() as u64], values));
+        }
+    }
+    let mut metadata = vec![(
+        "general.architecture".to_owned(),
+        Value::String(llama_arch.into()),
+    )];
+    let u = |v: usize| Value::U32(v as u32);
+    for (k, v) in [
+        ("context_length", u(64)),
+        ("embedding_length", u(HIDDEN)),
+        ("block_count", u(LAYERS)),
+        ("feed_forward_length", u(FF)),
+        ("attention.head_count", u(HEADS)),
+        ("attention.head_count_kv", u(KV_HEADS)),
+        ("attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+    ]
+    .into_iter()
+    .chain(meta)
+    {
+        metadata.push((format!("{llama_arch}.{k}"), v));
+    }
+    let descs: Vec<TensorDesc> = tensors
+        .iter()
+        .map(|(name, ne, _)| TensorDesc {
+            name: name.clone(),
+            ty: GgmlType::F32,
+            ne: ne.clone(),
+        })
+        .collect();
+    let mut w = GgufWriter::create(path, &metadata, &descs).unwrap();
+    for (_, _, values) in &tensors {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_data(&bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// For the architectures the converter does not write yet, a GGUF laid out
+/// as llama.cpp's converter lays them out gives the safetensors path's
+/// log-probabilities.
+#[test]
+fn hand_written_ggufs_match_safetensors_for_qwen3_gemma_and_phi3() {
+    let mut qwen3 = Arch::new("Qwen3ForCausalLM", "qwen3");
+    qwen3.qk_norm = true;
+    qwen3.head_dim = 16;
+    qwen3.keys = json!({"use_sliding_window": false, "sliding_window": null});
+    // llama.cpp scales Gemma 2/3 by head_dim (= query_pre_attn_scalar here)
+    // and fixes the layer pattern and Gemma 3's local base in code.
+    let mut gemma2 = gemma("Gemma2ForCausalLM", "gemma2");
+    gemma2.keys = json!({"query_pre_attn_scalar": 8, "attn_logit_softcapping": 2.0,
+                         "final_logit_softcapping": 3.0, "sliding_window": 4});
+    let mut gemma3 = gemma("Gemma3ForCausalLM", "gemma3_text");
+    gemma3.qk_norm = true;
+    gemma3.rope = json!({
+        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}});
+    gemma3.keys = json!({"query_pre_attn_scalar": 8, "sliding_window": 3,
+                         "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention"]});
+    let mut phi3 = Arch::new("Phi3ForCausalLM", "phi3");
+    phi3.fused = true;
+    phi3.rope = json!({"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                       "short_factor": [1.0, 1.5], "long_factor": [2.0, 5.0]});
+    phi3.keys = json!({"original_max_position_embeddings": 8, "sliding_window": null});
+    let phi3_attn = (1.0 + 8f64.ln() / 8f64.ln()).sqrt() as f32;
+    let cases: Vec<(&Arch, &str, Vec<(&str, Value)>)> = vec![
+        (
+            &qwen3,
+            "qwen3",
+            vec![
+                ("attention.key_length", Value::U32(16)),
+                ("attention.value_length", Value::U32(16)),
+                ("rope.freq_base", Value::F32(10000.0)),
+            ],
+        ),
+        (
+            &gemma2,
+            "gemma2",
+            vec![
+                ("attention.key_length", Value::U32(8)),
+                ("rope.freq_base", Value::F32(10000.0)),
+                ("attention.sliding_window", Value::U32(4)),
+                ("attn_logit_softcapping", Value::F32(2.0)),
+                ("final_logit_softcapping", Value::F32(3.0)),
+            ],
+        ),
+        (
+            &gemma3,
+            "gemma3",
+            vec![
+                ("attention.key_length", Value::U32(8)),
+                ("rope.freq_base", Value::F32(1e6)),
+                ("attention.sliding_window", Value::U32(3)),
+                ("rope.scaling.type", Value::String("linear".into())),
+                ("rope.scaling.factor", Value::F32(2.0)),
+            ],
+        ),
+        (
+            &phi3,
+            "phi3",
+            vec![
+                ("rope.dimension_count", Value::U32(4)),
+                ("rope.freq_base", Value::F32(10000.0)),
+                ("rope.scaling.attn_factor", Value::F32(phi3_attn)),
+                ("rope.scaling.original_context_length", Value::U32(8)),
+            ],
+        ),
+    ];
+    for (arch, llama_arch, meta) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        arch.write(&dir);
+        let cfg = ModelConfig::from_dir(&dir).unwrap();
+        let tensors = ModelTensors::open(&dir).unwrap();
+        let want = yibuild_log_probs(cfg, &tensors);
+        let path = tmp.path().join("m.gguf");
+        write_gguf_by_hand(arch, llama_arch, meta, &path);
+        let (weights, cfg) = GgufWeights::open(&path).unwrap();
+        let got = yibuild_log_probs(cfg, &weights);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{llama_arch}: {a} vs {b}");
         }
     }
 }
