@@ -720,7 +720,7 @@ fn llama_cpp_name(gemma: bool, hf: &str) -> String {
 /// Writes `arch`'s fixture as an F32 GGUF the way llama.cpp's converter lays
 /// these architectures out: no Q/K permutation, Gemma norms stored as `1 + w`,
 /// Phi-3's rope factors as tensors; `meta` are the `<arch>.*` keys.
-fn write_gguf_by_hand(arch: &Arch, llama_arch: &str, meta: Vec<(&str, Value)>, path: &Path) {
+fn write_gguf_by_hand(arch: &Arch, llama_arch: &str, meta: Metadata, path: &Path) {
     let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = arch
         .tensors(7)
         .into_iter()
@@ -779,6 +779,9 @@ fn write_gguf_by_hand(arch: &Arch, llama_arch: &str, meta: Vec<(&str, Value)>, p
     w.finish().unwrap();
 }
 
+/// `<arch>.*` keys (without the prefix) and their values.
+type Metadata = Vec<(&'static str, Value)>;
+
 /// For the architectures the converter does not write yet, a GGUF laid out
 /// as llama.cpp's converter lays them out gives the safetensors path's
 /// log-probabilities.
@@ -806,7 +809,7 @@ fn hand_written_ggufs_match_safetensors_for_qwen3_gemma_and_phi3() {
                        "short_factor": [1.0, 1.5], "long_factor": [2.0, 5.0]});
     phi3.keys = json!({"original_max_position_embeddings": 8, "sliding_window": null});
     let phi3_attn = (1.0 + 8f64.ln() / 8f64.ln()).sqrt() as f32;
-    let cases: Vec<(&Arch, &str, Vec<(&str, Value)>)> = vec![
+    let cases: Vec<(&Arch, &str, Metadata)> = vec![
         (
             &qwen3,
             "qwen3",
