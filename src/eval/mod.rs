@@ -1,6 +1,7 @@
-//! Evaluation of Llama-family models: perplexity under the protocols other
-//! tools use, and passkey retrieval, on the GPU through cudarc when one is
-//! usable and on the CPU otherwise.
+//! Evaluation of decoder models (Llama family, Qwen2/3, Gemma 2/3, Phi-3):
+//! perplexity under the protocols other tools use, and passkey retrieval, on
+//! the GPU through cudarc when one is usable (Llama-family layers) and on the
+//! CPU otherwise.
 //!
 //! The forward pass is our own (candle's Llama returns only the last
 //! position's logits): [`model`] reads the configuration and exposes weights by
