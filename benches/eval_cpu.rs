@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use yibuild::eval::cpu::CpuModel;
-use yibuild::eval::model::{check_weights, LlamaConfig};
+use yibuild::eval::model::{check_weights, ModelConfig};
 use yibuild::eval::perplexity::{perplexity, PerplexitySpec, Protocol};
 use yibuild::fixtures::{SplitMix, TinyLlama};
 use yibuild::tensor::{DType, ModelTensors};
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     let chunks = env_usize("YIBUILD_BENCH_CHUNKS", 4);
-    let cfg = LlamaConfig::from_dir(&model)?;
+    let cfg = ModelConfig::from_dir(&model)?;
     let tensors = ModelTensors::open(&model)?;
     check_weights(&cfg, &tensors)?;
     let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json"))

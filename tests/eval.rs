@@ -551,12 +551,12 @@ fn device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_an_error() {
 
 #[test]
 fn branches_score_like_separate_windows() {
-    use yibuild::eval::model::{LlamaConfig, WeightSource};
+    use yibuild::eval::model::{ModelConfig, WeightSource};
     use yibuild::eval::{cpu::CpuModel, Backend, Batch};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     TinyLlama::default().write(&dir).unwrap();
-    let cfg = LlamaConfig::from_dir(&dir).unwrap();
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
     let tensors = ModelTensors::open(&dir).unwrap();
     let weights: &dyn WeightSource = &tensors;
     let model = CpuModel::new(cfg, weights, 2).unwrap();
@@ -590,7 +590,7 @@ fn branches_score_like_separate_windows() {
 
 #[test]
 fn cuda_matches_cpu_on_a_fixture_when_a_gpu_is_present() {
-    use yibuild::eval::model::{check_weights, LlamaConfig, WeightSource};
+    use yibuild::eval::model::{check_weights, ModelConfig, WeightSource};
     use yibuild::eval::{cpu::CpuModel, cuda, Backend, Batch};
     if let Err(why) = cuda::probe() {
         eprintln!("skipped: no usable GPU ({why})");
@@ -607,7 +607,7 @@ fn cuda_matches_cpu_on_a_fixture_when_a_gpu_is_present() {
     }
     .write(&dir)
     .unwrap();
-    let cfg = LlamaConfig::from_dir(&dir).unwrap();
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
     let tensors = ModelTensors::open(&dir).unwrap();
     let weights: &dyn WeightSource = &tensors;
     check_weights(&cfg, weights).unwrap();

@@ -21,7 +21,10 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::model::{embed_tokens, layer_tensor, lm_head_name, LlamaConfig, WeightSource};
+use super::model::{
+    embed_tokens, layer_bias, layer_tensor, lm_head_name, Activation, ModelConfig, Unfused,
+    WeightSource,
+};
 use super::{Backend, Batch};
 
 /// Checks that the CUDA driver, NVRTC and cuBLAS libraries load and that a
@@ -225,7 +228,7 @@ struct Kernels {
 
 /// A Llama-family model resident on the GPU.
 pub struct CudaModel<'w> {
-    cfg: LlamaConfig,
+    cfg: ModelConfig,
     weights: &'w dyn WeightSource,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
@@ -243,7 +246,8 @@ fn driver<T>(r: Result<T, cudarc::driver::DriverError>) -> Result<T> {
 impl<'w> CudaModel<'w> {
     /// Compiles the kernels and uploads the weights of a model that passed
     /// [`check_weights`](super::model::check_weights); call [`probe`] first.
-    pub fn new(cfg: LlamaConfig, weights: &'w dyn WeightSource) -> Result<CudaModel<'w>> {
+    pub fn new(cfg: ModelConfig, weights: &'w dyn WeightSource) -> Result<CudaModel<'w>> {
+        refuse_unshared(&cfg, weights)?;
         if cfg.head_dim > 2 * ATTN_THREADS as usize {
             bail!(
                 "head dimension {} is above the CUDA attention kernel's limit of {}",
@@ -272,7 +276,8 @@ impl<'w> CudaModel<'w> {
             weights.read_rows(name, 0..len, &mut host)?;
             driver(stream.clone_htod(&host))
         };
-        let matrix = |name: &str| upload_matrix(&stream, weights, name);
+        let unfused = Unfused::new(&cfg, weights);
+        let matrix = |name: &str| upload_matrix(&stream, &unfused, name);
         let layers = (0..cfg.layers)
             .map(|l| {
                 Ok(Layer {
@@ -395,6 +400,15 @@ impl<'w> CudaModel<'w> {
 
     fn forward_hidden(&self, batch: &Batch) -> Result<CudaSlice<f32>> {
         let cfg = &self.cfg;
+        if let Some(w) = (0..cfg.layers).find_map(|l| cfg.window(l)) {
+            if batch.max_position() + 1 > w {
+                bail!(
+                    "`{}`: windows longer than the sliding window ({w}) are not implemented \
+                     by the CUDA kernels; run on the CPU (`device: cpu`)",
+                    cfg.architecture
+                );
+            }
+        }
         let rows = batch.rows();
         let host = embed_tokens(self.weights, cfg, batch)?;
         let mut h = driver(self.stream.clone_htod(&host))?;
@@ -441,6 +455,54 @@ impl<'w> CudaModel<'w> {
         }
         Ok(h)
     }
+}
+
+/// Refuses models whose layers need more than the Llama kernels: per-head
+/// norms, Gemma's norms, embedding scale and soft-capping, other
+/// activations, partial rotary, local rotary bases, biases. Phi-3's fused
+/// projections are shared (uploaded through [`Unfused`]).
+fn refuse_unshared(cfg: &ModelConfig, weights: &dyn WeightSource) -> Result<()> {
+    let features = [
+        ("per-head q/k norms", cfg.qk_norm),
+        ("Gemma norms", cfg.sandwich_norms || cfg.norm_offset != 0.0),
+        ("scaled embeddings", cfg.embed_scale.is_some()),
+        (
+            "logit soft-capping",
+            cfg.attn_softcap.is_some() || cfg.final_softcap.is_some(),
+        ),
+        ("a GELU MLP", cfg.activation != Activation::Silu),
+        ("partial rotary embeddings", cfg.rotary_dim != cfg.head_dim),
+        ("a local rotary base", cfg.rope_local_theta.is_some()),
+        (
+            "a query scale other than 1/√head_dim",
+            cfg.attn_scale != 1.0 / (cfg.head_dim as f32).sqrt(),
+        ),
+        (
+            "linear biases",
+            (0..cfg.layers).any(|l| {
+                ["q_proj", "k_proj", "v_proj", "o_proj"].iter().any(|p| {
+                    weights
+                        .shape(&layer_bias(l, &format!("self_attn.{p}")))
+                        .is_some()
+                }) || ["gate_proj", "up_proj", "down_proj"]
+                    .iter()
+                    .any(|p| weights.shape(&layer_bias(l, &format!("mlp.{p}"))).is_some())
+            }),
+        ),
+    ];
+    let needs: Vec<&str> = features
+        .iter()
+        .filter(|(_, used)| *used)
+        .map(|(what, _)| *what)
+        .collect();
+    if !needs.is_empty() {
+        bail!(
+            "the CUDA backend runs Llama-family layers only; `{}` needs {}; run on the CPU (`device: cpu`)",
+            cfg.architecture,
+            needs.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Per row: end of the visible prefix range (from 0), then start and end of
@@ -507,7 +569,7 @@ struct RopeTables {
 }
 
 impl RopeTables {
-    fn new(stream: &Arc<CudaStream>, cfg: &LlamaConfig, batch: &Batch) -> Result<RopeTables> {
+    fn new(stream: &Arc<CudaStream>, cfg: &ModelConfig, batch: &Batch) -> Result<RopeTables> {
         let seq_len = batch.max_position() + 1;
         let (freqs, factor) = cfg.rope_frequencies(seq_len);
         let mut cos = Vec::with_capacity(seq_len * freqs.len());

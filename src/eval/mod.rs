@@ -1,6 +1,7 @@
-//! Evaluation of Llama-family models: perplexity under the protocols other
-//! tools use, and passkey retrieval, on the GPU through cudarc when one is
-//! usable and on the CPU otherwise.
+//! Evaluation of decoder models (Llama family, Qwen2/3, Gemma 2/3, Phi-3):
+//! perplexity under the protocols other tools use, and passkey retrieval, on
+//! the GPU through cudarc when one is usable (Llama-family layers) and on the
+//! CPU otherwise.
 //!
 //! The forward pass is our own (candle's Llama returns only the last
 //! position's logits): [`model`] reads the configuration and exposes weights by
@@ -20,7 +21,7 @@ pub mod passkey;
 pub mod perplexity;
 pub mod results;
 
-use model::{LlamaConfig, WeightSource};
+use model::{ModelConfig, WeightSource};
 
 /// Tokens evaluated in one forward pass: a trunk, and branches that each
 /// follow the whole trunk (positions continue after it) without seeing each
@@ -171,7 +172,7 @@ pub fn no_gpu_reason() -> Option<&'static str> {
 /// usable GPU) or the CPU.
 pub fn open_backend<'w>(
     device: Device,
-    cfg: &LlamaConfig,
+    cfg: &ModelConfig,
     weights: &'w dyn WeightSource,
     threads: usize,
 ) -> Result<Box<dyn Backend + 'w>> {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{input_ref, Device, InputRef, ParseContext, Reads, Step, StepContext};
 use crate::eval::gguf_weights::GgufWeights;
-use crate::eval::model::{check_weights, LlamaConfig, WeightSource};
+use crate::eval::model::{check_weights, ModelConfig, WeightSource};
 use crate::eval::passkey::{passkey, PasskeySpec};
 use crate::eval::perplexity::{perplexity, PerplexitySpec, Protocol};
 use crate::eval::results::{
@@ -162,7 +162,7 @@ impl Eval {
     /// peak is the activations of the longest window (hidden states,
     /// projections, MLP, and the copies the parallel GEMM and attention make)
     /// plus the logits chunk.
-    fn window_bytes(&self, cfg: Option<&LlamaConfig>) -> u64 {
+    fn window_bytes(&self, cfg: Option<&ModelConfig>) -> u64 {
         let per_row = cfg.map_or(8192 * 24, |c| {
             [
                 (6, c.hidden),
@@ -183,7 +183,7 @@ impl Eval {
 
     /// Refuses windows the model was not built for, unless overridden, and
     /// windows whose activations cannot fit in this machine's memory.
-    fn check_context(&self, cfg: &LlamaConfig) -> Result<()> {
+    fn check_context(&self, cfg: &ModelConfig) -> Result<()> {
         let longest = self.longest_window();
         let need = self.window_bytes(Some(cfg));
         let have = physical_memory();
@@ -299,9 +299,9 @@ fn parse_passkey(node: &Node, cx: &ParseContext) -> Result<PasskeySpec, RecipeEr
 /// The model's weights, whatever their format: a Hugging Face folder, a
 /// `.gguf` file, or a folder holding exactly one `.gguf` (a quantize step's
 /// output).
-fn open_weights(path: &Path) -> Result<(Box<dyn WeightSource>, LlamaConfig, &'static str)> {
+fn open_weights(path: &Path) -> Result<(Box<dyn WeightSource>, ModelConfig, &'static str)> {
     if path.is_dir() && path.join("config.json").is_file() {
-        let cfg = LlamaConfig::from_dir(path)?;
+        let cfg = ModelConfig::from_dir(path)?;
         let tensors = ModelTensors::open(path)?;
         return Ok((Box::new(tensors), cfg, "safetensors"));
     }
@@ -408,14 +408,14 @@ impl Step for Eval {
         let cfg = ctx
             .inputs
             .get(&self.model.name)
-            .and_then(|m| LlamaConfig::from_dir(&m.path).ok());
+            .and_then(|m| ModelConfig::from_dir(&m.path).ok());
         self.window_bytes(cfg.as_ref())
     }
 
     fn preflight(&self, sources: &BTreeMap<String, PathBuf>) -> Result<()> {
         if let Some(path) = sources.get(&self.model.name) {
             if path.join("config.json").is_file() {
-                let cfg = LlamaConfig::from_dir(path)
+                let cfg = ModelConfig::from_dir(path)
                     .with_context(|| format!("model `{}`", self.model.name))?;
                 self.check_context(&cfg)
                     .with_context(|| format!("model `{}`", self.model.name))?;
