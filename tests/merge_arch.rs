@@ -668,3 +668,52 @@ fn tokenizer_swaps_accept_padded_rows_and_resize_the_tied_matrix() {
         300
     );
 }
+
+#[test]
+fn inspect_shows_each_architectures_own_settings() {
+    let p = Project::new();
+    for (arch, lines) in [
+        (
+            Arch::Gemma2,
+            &[
+                "rope scaling:   default (theta 10000)",
+                "sliding window: 512 tokens on 2 of 3 layers",
+                "attention soft-capping: 50",
+                "final logit soft-capping: 30",
+                "tied embeddings: yes",
+            ][..],
+        ),
+        (
+            Arch::Phi3,
+            &[
+                "context:        131072",
+                "rope scaling:   longrope (theta 10000, trained context 4096)",
+                "tied embeddings: no",
+            ][..],
+        ),
+        (
+            Arch::Qwen2,
+            &[
+                "rope scaling:   default (theta 1000000)",
+                "tied embeddings: yes",
+            ][..],
+        ),
+    ] {
+        let dir = p.path(&format!("models/{arch:?}"));
+        ArchModel::new(arch).write(&dir);
+        let o = p.run(&["inspect", dir.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        for line in lines {
+            assert!(
+                out.lines().any(|l| l == *line),
+                "{arch:?}: no `{line}` in\n{out}"
+            );
+        }
+        assert_eq!(
+            out.contains("soft-capping"),
+            arch == Arch::Gemma2,
+            "{arch:?}: {out}"
+        );
+    }
+}
