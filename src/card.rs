@@ -132,6 +132,8 @@ pub struct CardInput<'a> {
     pub checksums: Vec<(String, String)>,
     /// The recipe's file in the release, which "Reproduce" runs.
     pub recipe_file: Option<String>,
+    /// The model's architecture and its own settings ([`model_details`]).
+    pub model_details: Vec<(String, String)>,
 }
 
 /// The Hub ids among the recipe's sources (`base_model`).
@@ -591,6 +593,34 @@ fn prompt_section(input: &CardInput, card: &Map<String, Json>) -> String {
     out
 }
 
+/// The architecture and its specific settings (rotary scaling, sliding
+/// window, soft-capping, tied embeddings) of the model folder `dir`, for
+/// the card's "Model details"; empty when the config reader does not know
+/// the architecture.
+pub fn model_details(dir: &Path) -> Vec<(String, String)> {
+    let Ok(config) = crate::hf::config::ConfigFile::read(dir).and_then(|c| c.decoder()) else {
+        return Vec::new();
+    };
+    std::iter::once(("architecture".to_owned(), config.architecture.clone()))
+        .chain(
+            crate::hf::details::architecture_details(&config)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        )
+        .collect()
+}
+
+fn details_section(details: &[(String, String)]) -> String {
+    if details.is_empty() {
+        return String::new();
+    }
+    let rows: String = details
+        .iter()
+        .map(|(k, v)| format!("| {k} | {v} |\n"))
+        .collect();
+    format!("## Model details\n\n| | |\n|---|---|\n{rows}\n")
+}
+
 /// The whole README.md.
 pub fn render(input: &CardInput) -> String {
     let facts = input.facts;
@@ -616,6 +646,7 @@ pub fn render(input: &CardInput) -> String {
         )),
     }
     out.push_str(&merge_section(facts));
+    out.push_str(&details_section(&input.model_details));
     if let Some(sweep) = &input.sweep {
         out.push_str(&format!("## Sweep\n\n{sweep}\n\n"));
     }
@@ -766,6 +797,7 @@ pub fn card_for_folder(dir: &Path) -> Result<String> {
         stop_strings,
         checksums: Vec::new(),
         recipe_file: None,
+        model_details: model_details(dir),
     }))
 }
 
@@ -811,6 +843,7 @@ mod tests {
                 stop_strings: Vec::new(),
                 checksums: Vec::new(),
                 recipe_file: None,
+                model_details: Vec::new(),
             };
             let fm = front_matter(&input);
             assert_eq!(fm["base_model"], json!(["org/base"]));

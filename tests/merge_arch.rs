@@ -5,7 +5,9 @@
 //! projections, Gemma's four norms); tied embeddings that stay tied; and the
 //! refusals: mixed architectures or layouts without `allow_crimes`,
 //! multimodal models, filters naming part of a fused projection, layers
-//! missing a tensor of their architecture.
+//! missing a tensor of their architecture. Then the other steps'
+//! architecture checks and fields: patch_config, tokenizer swaps, `inspect`
+//! and the model card.
 
 mod common;
 
@@ -667,4 +669,77 @@ fn tokenizer_swaps_accept_padded_rows_and_resize_the_tied_matrix() {
         read_json(&p.path("build/arch/grown/config.json"))["vocab_size"],
         300
     );
+}
+
+#[test]
+fn inspect_shows_each_architectures_own_settings() {
+    let p = Project::new();
+    for (arch, lines) in [
+        (
+            Arch::Gemma2,
+            &[
+                "rope scaling:   default (theta 10000)",
+                "sliding window: 512 tokens on 2 of 3 layers",
+                "attention soft-capping: 50",
+                "final logit soft-capping: 30",
+                "tied embeddings: yes",
+            ][..],
+        ),
+        (
+            Arch::Phi3,
+            &[
+                "context:        131072",
+                "rope scaling:   longrope (theta 10000, trained context 4096)",
+                "tied embeddings: no",
+            ][..],
+        ),
+        (
+            Arch::Qwen2,
+            &[
+                "rope scaling:   default (theta 1000000)",
+                "tied embeddings: yes",
+            ][..],
+        ),
+    ] {
+        let dir = p.path(&format!("models/{arch:?}"));
+        ArchModel::new(arch).write(&dir);
+        let o = p.run(&["inspect", dir.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        for line in lines {
+            assert!(
+                out.lines().any(|l| l == *line),
+                "{arch:?}: no `{line}` in\n{out}"
+            );
+        }
+        assert_eq!(
+            out.contains("soft-capping"),
+            arch == Arch::Gemma2,
+            "{arch:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn the_card_lists_the_architecture_settings() {
+    let p = Project::new();
+    ArchModel::new(Arch::Gemma2).write(&p.path("models/gemma"));
+    let o = p.run(&["card", "models/gemma"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let card = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "## Model details",
+        "| architecture | Gemma2ForCausalLM |",
+        "| sliding window | 512 tokens on 2 of 3 layers |",
+        "| attention soft-capping | 50 |",
+        "| final logit soft-capping | 30 |",
+        "| tied embeddings | yes |",
+    ] {
+        assert!(card.contains(row), "no `{row}` in\n{card}");
+    }
 }

@@ -264,7 +264,8 @@ impl Step for Package {
     fn version(&self) -> u32 {
         // 2: run outputs in subfolders, the recipe file and a portable
         // mergekit_config.yml in the release, the recipe as written in the card.
-        2
+        // 3: the card's "Model details" (architecture settings).
+        3
     }
 
     fn inputs(&self) -> Vec<InputRef> {
@@ -380,6 +381,7 @@ impl Step for Package {
             stop_strings,
             checksums,
             recipe_file: Some(recipe_file),
+            model_details: card::model_details(model),
         };
         std::fs::write(out.join("README.md"), card::render(&input))?;
         crate::fs::files::write_json(

@@ -1,5 +1,6 @@
 //! `yibuild inspect MODEL`: the numbers a user checks before and after
-//! tokenizer surgery — architecture, dtype, parameter count, the three
+//! tokenizer surgery — architecture (with its specific settings: rotary
+//! scaling, sliding window, soft-capping, tied embeddings), dtype, parameter count, the three
 //! vocabulary sizes, special tokens, stop tokens and the chat template.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use super::templates::builtin_name;
 use super::vocab::{ModelRows, Vocab};
 use crate::fs::files::read_json;
 use crate::hf::config::ConfigFile;
+use crate::hf::details::architecture_details;
 use crate::tensor::ModelTensors;
 
 /// A plain-text report on the Hugging Face model folder `dir`, one fact per
@@ -39,6 +41,12 @@ pub fn inspect_model(dir: &Path) -> Result<String> {
         .map(|(d, n)| format!("{d} ({n} tensors)"))
         .collect();
     let file = ConfigFile::from_json(&dir.join("config.json"), config.clone())?;
+    // Architectures the config reader does not know get the generic lines only.
+    if let Ok(decoder) = file.decoder() {
+        for (label, value) in architecture_details(&decoder) {
+            writeln!(out, "{:<15} {value}", format!("{label}:"))?;
+        }
+    }
     let declared = file.dtype()?.unwrap_or("unset");
     writeln!(
         out,
@@ -188,6 +196,10 @@ mod tests {
             body,
             [
                 "architecture:   LlamaForCausalLM (llama)",
+                "layers:         2 (hidden 64, 4 heads, 2 key/value heads, head dim 16)",
+                "context:        2048",
+                "rope scaling:   default (theta 10000)",
+                "tied embeddings: no",
                 "dtype:          bfloat16 (21 tensors) (config dtype: bfloat16)",
                 // 2 × 384×64 embeddings + 2 × 36992 per layer + 64 final norm.
                 "parameters:     123200 (123.2K) in 21 tensors",
