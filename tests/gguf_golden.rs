@@ -79,6 +79,8 @@ fn dequantized_golden_bytes_stay_close_to_the_input() {
         (GgmlType::Q5_1, 0.06),
         (GgmlType::Q5_0, 0.07),
         (GgmlType::Q4_K, 0.1),
+        (GgmlType::IQ4_XS, 0.12),
+        (GgmlType::IQ4_NL, 0.12),
         (GgmlType::Q4_1, 0.12),
         (GgmlType::Q4_0, 0.15),
         (GgmlType::Q3_K, 0.22),
@@ -99,4 +101,35 @@ fn dequantized_golden_bytes_stay_close_to_the_input() {
             );
         }
     }
+}
+
+#[test]
+fn iquants_dequantize_to_ggml_values_bit_for_bit() {
+    // <TYPE>-imatrix.f32 is ggml's own dequantization of <TYPE>-imatrix.bin;
+    // since our quantizer reproduces those bytes, this also checks
+    // dequantize(quantize(x)) against ggml.
+    let iquants: Vec<GgmlType> = GgmlType::ALL
+        .into_iter()
+        .filter(|t| t.name().starts_with("IQ"))
+        .collect();
+    assert!(!iquants.is_empty());
+    for ty in iquants {
+        let ours = dequantize(ty, &golden(&format!("{ty}-imatrix.bin")), ROWS * COLS);
+        let theirs = floats(&golden(&format!("{ty}-imatrix.f32")));
+        let differing = ours
+            .iter()
+            .zip(&theirs)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differing, None, "{ty}: first differing value");
+    }
+}
+
+#[test]
+fn bits_per_weight_match_ggml_type_sizes() {
+    // ggml's published sizes: IQ4_NL 4.5 bpw, IQ4_XS 4.25, Q4_K 4.5, Q6_K 6.5625.
+    let bpw = |t: GgmlType| t.type_size() as f64 * 8.0 / t.block_size() as f64;
+    assert_eq!(bpw(GgmlType::IQ4_NL), 4.5);
+    assert_eq!(bpw(GgmlType::IQ4_XS), 4.25);
+    assert_eq!(bpw(GgmlType::Q4_K), 4.5);
+    assert_eq!(bpw(GgmlType::Q6_K), 6.5625);
 }

@@ -234,9 +234,9 @@ fn several_types_in_one_step_round_trip_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
     wide().write(dir.path()).unwrap();
     let model = ModelTensors::open(dir.path()).unwrap();
-    let types = "[Q8_0, Q6_K, Q5_K_M, Q4_K_S, Q3_K_M, Q2_K, Q5_1, Q4_0, BF16, F16]";
+    let types = "[Q8_0, Q6_K, Q5_K_M, Q4_K_S, Q3_K_M, Q2_K, Q5_1, Q4_0, BF16, F16, IQ4_XS, IQ4_NL]";
     let (_out, files) = quantize(dir.path(), types, 2);
-    assert_eq!(files.len(), 10);
+    assert_eq!(files.len(), 12);
     // Relative RMSE of the whole q_proj (Gaussian weights) for the type it got.
     let bound = |t: GgmlType| match t {
         GgmlType::F32 | GgmlType::F16 => 1e-3,
@@ -245,6 +245,7 @@ fn several_types_in_one_step_round_trip_within_bounds() {
         GgmlType::Q6_K => 0.02,
         GgmlType::Q5_K | GgmlType::Q5_1 | GgmlType::Q5_0 => 0.05,
         GgmlType::Q4_K | GgmlType::Q4_1 | GgmlType::Q4_0 => 0.12,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => 0.12,
         GgmlType::Q3_K => 0.2,
         GgmlType::Q2_K => 0.4,
     };
@@ -294,6 +295,47 @@ fn output_bytes_do_not_depend_on_thread_count() {
 }
 
 #[test]
+fn iq4_presets_write_llama_quantize_types_bits_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    wide().write(dir.path()).unwrap();
+    let model = ModelTensors::open(dir.path()).unwrap();
+    let (_out, files) = quantize(dir.path(), "[IQ4_NL, IQ4_XS]", 2);
+    // (preset file, file_type, default type, its bits per weight)
+    let expected = [
+        ("tiny-IQ4_NL.gguf", 25, GgmlType::IQ4_NL, 4.5),
+        ("tiny-IQ4_XS.gguf", 30, GgmlType::IQ4_XS, 4.25),
+    ];
+    for (file, (name, ftype, ty, bpw)) in files.iter().zip(expected) {
+        assert_eq!(file.file_name().unwrap(), name);
+        let f = GgufFile::open(file).unwrap();
+        assert_eq!(
+            f.get("general.file_type").and_then(Value::as_u64),
+            Some(ftype)
+        );
+        // GQA 2 and 2 layers: nothing but the output is singled out.
+        let t = |n: &str| f.tensor(n).unwrap();
+        assert_eq!(t("output.weight").desc.ty, GgmlType::Q6_K);
+        for n in [
+            "token_embd.weight",
+            "blk.0.attn_v.weight",
+            "blk.0.ffn_down.weight",
+        ] {
+            assert_eq!(t(n).desc.ty, ty, "{name}: {n}");
+        }
+        let q = t("blk.1.attn_q.weight");
+        let elements: u64 = q.desc.ne.iter().product();
+        assert_eq!(f.tensor_bytes(q).len() as f64 * 8.0 / elements as f64, bpw);
+        let x = source_rows(&model, "model.layers.1.self_attn.q_proj.weight", Some(4));
+        let mut bytes = Vec::new();
+        quantize_rows(ty, &x, 256, None, &mut bytes).unwrap();
+        assert!(
+            f.tensor_bytes(q) == bytes.as_slice(),
+            "{name}: bytes differ"
+        );
+    }
+}
+
+#[test]
 fn narrow_rows_fall_back_and_tied_embeddings_get_output_type() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = TinyLlama {
@@ -316,6 +358,13 @@ fn narrow_rows_fall_back_and_tied_embeddings_get_output_type() {
     assert_eq!(
         f.tensor("blk.1.attn_v.weight").unwrap().desc.ty,
         GgmlType::Q8_0
+    );
+    // 64-wide rows under IQ4_XS: IQ4_NL (32-element blocks).
+    let (_out, files) = quantize(dir.path(), "IQ4_XS", 2);
+    let f = GgufFile::open(&files[0]).unwrap();
+    assert_eq!(
+        f.tensor("blk.0.attn_q.weight").unwrap().desc.ty,
+        GgmlType::IQ4_NL
     );
 }
 

@@ -43,11 +43,15 @@ pub enum Preset {
     Q5_K_M,
     /// Q6_K everywhere.
     Q6_K,
+    /// IQ4_NL (4.5 bpw non-linear levels) with Q6_K output.
+    IQ4_NL,
+    /// IQ4_XS (4.25 bpw) with Q6_K output.
+    IQ4_XS,
 }
 
 impl Preset {
     /// Every preset with its name and `general.file_type` (`LLAMA_FTYPE_*`).
-    pub const ALL: [(Preset, &'static str, u32); 17] = [
+    pub const ALL: [(Preset, &'static str, u32); 19] = [
         (Preset::F32, "F32", 0),
         (Preset::F16, "F16", 1),
         (Preset::BF16, "BF16", 32),
@@ -65,6 +69,8 @@ impl Preset {
         (Preset::Q5_K_S, "Q5_K_S", 16),
         (Preset::Q5_K_M, "Q5_K_M", 17),
         (Preset::Q6_K, "Q6_K", 18),
+        (Preset::IQ4_NL, "IQ4_NL", 25),
+        (Preset::IQ4_XS, "IQ4_XS", 30),
     ];
 
     /// Parses a preset name, case-insensitively; `Q3_K`, `Q4_K` and `Q5_K`
@@ -123,6 +129,8 @@ impl Preset {
             Preset::Q4_K_S | Preset::Q4_K_M => T::Q4_K,
             Preset::Q5_K_S | Preset::Q5_K_M => T::Q5_K,
             Preset::Q6_K => T::Q6_K,
+            Preset::IQ4_NL => T::IQ4_NL,
+            Preset::IQ4_XS => T::IQ4_XS,
         }
     }
 }
@@ -178,6 +186,9 @@ pub struct MixtureModel {
     pub is_70b: bool,
     /// No separate `output.weight`: token_embd is quantized like the output.
     pub tied_embeddings: bool,
+    /// An importance matrix was given (llama-quantize's `has_imatrix`): the
+    /// IQ4 presets then keep the first ffn_down layers at their own type.
+    pub has_imatrix: bool,
 }
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and
@@ -227,6 +238,7 @@ pub fn tensor_type(
                     P::Q3_K_L => T::Q5_K,
                     P::Q4_K_M | P::Q5_K_M if use_more_bits(layer, n) => T::Q6_K,
                     P::Q4_K_S if layer < 4 => T::Q5_K,
+                    P::IQ4_NL | P::IQ4_XS if model.n_gqa >= 4 => T::Q5_K,
                     _ => ty,
                 };
                 if model.is_70b && matches!(ty, T::Q3_K | T::Q4_K) {
@@ -240,6 +252,7 @@ pub fn tensor_type(
                     P::Q3_K_M => T::Q4_K,
                     P::Q3_K_L => T::Q5_K,
                     P::Q4_K_M | P::Q5_K_M if use_more_bits(layer, n) => T::Q6_K,
+                    P::IQ4_NL | P::IQ4_XS if layer < n / 8 && !model.has_imatrix => T::Q5_K,
                     P::Q4_K_S if layer < n / 8 => T::Q5_K,
                     _ => ty,
                 };
@@ -267,8 +280,8 @@ pub fn tensor_type(
 }
 
 /// llama-quantize's `tensor_type_fallback`: a type whose block does not
-/// divide the row is replaced by a 32-block type of similar size, and by F16
-/// when even 32 does not divide it.
+/// divide the row is replaced by a 32-block type of similar size (IQ4_NL for
+/// the 256-block i-quants), and by F16 when even 32 does not divide it.
 pub fn fallback(ty: GgmlType, row_len: usize) -> GgmlType {
     use GgmlType as T;
     if row_len.is_multiple_of(ty.block_size()) {
@@ -279,6 +292,7 @@ pub fn fallback(ty: GgmlType, row_len: usize) -> GgmlType {
         T::Q4_K => T::Q5_0,
         T::Q5_K => T::Q5_1,
         T::Q6_K => T::Q8_0,
+        T::IQ4_XS => T::IQ4_NL,
         other => other,
     };
     if row_len.is_multiple_of(next.block_size()) {
@@ -299,6 +313,7 @@ mod tests {
             n_gqa: 7,
             is_70b: false,
             tied_embeddings: false,
+            has_imatrix: false,
         }
     }
 
@@ -385,5 +400,49 @@ mod tests {
         assert_eq!(Preset::parse("Q4_K_X"), None);
         assert_eq!(Preset::Q4_K_M.file_type(), 15);
         assert_eq!(Preset::BF16.file_type(), 32);
+        assert_eq!(Preset::parse("iq4_xs"), Some(Preset::IQ4_XS));
+        assert_eq!(Preset::IQ4_NL.file_type(), 25);
+        assert_eq!(Preset::IQ4_XS.file_type(), 30);
+    }
+
+    #[test]
+    fn iq4_presets_follow_llama_tensor_get_type() {
+        // Yi-34B (GQA 7, 60 layers): attn_v Q5_K, the first 60/8 = 7 ffn_down
+        // layers Q5_K without an imatrix only, output Q6_K, the rest IQ4.
+        let m = yi34b();
+        let with = MixtureModel {
+            has_imatrix: true,
+            ..m
+        };
+        for (p, ty) in [(Preset::IQ4_XS, T::IQ4_XS), (Preset::IQ4_NL, T::IQ4_NL)] {
+            assert_eq!(tensor_type(p, &m, Role::AttnV, 30, 7168), T::Q5_K);
+            assert_eq!(tensor_type(p, &m, Role::FfnDown, 6, 20480), T::Q5_K);
+            assert_eq!(tensor_type(p, &with, Role::FfnDown, 6, 20480), ty);
+            assert_eq!(tensor_type(p, &m, Role::FfnDown, 7, 20480), ty);
+            assert_eq!(tensor_type(p, &m, Role::Output, 0, 7168), T::Q6_K);
+            assert_eq!(tensor_type(p, &m, Role::TokenEmbd, 0, 7168), ty);
+            assert_eq!(tensor_type(p, &m, Role::AttnOutput, 3, 7168), ty);
+            assert_eq!(tensor_type(p, &m, Role::Other, 3, 7168), ty);
+        }
+        let mha = MixtureModel { n_gqa: 1, ..m };
+        assert_eq!(
+            tensor_type(Preset::IQ4_XS, &mha, Role::AttnV, 30, 7168),
+            T::IQ4_XS
+        );
+        // Rows of 96: IQ4_XS falls back to IQ4_NL, the Q6_K output to Q8_0;
+        // rows of 40: F16.
+        assert_eq!(
+            tensor_type(Preset::IQ4_XS, &m, Role::Other, 3, 96),
+            T::IQ4_NL
+        );
+        assert_eq!(
+            tensor_type(Preset::IQ4_XS, &m, Role::Output, 0, 96),
+            T::Q8_0
+        );
+        assert_eq!(
+            tensor_type(Preset::IQ4_NL, &m, Role::Output, 0, 96),
+            T::Q8_0
+        );
+        assert_eq!(tensor_type(Preset::IQ4_NL, &m, Role::Other, 3, 40), T::F16);
     }
 }

@@ -78,19 +78,21 @@ impl Conversion {
         })
     }
 
-    fn mixture_model(&self) -> MixtureModel {
+    fn mixture_model(&self, has_imatrix: bool) -> MixtureModel {
         let (arch, c) = (self.hparams.arch, &self.hparams.config);
         MixtureModel {
             n_layer: c.layers,
             n_gqa: c.heads / c.kv_heads,
             is_70b: arch == Arch::Llama && c.layers == 80 && c.heads != c.kv_heads,
             tied_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
+            has_imatrix,
         }
     }
 
-    /// The type each tensor gets under `preset` (llama-quantize's rules).
-    pub fn tensor_types(&self, preset: Preset) -> Vec<GgmlType> {
-        let model = self.mixture_model();
+    /// The type each tensor gets under `preset` (llama-quantize's rules, which
+    /// for some presets depend on whether an importance matrix is given).
+    pub fn tensor_types(&self, preset: Preset, has_imatrix: bool) -> Vec<GgmlType> {
+        let model = self.mixture_model(has_imatrix);
         self.tensors
             .iter()
             .map(|t| {
@@ -119,7 +121,7 @@ impl Conversion {
         pool: &rayon::ThreadPool,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<Written> {
-        let types = self.tensor_types(preset);
+        let types = self.tensor_types(preset, imatrix.is_some());
         let mut weights: Vec<Option<&[f32]>> = vec![None; self.tensors.len()];
         if let Some((im, _)) = imatrix {
             for (i, (t, ty)) in self.tensors.iter().zip(&types).enumerate() {

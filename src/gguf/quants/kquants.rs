@@ -11,19 +11,10 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::search::{
-    make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, read_f16,
+    make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, read_f16, sum_sq,
     write_f16, MinSearch, GROUP_MAX_EPS,
 };
 use crate::gguf::types::QK_K;
-
-/// Sum of squares of a super-block.
-fn sum_sq(x: &[f32]) -> f32 {
-    let mut s = 0.0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
 
 /// Packs 2-bit levels: byte `j/4 + l` of each 128-element half holds
 /// elements `l`, `l+32`, `l+64`, `l+96` (Q2_K and the low bits of Q3_K).

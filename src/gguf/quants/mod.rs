@@ -4,12 +4,14 @@
 //! * [`search`]: the shared scale searches (`make_qx_quants`, `make_qkx2/3_quants`, ...).
 //! * [`legacy`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
 //! * [`kquants`]: Q2_K ... Q6_K (256-element super-blocks).
+//! * [`iq4`]: IQ4_NL (32-element blocks) and IQ4_XS (256-element super-blocks).
 //!
 //! The unit of work is a row: the imatrix-weighted legacy quantizers need the
 //! row's mean square, and an importance matrix has one weight per column.
 //! Rows are independent, so callers may quantize them in any order on any
 //! number of threads and get the same bytes.
 
+pub mod iq4;
 pub mod kquants;
 pub mod legacy;
 pub mod search;
@@ -127,25 +129,31 @@ fn quantize_row(ty: GgmlType, x: &[f32], imatrix: Option<&[f32]>, dst: &mut [u8]
                 f(xb, w, ob);
             }
         }
-        T::Q2_K | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K => {
-            let f = match ty {
+        T::Q2_K | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K | T::IQ4_NL | T::IQ4_XS => {
+            let f: BlockQuantizer = match ty {
                 T::Q2_K => kquants::quantize_q2_k,
                 T::Q3_K => kquants::quantize_q3_k,
                 T::Q4_K => kquants::quantize_q4_k,
                 T::Q5_K => kquants::quantize_q5_k,
-                _ => kquants::quantize_q6_k,
+                T::Q6_K => kquants::quantize_q6_k,
+                T::IQ4_NL => iq4::quantize_iq4_nl,
+                _ => iq4::quantize_iq4_xs,
             };
-            let size = ty.type_size();
+            let (block, size) = (ty.block_size(), ty.type_size());
             for (b, (xb, ob)) in x
-                .chunks_exact(256)
+                .chunks_exact(block)
                 .zip(dst.chunks_exact_mut(size))
                 .enumerate()
             {
-                f(xb, imatrix.map(|w| &w[256 * b..256 * b + 256]), ob);
+                f(xb, imatrix.map(|w| &w[block * b..block * (b + 1)]), ob);
             }
         }
     }
 }
+
+/// Quantizes one block (its values and, optionally, their importance weights)
+/// into its bytes.
+type BlockQuantizer = fn(&[f32], Option<&[f32]>, &mut [u8]);
 
 /// Decodes `n` elements of type `ty` from `bytes` (which must hold exactly
 /// their blocks). Used by the tests, `yibuild inspect` and the evaluator's
@@ -193,6 +201,18 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                 .zip(y.chunks_exact_mut(256))
             {
                 kquants::dequantize_block(ty, b, o);
+            }
+        }
+        T::IQ4_NL | T::IQ4_XS => {
+            let f = match ty {
+                T::IQ4_NL => iq4::dequantize_iq4_nl,
+                _ => iq4::dequantize_iq4_xs,
+            };
+            for (b, o) in bytes
+                .chunks_exact(ty.type_size())
+                .zip(y.chunks_exact_mut(ty.block_size()))
+            {
+                f(b, o);
             }
         }
     }

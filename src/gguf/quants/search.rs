@@ -38,6 +38,16 @@ fn round_clamped(v: f32, lo: f32, hi: f32) -> f32 {
     ((v + 12_582_912.0f32) - 12_582_912.0f32).max(lo).min(hi)
 }
 
+/// Sum of squares of a block, accumulated in order in f32 (the `sigma2` of
+/// the importance-weighted quantizers).
+pub fn sum_sq(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
 /// Rounds `x` to f16 and returns the bit pattern (round to nearest even, as ggml).
 #[inline]
 pub fn f16_bits(x: f32) -> u16 {

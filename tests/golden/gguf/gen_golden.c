@@ -8,6 +8,7 @@
 //   imatrix.f32        COLS float32 importance weights
 //   <TYPE>.bin         ggml_quantize_chunk(type, input, NULL)
 //   <TYPE>-imatrix.bin ggml_quantize_chunk(type, input, imatrix)
+//   <TYPE>-imatrix.f32 ggml's dequantization of <TYPE>-imatrix.bin (i-quants only)
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,12 +84,19 @@ int main(void) {
         {GGML_TYPE_Q4_1, "Q4_1"}, {GGML_TYPE_Q5_0, "Q5_0"}, {GGML_TYPE_Q5_1, "Q5_1"},
         {GGML_TYPE_Q8_0, "Q8_0"}, {GGML_TYPE_Q2_K, "Q2_K"}, {GGML_TYPE_Q3_K, "Q3_K"},
         {GGML_TYPE_Q4_K, "Q4_K"}, {GGML_TYPE_Q5_K, "Q5_K"}, {GGML_TYPE_Q6_K, "Q6_K"},
+        {GGML_TYPE_IQ4_NL, "IQ4_NL"}, {GGML_TYPE_IQ4_XS, "IQ4_XS"}, {GGML_TYPE_IQ3_S, "IQ3_S"},
+        {GGML_TYPE_IQ3_XXS, "IQ3_XXS"}, {GGML_TYPE_IQ2_XXS, "IQ2_XXS"}, {GGML_TYPE_IQ2_XS, "IQ2_XS"},
+        {GGML_TYPE_IQ2_S, "IQ2_S"},   {GGML_TYPE_IQ1_S, "IQ1_S"},   {GGML_TYPE_IQ1_M, "IQ1_M"},
     };
     static uint8_t out[ROWS * COLS * 4];
     char name[64];
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); ++i) {
         for (int with_imatrix = 0; with_imatrix < 2; ++with_imatrix) {
             if (with_imatrix && !ggml_is_quantized(types[i].type)) {
+                continue;
+            }
+            // ggml asserts an imatrix for the types that cannot do without one.
+            if (!with_imatrix && ggml_quantize_requires_imatrix(types[i].type)) {
                 continue;
             }
             size_t n = ggml_quantize_chunk(types[i].type, x, out, 0, ROWS, COLS,
@@ -99,6 +107,12 @@ int main(void) {
             }
             snprintf(name, sizeof(name), with_imatrix ? "%s-imatrix.bin" : "%s.bin", types[i].name);
             write_file(name, out, n);
+            if (with_imatrix && types[i].name[0] == 'I') {
+                static float y[ROWS * COLS];
+                ggml_get_type_traits(types[i].type)->to_float(out, y, ROWS * COLS);
+                snprintf(name, sizeof(name), "%s-imatrix.f32", types[i].name);
+                write_file(name, y, sizeof(y));
+            }
         }
     }
     return 0;
