@@ -262,6 +262,24 @@ impl LayerTypes {
         }
     }
 
+    /// How many of the first `layers` layers slide (counted, not listed).
+    pub fn sliding_count(&self, layers: usize) -> usize {
+        match self {
+            LayerTypes::Listed(kinds) => kinds
+                .iter()
+                .take(layers)
+                .filter(|k| **k == AttentionKind::Sliding)
+                .count(),
+            LayerTypes::Sliding { from, full_every } => {
+                let candidates = layers.saturating_sub(*from);
+                // Full layers among them: l in from..layers with (l + 1) % p == 0.
+                let full = full_every.map_or(0, |p| layers / p - (*from).min(layers) / p);
+                candidates - full
+            }
+            LayerTypes::Full => 0,
+        }
+    }
+
     /// Whether any of the first `layers` layers slides.
     fn any(&self, layers: usize) -> bool {
         match self {

@@ -3,7 +3,7 @@
 //! "Model details" (context and rotary scaling, sliding-window attention,
 //! logit soft-capping, tied embeddings).
 
-use super::config::{AttentionKind, DecoderConfig, RopeScaling};
+use super::config::{DecoderConfig, RopeScaling};
 
 /// (label, value) pairs describing `c`, in a fixed order; facts that do not
 /// apply to the model (no window, no soft-capping) are left out, except the
@@ -45,11 +45,7 @@ pub fn architecture_details(c: &DecoderConfig) -> Vec<(&'static str, String)> {
             ),
         ));
     }
-    let sliding = c
-        .layer_types
-        .iter()
-        .filter(|k| **k == AttentionKind::Sliding)
-        .count();
+    let sliding = c.layer_types.sliding_count(c.layers);
     if let Some(window) = c.sliding_window.filter(|_| sliding > 0) {
         out.push((
             "sliding window",
