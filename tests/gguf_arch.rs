@@ -515,7 +515,7 @@ fn phi3_keeps_fused_projections_and_writes_longrope_factor_tensors() {
         q4.tensor("blk.0.ffn_up.weight").unwrap().desc.ty,
         GgmlType::Q5_0
     );
-    let types = conv.tensor_types(Preset::Q4_K_M);
+    let types = conv.tensor_types(Preset::Q4_K_M, false);
     for (t, ty) in q4.tensors.iter().zip(types) {
         assert_eq!(t.desc.ty, ty, "{}", t.desc.name);
     }
