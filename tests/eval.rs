@@ -981,7 +981,7 @@ fn absurd_layer_counts_fail_before_anything_is_allocated() {
         (
             serde_json::json!(1_000_000_000u64),
             "the config declares 1000000000 layers but the weights hold 2",
-            "config.json declares 1000000000 layers; expected token_embd and 1000000000 attn_v tensors, found 2",
+            "config.json declares 1000000000 layers; expected token_embd and 1000000000 attn_v (or attn_qkv) tensors, found 2",
         ),
         (
             serde_json::json!(100_000_000_000u64),
